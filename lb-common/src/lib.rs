@@ -1,0 +1,309 @@
+//! Map keys and values shared by the kernel programs (lb-ebpf) and userspace (lb-userspace).
+//!
+//! Every type is `#[repr(C)]` with explicit padding fields that writers zero, so the bytes the
+//! kernel hashes are fully defined. Addresses and ports are in network byte order, as they sit in
+//! the packet; everything else is host order. IPv4 maps carry a `4` in their names: IPv6 will get
+//! maps of its own rather than a reshaped key.
+#![no_std]
+
+/// Bumped whenever a map's layout or meaning changes; pinned maps of another version are refused.
+pub const ABI_VERSION: u32 = 1;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Where a packet entered the node; a frontend can lead to a different backend set per scope
+/// (externalTrafficPolicy applies to the external scope, internalTrafficPolicy to the internal).
+pub const SCOPE_EXTERNAL: u8 = 0;
+/// The packet came from a pod on this node (TC ingress on a pod interface).
+pub const SCOPE_INTERNAL: u8 = 1;
+
+/// Map names, as pinned under the pin path.
+pub mod map_names {
+    pub const FRONTENDS4: &str = "LB4_FRONTENDS";
+    pub const SERVICES: &str = "LB_SERVICES";
+    pub const SLOTS: &str = "LB_SLOTS";
+    pub const BACKENDS4: &str = "LB4_BACKENDS";
+    pub const CT4: &str = "LB4_CT";
+    pub const RNAT4: &str = "LB4_RNAT";
+    pub const AFFINITY4: &str = "LB4_AFFINITY";
+    pub const NODE_ADDRS4: &str = "LB4_NODE_ADDRS";
+    pub const CONFIG: &str = "LB_CONFIG";
+    pub const FRONTEND_STATS: &str = "LB_FRONTEND_STATS";
+    pub const GLOBAL_STATS: &str = "LB_GLOBAL_STATS";
+}
+
+/// Default capacities; userspace may override them at load time.
+pub mod capacity {
+    pub const FRONTENDS: u32 = 262_144;
+    pub const SERVICES: u32 = 131_072;
+    pub const SLOTS: u32 = 1_048_576;
+    pub const BACKENDS: u32 = 524_288;
+    pub const CT: u32 = 262_144;
+    pub const AFFINITY: u32 = 65_536;
+    pub const NODE_ADDRS: u32 = 64;
+}
+
+/// Key of `LB4_FRONTENDS`: what a packet is addressed to, and where it came from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend4Key {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+}
+
+/// Frontend kinds, for display and statistics only: the datapath treats them all alike.
+pub const KIND_CLUSTER_IP: u8 = 0;
+pub const KIND_NODE_PORT: u8 = 1;
+pub const KIND_LOAD_BALANCER: u8 = 2;
+pub const KIND_EXTERNAL_IP: u8 = 3;
+
+/// Value of `LB4_FRONTENDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Frontend4 {
+    /// Key into `LB_SERVICES`.
+    pub service_id: u32,
+    /// Index into `LB_FRONTEND_STATS`.
+    pub stats_id: u32,
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Only local endpoints for external traffic; the client source address is preserved.
+pub const SVC_F_EXT_LOCAL: u8 = 1 << 0;
+/// Only local endpoints for traffic from pods (internalTrafficPolicy=Local).
+pub const SVC_F_INT_LOCAL: u8 = 1 << 1;
+/// sessionAffinity: ClientIP, with `affinity_timeout` seconds.
+pub const SVC_F_AFFINITY: u8 = 1 << 2;
+
+/// What a frontend answers when its backend set is empty.
+pub const VERDICT_REJECT: u8 = 0;
+pub const VERDICT_DROP: u8 = 1;
+
+/// Value of `LB_SERVICES`: one backend set (a service port as seen from one scope).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Service {
+    /// Slots `0..backend_count` of this service in `LB_SLOTS` are valid.
+    pub backend_count: u32,
+    /// Seconds; meaningful with `SVC_F_AFFINITY`.
+    pub affinity_timeout: u32,
+    pub flags: u8,
+    pub verdict: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Key of `LB_SLOTS`: the n-th backend of a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub service_id: u32,
+    pub slot: u32,
+}
+
+pub const BE_F_LOCAL: u8 = 1 << 0;
+pub const BE_F_TERMINATING: u8 = 1 << 1;
+
+/// Value of `LB4_BACKENDS` (key: backend id, u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend4 {
+    pub addr: u32,
+    pub port: u16,
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// A 5-tuple as it appears in a packet: key of `LB4_CT` (the client's original direction) and of
+/// `LB4_RNAT` (the reply direction as it arrives from the backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Tuple4 {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Conntrack flags.
+pub const CT_F_SNAT: u8 = 1 << 0;
+/// The client and the backend are the same pod: packets go back out the interface they came in.
+pub const CT_F_HAIRPIN: u8 = 1 << 1;
+/// TCP: the client sent FIN or RST.
+pub const CT_F_CLOSING: u8 = 1 << 3;
+/// The client is outside the node: replies leave through an external interface.
+pub const CT_F_EXTERNAL: u8 = 1 << 4;
+/// TCP: the client sent a packet without SYN (the handshake went through).
+pub const CT_F_ESTABLISHED: u8 = 1 << 5;
+
+/// Conntrack idle timeouts, in seconds (kube-proxy's conntrack settings, Cilium's closing one).
+pub mod timeout {
+    pub const TCP_SYN: u64 = 60;
+    pub const TCP_ESTABLISHED: u64 = 86_400;
+    pub const TCP_CLOSING: u64 = 10;
+    pub const UDP: u64 = 60;
+}
+
+/// Value of `LB4_CT`: how to rewrite the client's packets of an established flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Ct4 {
+    pub backend_id: u32,
+    pub service_id: u32,
+    pub stats_id: u32,
+    /// The backend as it was chosen: a backend id reused for another endpoint is not followed.
+    pub backend_addr: u32,
+    /// Source address after SNAT (with `CT_F_SNAT`).
+    pub snat_addr: u32,
+    pub backend_port: u16,
+    pub snat_port: u16,
+    pub flags: u8,
+    pub _pad: [u8; 7],
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+/// Value of `LB4_RNAT`: the addresses a reply is rewritten to (the frontend as source, the
+/// original client as destination), which also name the flow's `LB4_CT` entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RevNat4 {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// `CT_F_*` of the flow.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    pub last_seen_ns: u64,
+}
+
+/// Key of `LB4_AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey4 {
+    pub service_id: u32,
+    pub client: u32,
+}
+
+/// Value of `LB4_AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Affinity {
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub last_used_ns: u64,
+}
+
+/// Value of `LB_CONFIG[0]`: node-wide settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `ABI_VERSION` of the agent that wrote it.
+    pub abi_version: u32,
+    /// Source address for hairpin flows (a pod reaching itself through its Service).
+    pub hairpin_addr: u32,
+    /// SNAT source ports are taken from `snat_port_min..=snat_port_max` (host order).
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub _pad: u32,
+}
+
+/// 169.254.42.1, link-local: never a pod's or node's address.
+pub const DEFAULT_HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
+/// Above Linux's default ephemeral range (32768..=60999) so SNAT never takes a local socket's port.
+pub const DEFAULT_SNAT_PORT_MIN: u16 = 61_000;
+pub const DEFAULT_SNAT_PORT_MAX: u16 = 65_535;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            abi_version: ABI_VERSION,
+            hairpin_addr: u32::from_ne_bytes(DEFAULT_HAIRPIN_ADDR),
+            snat_port_min: DEFAULT_SNAT_PORT_MIN,
+            snat_port_max: DEFAULT_SNAT_PORT_MAX,
+            _pad: 0,
+        }
+    }
+}
+
+/// Value of `LB4_NODE_ADDRS` (key: ifindex, u32): the node's address on an interface, used as the
+/// SNAT source for traffic leaving through it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodeAddr4 {
+    pub addr: u32,
+}
+
+/// Per-CPU packet and byte counters of one frontend (`LB_FRONTEND_STATS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Indexes of `LB_GLOBAL_STATS` (per-CPU u64 counters).
+pub mod stat {
+    /// A new flow was answered with a TCP RST or an ICMP port unreachable (no endpoints).
+    pub const REJECT_NO_BACKEND: u32 = 0;
+    /// A new flow was dropped: endpoints exist, none usable here (Local policy).
+    pub const DROP_NO_LOCAL_BACKEND: u32 = 1;
+    /// A fragment whose first piece was addressed to a frontend (fragments are not balanced).
+    pub const DROP_FRAGMENT: u32 = 2;
+    /// No free SNAT port for a backend.
+    pub const DROP_SNAT_EXHAUSTED: u32 = 3;
+    /// No node address known for the egress interface of an SNATed flow.
+    pub const DROP_NO_SNAT_ADDR: u32 = 4;
+    /// A map write failed (map full, for instance).
+    pub const DROP_MAP_FULL: u32 = 5;
+    pub const CT_NEW: u32 = 6;
+    pub const CT_HIT: u32 = 7;
+    pub const RNAT_HIT: u32 = 8;
+    /// An established flow whose backend was deleted was moved to another backend.
+    pub const CT_BACKEND_GONE: u32 = 9;
+    pub const ICMP_ERROR_NATED: u32 = 10;
+    /// A rewrite or reject could not be done (helper failure): the packet was dropped.
+    pub const DROP_REWRITE: u32 = 11;
+    pub const COUNT: u32 = 12;
+
+    pub const NAMES: [&str; COUNT as usize] = [
+        "reject_no_backend",
+        "drop_no_local_backend",
+        "drop_fragment",
+        "drop_snat_exhausted",
+        "drop_no_snat_addr",
+        "drop_map_full",
+        "ct_new",
+        "ct_hit",
+        "rnat_hit",
+        "ct_backend_gone",
+        "icmp_error_nated",
+        "drop_rewrite",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, with every padding byte an explicit field.
+    unsafe impl aya::Pod for Frontend4Key {}
+    unsafe impl aya::Pod for Frontend4 {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Backend4 {}
+    unsafe impl aya::Pod for Tuple4 {}
+    unsafe impl aya::Pod for Ct4 {}
+    unsafe impl aya::Pod for RevNat4 {}
+    unsafe impl aya::Pod for AffinityKey4 {}
+    unsafe impl aya::Pod for Affinity {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for NodeAddr4 {}
+    unsafe impl aya::Pod for Counters {}
+}

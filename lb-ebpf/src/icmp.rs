@@ -1,0 +1,93 @@
+//! ICMP errors about NATed flows (port unreachable, fragmentation needed, time exceeded) sent by a
+//! backend or a router on its path: the quoted packet and the outer header are reverse-NATed so the
+//! client's stack matches the error to its own socket.
+use lb_common::{stat, Tuple4, PROTO_TCP, PROTO_UDP};
+
+use crate::{
+    csum,
+    lb::{reply_action, Action},
+    maps::{count, LB4_RNAT},
+    nat::set_addr,
+    packet::{read, Packet, Res},
+    parse::{Flow, Ipv4, IP_DADDR, IP_SADDR},
+};
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+
+pub fn handle_error<P: Packet>(p: &mut P, f: &Flow) -> Action {
+    match nat_error(p, f) {
+        Ok(Some(action)) => {
+            count(stat::ICMP_ERROR_NATED);
+            action
+        }
+        Ok(None) => Action::Pass,
+        Err(()) => {
+            count(stat::DROP_REWRITE);
+            Action::Drop
+        }
+    }
+}
+
+/// The quoted packet went out as `inner_src -> backend`; the reply tuple of that flow is its
+/// reverse, which is how the reverse NAT table is keyed.
+#[inline(always)]
+fn nat_error<P: Packet>(p: &mut P, f: &Flow) -> Res<Option<Action>> {
+    if f.fragment {
+        return Ok(None);
+    }
+    // Whole headers are read once each (see parse.rs on verifier bounds tracking).
+    let Some(icmp) = read::<[u8; 8], P>(p, f.l4) else { return Ok(None) };
+    if icmp[0] != ICMP_DEST_UNREACH && icmp[0] != ICMP_TIME_EXCEEDED {
+        return Ok(None);
+    }
+    let inner = f.l4 + 8;
+    let Some(ip) = read::<Ipv4, P>(p, inner) else { return Ok(None) };
+    let Some(inner_ihl) = ip.header_len() else { return Ok(None) };
+    let il4 = inner + inner_ihl;
+    let Some([isport, idport]) = read::<[u16; 2], P>(p, il4) else { return Ok(None) };
+    let (proto, isaddr, idaddr) = (ip.proto, ip.saddr, ip.daddr);
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Ok(None);
+    }
+    let key = Tuple4 { saddr: idaddr, daddr: isaddr, sport: idport, dport: isport, proto, _pad: [0; 3] };
+    // SAFETY: read-only copy of the map value.
+    let Some(rn) = (unsafe { LB4_RNAT.get(&key) }).copied() else { return Ok(None) };
+    let icmp_csum = f.l4 + 2;
+    inner_addr(p, inner, 12, isaddr, rn.daddr, icmp_csum)?;
+    inner_addr(p, inner, 16, idaddr, rn.saddr, icmp_csum)?;
+    inner_port(p, il4, isport, rn.dport, icmp_csum)?;
+    inner_port(p, il4 + 2, idport, rn.sport, icmp_csum)?;
+    // The ICMP checksum has no pseudo header: outer addresses only touch the IP checksum.
+    set_addr(p, IP_DADDR, f.daddr, rn.daddr, None)?;
+    if f.saddr == idaddr {
+        set_addr(p, IP_SADDR, f.saddr, rn.saddr, None)?;
+    }
+    Ok(Some(reply_action(rn.flags, rn.daddr)))
+}
+
+/// Rewrite an address of the quoted IPv4 header, its header checksum, and the ICMP checksum that
+/// covers both.
+#[inline(always)]
+fn inner_addr<P: Packet>(p: &mut P, inner: usize, field: usize, old: u32, new: u32, icmp_csum: usize) -> Res {
+    if old == new {
+        return Ok(());
+    }
+    let old_check: u16 = read(p, inner + 10).ok_or(())?;
+    let new_check = csum::replace4(old_check, old, new);
+    p.write_u32(inner + field, new)?;
+    p.write_u16(inner + 10, new_check)?;
+    p.l4_csum_replace(icmp_csum, old, new, 4)?;
+    p.l4_csum_replace(icmp_csum, u32::from(old_check), u32::from(new_check), 2)
+}
+
+/// Rewrite a port of the quoted L4 header (its own checksum is left alone: the quote is usually
+/// truncated and receivers do not verify it).
+#[inline(always)]
+fn inner_port<P: Packet>(p: &mut P, off: usize, old: u16, new: u16, icmp_csum: usize) -> Res {
+    if old == new {
+        return Ok(());
+    }
+    p.write_u16(off, new)?;
+    p.l4_csum_replace(icmp_csum, u32::from(old), u32::from(new), 2)
+}

@@ -1,0 +1,381 @@
+//! Service load balancing: conntrack, backend choice, DNAT/SNAT, reverse NAT. Written once for XDP
+//! and TC through `Packet`; the program entry points turn the returned `Action` into verdicts.
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated as gen};
+use lb_common::{
+    stat, timeout, Affinity, AffinityKey4, Backend4, Ct4, Frontend4, Frontend4Key, RevNat4,
+    Service, SlotKey, Tuple4, BE_F_LOCAL, BE_F_TERMINATING, CT_F_CLOSING, CT_F_ESTABLISHED,
+    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, VERDICT_DROP,
+};
+
+use crate::{
+    fib, icmp,
+    maps::{
+        count, count_frontend, LB4_AFFINITY, LB4_BACKENDS, LB4_CT, LB4_FRONTENDS, LB4_NODE_ADDRS,
+        LB4_RNAT, LB_CONFIG, LB_SERVICES, LB_SLOTS,
+    },
+    nat::rewrite,
+    packet::Packet,
+    parse::{parse, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    reject,
+};
+
+pub enum Action {
+    /// Not ours, or rewritten for a destination the stack delivers (a local pod).
+    Pass,
+    Drop,
+    /// Rewritten for a destination outside the node (the new destination address): XDP
+    /// forwards it itself when it can.
+    Forward(u32),
+    /// Send back out the interface it came in on, MAC addresses swapped (rejects, hairpin).
+    Bounce,
+}
+
+const NS: u64 = 1_000_000_000;
+/// Last-seen times are written at most this often, so a busy flow does not bounce a cache line.
+const TOUCH_NS: u64 = NS;
+const SNAT_TRIES: u32 = 16;
+
+pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
+    let Some(f) = parse(p) else {
+        return Action::Pass;
+    };
+    match f.proto {
+        PROTO_TCP | PROTO_UDP => {}
+        PROTO_ICMP => return icmp::handle_error(p, &f),
+        _ => return Action::Pass,
+    }
+    if f.fragment {
+        return fragment(&f, scope);
+    }
+    // SAFETY: coarse clock read, no arguments.
+    let now = unsafe { gen::bpf_ktime_get_coarse_ns() };
+    let key = f.tuple();
+    if let Some(ct) = LB4_CT.get_ptr_mut(&key) {
+        // SAFETY: map values stay valid for the program run; concurrent writers only race on
+        // last_seen/flags, which is harmless.
+        if let Some(action) = established(p, &f, unsafe { &mut *ct }, now) {
+            return action;
+        }
+    }
+    let fe_key = Frontend4Key { addr: f.daddr, port: f.dport, proto: f.proto, scope };
+    // SAFETY: read-only use of the map value within this run.
+    if let Some(fe) = unsafe { LB4_FRONTENDS.get(&fe_key) } {
+        return new_flow(p, &f, &key, fe, scope, now);
+    }
+    if let Some(rn) = LB4_RNAT.get_ptr_mut(&key) {
+        // SAFETY: as for conntrack.
+        return reply(p, &f, unsafe { &mut *rn }, now);
+    }
+    Action::Pass
+}
+
+/// Fragments carry ports in the first piece only, so they cannot be balanced consistently:
+/// a first fragment addressed to a frontend is dropped; later ones (no ports) go to the stack.
+#[inline(always)]
+fn fragment(f: &Flow, scope: u8) -> Action {
+    if f.later_fragment {
+        return Action::Pass;
+    }
+    let fe_key = Frontend4Key { addr: f.daddr, port: f.dport, proto: f.proto, scope };
+    // SAFETY: existence check only.
+    if unsafe { LB4_FRONTENDS.get(&fe_key) }.is_some() {
+        count(stat::DROP_FRAGMENT);
+        return Action::Drop;
+    }
+    Action::Pass
+}
+
+#[inline(always)]
+fn idle_timeout(proto: u8, flags: u8) -> u64 {
+    let secs = if proto != PROTO_TCP {
+        timeout::UDP
+    } else if flags & CT_F_CLOSING != 0 {
+        timeout::TCP_CLOSING
+    } else if flags & CT_F_ESTABLISHED != 0 {
+        timeout::TCP_ESTABLISHED
+    } else {
+        timeout::TCP_SYN
+    };
+    secs * NS
+}
+
+#[inline(always)]
+fn alive(ct: &Ct4, proto: u8, now: u64) -> bool {
+    now.saturating_sub(ct.last_seen_ns) < idle_timeout(proto, ct.flags)
+}
+
+#[inline(always)]
+fn tcp_state(flags: u8, tcp_flags: u8) -> u8 {
+    let mut flags = flags;
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        flags |= CT_F_CLOSING;
+    } else if tcp_flags & TCP_SYN == 0 && tcp_flags & TCP_ACK != 0 {
+        flags |= CT_F_ESTABLISHED;
+    }
+    flags
+}
+
+/// Where a client's packet goes once rewritten towards `backend`.
+#[inline(always)]
+fn action_for(flags: u8, backend: u32) -> Action {
+    if flags & CT_F_HAIRPIN != 0 {
+        Action::Bounce
+    } else if flags & (CT_F_SNAT | CT_F_EXTERNAL) == CT_F_SNAT | CT_F_EXTERNAL {
+        Action::Forward(backend)
+    } else {
+        Action::Pass
+    }
+}
+
+/// A packet of a known flow: rewritten like the first one, as long as the flow is alive and its
+/// backend still exists (terminating backends keep their flows). Otherwise None: a new flow.
+#[inline(always)]
+fn established<P: Packet>(p: &mut P, f: &Flow, ct: &mut Ct4, now: u64) -> Option<Action> {
+    if !alive(ct, f.proto, now) {
+        return None;
+    }
+    // SAFETY: read-only use of the map value within this run.
+    let be = unsafe { LB4_BACKENDS.get(ct.backend_id) };
+    match be {
+        Some(be) if be.addr == ct.backend_addr && be.port == ct.backend_port => {}
+        _ => {
+            count(stat::CT_BACKEND_GONE);
+            return None;
+        }
+    }
+    let flags = if f.proto == PROTO_TCP { tcp_state(ct.flags, f.tcp_flags) } else { ct.flags };
+    if flags != ct.flags || now - ct.last_seen_ns > TOUCH_NS {
+        ct.flags = flags;
+        ct.last_seen_ns = now;
+    }
+    count(stat::CT_HIT);
+    count_frontend(ct.stats_id, p.len() as u64);
+    let (saddr, sport) =
+        if ct.flags & CT_F_SNAT != 0 { (ct.snat_addr, ct.snat_port) } else { (f.saddr, f.sport) };
+    if rewrite(p, f, saddr, ct.backend_addr, sport, ct.backend_port).is_err() {
+        count(stat::DROP_REWRITE);
+        return Some(Action::Drop);
+    }
+    Some(action_for(ct.flags, ct.backend_addr))
+}
+
+fn new_flow<P: Packet>(
+    p: &mut P,
+    f: &Flow,
+    key: &Tuple4,
+    fe: &Frontend4,
+    scope: u8,
+    now: u64,
+) -> Action {
+    count_frontend(fe.stats_id, p.len() as u64);
+    // SAFETY: read-only use of the map value within this run.
+    let Some(svc) = (unsafe { LB_SERVICES.get(fe.service_id) }) else {
+        count(stat::DROP_MAP_FULL);
+        return Action::Drop;
+    };
+    if svc.backend_count == 0 {
+        return no_backend(p, f, svc.verdict);
+    }
+    let Some((backend_id, be)) = select(fe.service_id, svc, f.saddr, now) else {
+        count(stat::DROP_MAP_FULL);
+        return Action::Drop;
+    };
+    let mut ct = Ct4 {
+        backend_id,
+        service_id: fe.service_id,
+        stats_id: fe.stats_id,
+        backend_addr: be.addr,
+        backend_port: be.port,
+        flags: if scope == SCOPE_EXTERNAL { CT_F_EXTERNAL } else { 0 },
+        created_ns: now,
+        last_seen_ns: now,
+        ..Default::default()
+    };
+    if f.proto == PROTO_TCP {
+        ct.flags = tcp_state(ct.flags, f.tcp_flags);
+    }
+    let hairpin = scope == SCOPE_INTERNAL && be.addr == f.saddr;
+    let snat = hairpin
+        || (scope == SCOPE_EXTERNAL
+            && svc.flags & SVC_F_EXT_LOCAL == 0
+            && be.flags & BE_F_LOCAL == 0);
+    if hairpin {
+        ct.flags |= CT_F_HAIRPIN;
+    }
+    let mut rn = RevNat4 {
+        saddr: f.daddr,
+        daddr: f.saddr,
+        sport: f.dport,
+        dport: f.sport,
+        flags: ct.flags,
+        _pad: [0; 3],
+        last_seen_ns: now,
+    };
+    let reply = Tuple4 { saddr: be.addr, daddr: f.saddr, sport: be.port, dport: f.sport, ..*key };
+    if snat {
+        ct.flags |= CT_F_SNAT;
+        rn.flags = ct.flags;
+        let Some(addr) = snat_addr(p, hairpin, be.addr) else {
+            count(stat::DROP_NO_SNAT_ADDR);
+            return Action::Drop;
+        };
+        let Some(port) = snat_port(&reply, addr, &rn, now) else {
+            count(stat::DROP_SNAT_EXHAUSTED);
+            return Action::Drop;
+        };
+        ct.snat_addr = addr;
+        ct.snat_port = port;
+    } else if LB4_RNAT.insert(&reply, &rn, 0).is_err() {
+        count(stat::DROP_MAP_FULL);
+        return Action::Drop;
+    }
+    if LB4_CT.insert(key, &ct, 0).is_err() {
+        count(stat::DROP_MAP_FULL);
+        return Action::Drop;
+    }
+    count(stat::CT_NEW);
+    let (saddr, sport) = if snat { (ct.snat_addr, ct.snat_port) } else { (f.saddr, f.sport) };
+    if rewrite(p, f, saddr, be.addr, sport, be.port).is_err() {
+        count(stat::DROP_REWRITE);
+        return Action::Drop;
+    }
+    action_for(ct.flags, be.addr)
+}
+
+#[inline(always)]
+fn no_backend<P: Packet>(p: &mut P, f: &Flow, verdict: u8) -> Action {
+    if verdict == VERDICT_DROP {
+        count(stat::DROP_NO_LOCAL_BACKEND);
+        return Action::Drop;
+    }
+    count(stat::REJECT_NO_BACKEND);
+    match reject::build(p, f) {
+        Ok(()) => Action::Bounce,
+        Err(()) => {
+            count(stat::DROP_REWRITE);
+            Action::Drop
+        }
+    }
+}
+
+/// The backend for a new flow: the client's affinity entry while it lasts and its backend can
+/// take new connections, else a random slot.
+#[inline(always)]
+fn select(service_id: u32, svc: &Service, client: u32, now: u64) -> Option<(u32, Backend4)> {
+    let aff_key = AffinityKey4 { service_id, client };
+    let affinity = svc.flags & SVC_F_AFFINITY != 0;
+    if affinity {
+        if let Some(found) = sticky(&aff_key, svc, now) {
+            return Some(found);
+        }
+    }
+    // SAFETY: helper without arguments.
+    let slot = unsafe { gen::bpf_get_prandom_u32() }.checked_rem(svc.backend_count)?;
+    // SAFETY: read-only use of map values within this run.
+    let id = *unsafe { LB_SLOTS.get(SlotKey { service_id, slot }) }?;
+    let be = *unsafe { LB4_BACKENDS.get(id) }?;
+    if affinity {
+        let entry = Affinity { backend_id: id, _pad: 0, last_used_ns: now };
+        // Failing to record affinity only loses stickiness, never the flow.
+        let _ = LB4_AFFINITY.insert(&aff_key, &entry, 0);
+    }
+    Some((id, be))
+}
+
+#[inline(always)]
+fn sticky(key: &AffinityKey4, svc: &Service, now: u64) -> Option<(u32, Backend4)> {
+    let entry = LB4_AFFINITY.get_ptr_mut(key)?;
+    // SAFETY: map value valid for this run; racing writers only move last_used_ns.
+    let entry = unsafe { &mut *entry };
+    if now.saturating_sub(entry.last_used_ns) >= u64::from(svc.affinity_timeout) * NS {
+        return None;
+    }
+    // SAFETY: read-only use of the map value within this run.
+    let be = *unsafe { LB4_BACKENDS.get(entry.backend_id) }?;
+    if be.flags & BE_F_TERMINATING != 0 {
+        return None;
+    }
+    entry.last_used_ns = now;
+    Some((entry.backend_id, be))
+}
+
+/// The node address a flow to `backend` leaves from, or the hairpin address.
+#[inline(always)]
+fn snat_addr<P: Packet>(p: &mut P, hairpin: bool, backend: u32) -> Option<u32> {
+    if hairpin {
+        return LB_CONFIG.get(0).map(|c| c.hairpin_addr);
+    }
+    let ifindex = fib::egress_ifindex(p, backend);
+    // SAFETY: read-only use of the map value within this run.
+    unsafe { LB4_NODE_ADDRS.get(ifindex).or_else(|| LB4_NODE_ADDRS.get(p.ifindex())) }
+        .map(|a| a.addr)
+}
+
+/// Take a SNAT source port: the first free one from a random start, where free means no reply
+/// tuple is registered for it or the flow that held it is over. Inserting with BPF_NOEXIST makes
+/// the claim atomic between CPUs.
+#[inline(always)]
+fn snat_port(reply: &Tuple4, addr: u32, rn: &RevNat4, now: u64) -> Option<u16> {
+    let cfg = LB_CONFIG.get(0)?;
+    let min = u32::from(cfg.snat_port_min);
+    let range = u32::from(cfg.snat_port_max).saturating_sub(min) + 1;
+    // SAFETY: helper without arguments.
+    let start = unsafe { gen::bpf_get_prandom_u32() };
+    let mut key = Tuple4 { daddr: addr, ..*reply };
+    for i in 0..SNAT_TRIES {
+        key.dport = ((start.wrapping_add(i).checked_rem(range)? + min) as u16).to_be();
+        if LB4_RNAT.insert(&key, rn, u64::from(BPF_NOEXIST)).is_ok() {
+            return Some(key.dport);
+        }
+        if stale(&key, now) && LB4_RNAT.insert(&key, rn, 0).is_ok() {
+            return Some(key.dport);
+        }
+    }
+    None
+}
+
+/// A reverse entry whose flow is over: its conntrack entry is gone, expired, or took another port.
+#[inline(always)]
+fn stale(key: &Tuple4, now: u64) -> bool {
+    // SAFETY: read-only use of map values within this run.
+    let Some(rn) = (unsafe { LB4_RNAT.get(key) }) else {
+        return true;
+    };
+    let ct_key = Tuple4 { saddr: rn.daddr, daddr: rn.saddr, sport: rn.dport, dport: rn.sport, ..*key };
+    match unsafe { LB4_CT.get(&ct_key) } {
+        Some(ct) => {
+            ct.snat_port != key.dport
+                || ct.snat_addr != key.daddr
+                || (!alive(ct, key.proto, now)
+                    && now.saturating_sub(rn.last_seen_ns) >= idle_timeout(key.proto, ct.flags))
+        }
+        None => true,
+    }
+}
+
+/// A reply from a backend: source back to the frontend, destination back to the client.
+#[inline(always)]
+fn reply<P: Packet>(p: &mut P, f: &Flow, rn: &mut RevNat4, now: u64) -> Action {
+    if now - rn.last_seen_ns > TOUCH_NS {
+        rn.last_seen_ns = now;
+    }
+    count(stat::RNAT_HIT);
+    if rewrite(p, f, rn.saddr, rn.daddr, rn.sport, rn.dport).is_err() {
+        count(stat::DROP_REWRITE);
+        return Action::Drop;
+    }
+    reply_action(rn.flags, rn.daddr)
+}
+
+/// Where a reverse-NATed packet goes: to a client outside the node it is forwarded.
+#[inline(always)]
+pub fn reply_action(flags: u8, client: u32) -> Action {
+    if flags & CT_F_HAIRPIN != 0 {
+        Action::Bounce
+    } else if flags & CT_F_EXTERNAL != 0 {
+        Action::Forward(client)
+    } else {
+        Action::Pass
+    }
+}

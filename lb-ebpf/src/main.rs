@@ -1,0 +1,96 @@
+//! lb's kernel programs. One load-balancing core (`lb`) behind three attach points:
+//! - `lb_xdp_ext`: XDP on external interfaces, the north-south fast path;
+//! - `lb_tc_ext`: TC ingress on external interfaces when XDP is off or unavailable;
+//! - `lb_tc_pod`: TC ingress on host-side pod interfaces (traffic from pods);
+//!
+//! plus `lb_xdp_floor`, a bare XDP_PASS that benchmarks use as the cost floor.
+#![no_std]
+#![no_main]
+
+mod csum;
+mod fib;
+mod icmp;
+mod lb;
+mod maps;
+mod nat;
+mod packet;
+mod parse;
+mod reject;
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::generated as gen,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::{SCOPE_EXTERNAL, SCOPE_INTERNAL};
+
+use crate::{
+    lb::Action,
+    packet::{read, Packet, Tc, Xdp},
+};
+
+#[xdp]
+pub fn lb_xdp_ext(ctx: XdpContext) -> u32 {
+    let mut p = Xdp(&ctx);
+    match lb::handle(&mut p, SCOPE_EXTERNAL) {
+        Action::Pass => xdp_action::XDP_PASS,
+        Action::Drop => xdp_action::XDP_DROP,
+        Action::Forward(daddr) if fib::prepare_tx(&mut p, daddr) => xdp_action::XDP_TX,
+        Action::Forward(_) => xdp_action::XDP_PASS,
+        Action::Bounce if swap_macs(&mut p) => xdp_action::XDP_TX,
+        Action::Bounce => xdp_action::XDP_DROP,
+    }
+}
+
+#[classifier]
+pub fn lb_tc_ext(ctx: TcContext) -> i32 {
+    tc(&ctx, SCOPE_EXTERNAL)
+}
+
+#[classifier]
+pub fn lb_tc_pod(ctx: TcContext) -> i32 {
+    tc(&ctx, SCOPE_INTERNAL)
+}
+
+#[xdp]
+pub fn lb_xdp_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// TC leaves forwarding to the stack; only bounces are redirected (to the ingress device's
+/// egress, which for a pod's host-side veth means back into the pod).
+#[inline(always)]
+fn tc(ctx: &TcContext, scope: u8) -> i32 {
+    let mut p = Tc(ctx);
+    match lb::handle(&mut p, scope) {
+        Action::Pass | Action::Forward(_) => TC_ACT_OK,
+        Action::Drop => TC_ACT_SHOT,
+        Action::Bounce if swap_macs(&mut p) => {
+            // SAFETY: plain helper call.
+            unsafe { gen::bpf_redirect(p.ifindex(), 0) as i32 }
+        }
+        Action::Bounce => TC_ACT_SHOT,
+    }
+}
+
+#[inline(always)]
+fn swap_macs<P: Packet>(p: &mut P) -> bool {
+    let Some(macs) = read::<[u8; 12], P>(p, 0) else {
+        return false;
+    };
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    p.store_bytes(0, &swapped).is_ok()
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,66 @@
+//! The maps, pinned by name under the agent's pin path so they outlive the agent.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    capacity, Affinity, AffinityKey4, Backend4, Config, Counters, Ct4, Frontend4, Frontend4Key,
+    NodeAddr4, RevNat4, Service, SlotKey, Tuple4,
+};
+
+#[map]
+pub static LB4_FRONTENDS: HashMap<Frontend4Key, Frontend4> =
+    HashMap::pinned(capacity::FRONTENDS, 0);
+
+#[map]
+pub static LB_SERVICES: HashMap<u32, Service> = HashMap::pinned(capacity::SERVICES, 0);
+
+#[map]
+pub static LB_SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(capacity::SLOTS, 0);
+
+#[map]
+pub static LB4_BACKENDS: HashMap<u32, Backend4> = HashMap::pinned(capacity::BACKENDS, 0);
+
+/// Client-direction flows. LRU: a full table evicts the least recently used flow.
+#[map]
+pub static LB4_CT: LruHashMap<Tuple4, Ct4> = LruHashMap::pinned(capacity::CT, 0);
+
+/// Reply-direction flows, keyed as replies arrive; also the SNAT port allocation table (a port is
+/// taken by inserting its reply tuple with BPF_NOEXIST).
+#[map]
+pub static LB4_RNAT: LruHashMap<Tuple4, RevNat4> = LruHashMap::pinned(capacity::CT, 0);
+
+#[map]
+pub static LB4_AFFINITY: LruHashMap<AffinityKey4, Affinity> =
+    LruHashMap::pinned(capacity::AFFINITY, 0);
+
+#[map]
+pub static LB4_NODE_ADDRS: HashMap<u32, NodeAddr4> = HashMap::pinned(capacity::NODE_ADDRS, 0);
+
+#[map]
+pub static LB_CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map]
+pub static LB_FRONTEND_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(capacity::FRONTENDS, 0);
+
+#[map]
+pub static LB_GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(lb_common::stat::COUNT, 0);
+
+#[inline(always)]
+pub fn count(stat: u32) {
+    if let Some(c) = LB_GLOBAL_STATS.get_ptr_mut(stat) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_frontend(stats_id: u32, bytes: u64) {
+    if let Some(c) = LB_FRONTEND_STATS.get_ptr_mut(stats_id) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}

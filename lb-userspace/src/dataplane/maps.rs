@@ -1,0 +1,188 @@
+//! Typed access to lb's kernel maps, for the agent (writes) and lbctl (reads).
+//!
+//! Writes are ordered so that a packet never meets a dangling reference: backends before the
+//! slots naming them, slots before the service count covering them, services before frontends.
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    Ebpf, Pod,
+};
+use lb_common::{
+    map_names as names, stat, Affinity, AffinityKey4, Backend4, Config, Counters, Ct4, Frontend4,
+    Frontend4Key, NodeAddr4, RevNat4, Service, SlotKey, Tuple4,
+};
+
+use super::pins::PinLayout;
+
+pub struct Maps {
+    pub frontends: HashMap<MapData, Frontend4Key, Frontend4>,
+    pub services: HashMap<MapData, u32, Service>,
+    pub slots: HashMap<MapData, SlotKey, u32>,
+    pub backends: HashMap<MapData, u32, Backend4>,
+    pub ct: HashMap<MapData, Tuple4, Ct4>,
+    pub rnat: HashMap<MapData, Tuple4, RevNat4>,
+    pub affinity: HashMap<MapData, AffinityKey4, Affinity>,
+    pub node_addrs: HashMap<MapData, u32, NodeAddr4>,
+    pub config: Array<MapData, Config>,
+    pub frontend_stats: PerCpuArray<MapData, Counters>,
+    pub global_stats: PerCpuArray<MapData, u64>,
+}
+
+/// Where the maps come from: a freshly loaded object, or the pins of a running (or stopped) agent.
+trait Source {
+    fn map(&mut self, name: &str) -> Result<Map>;
+}
+
+impl Source for Ebpf {
+    fn map(&mut self, name: &str) -> Result<Map> {
+        self.take_map(name).with_context(|| format!("map {name} missing from the object"))
+    }
+}
+
+impl Source for PinLayout {
+    fn map(&mut self, name: &str) -> Result<Map> {
+        let path = PinLayout::map(self, name);
+        let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Map::from_map_data(data)?)
+    }
+}
+
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(src: &mut impl Source, name: &str) -> Result<T> {
+    T::try_from(src.map(name)?).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl Maps {
+    /// Take the maps out of a loaded object (the loader already adopted or created the pins).
+    pub fn from_loaded(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::from_source(ebpf)
+    }
+
+    /// Open the pinned maps of an agent, running or not.
+    pub fn open_pinned(layout: &PinLayout) -> Result<Self> {
+        Self::from_source(&mut layout.clone())
+    }
+
+    fn from_source(src: &mut impl Source) -> Result<Self> {
+        Ok(Maps {
+            frontends: typed(src, names::FRONTENDS4)?,
+            services: typed(src, names::SERVICES)?,
+            slots: typed(src, names::SLOTS)?,
+            backends: typed(src, names::BACKENDS4)?,
+            ct: typed(src, names::CT4)?,
+            rnat: typed(src, names::RNAT4)?,
+            affinity: typed(src, names::AFFINITY4)?,
+            node_addrs: typed(src, names::NODE_ADDRS4)?,
+            config: typed(src, names::CONFIG)?,
+            frontend_stats: typed(src, names::FRONTEND_STATS)?,
+            global_stats: typed(src, names::GLOBAL_STATS)?,
+        })
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        Ok(self.config.get(&0, 0)?)
+    }
+
+    pub fn set_config(&mut self, config: &Config) -> Result<()> {
+        Ok(self.config.set(0, config, 0)?)
+    }
+
+    pub fn set_node_addr(&mut self, ifindex: u32, addr: std::net::Ipv4Addr) -> Result<()> {
+        let value = NodeAddr4 { addr: u32::from_ne_bytes(addr.octets()) };
+        self.node_addrs
+            .insert(ifindex, value, 0)
+            .with_context(|| format!("node address {addr} on ifindex {ifindex}"))
+    }
+
+    pub fn remove_node_addr(&mut self, ifindex: u32) -> Result<()> {
+        ignore_missing(self.node_addrs.remove(&ifindex))
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: &Backend4) -> Result<()> {
+        self.backends.insert(id, backend, 0).with_context(|| format!("backend {id}"))
+    }
+
+    pub fn remove_backend(&mut self, id: u32) -> Result<()> {
+        ignore_missing(self.backends.remove(&id))
+    }
+
+    /// Program a service's backend set: slots first, then the count that makes them visible,
+    /// then the slots beyond the new count are dropped. `previous` is the old backend count.
+    pub fn set_service(
+        &mut self,
+        id: u32,
+        service: &Service,
+        backends: &[u32],
+        previous: u32,
+    ) -> Result<()> {
+        for (slot, backend) in backends.iter().enumerate() {
+            let key = SlotKey { service_id: id, slot: slot as u32 };
+            self.slots
+                .insert(key, backend, 0)
+                .with_context(|| format!("service {id} slot {slot}"))?;
+        }
+        let value = Service { backend_count: backends.len() as u32, ..*service };
+        self.services.insert(id, value, 0).with_context(|| format!("service {id}"))?;
+        for slot in backends.len() as u32..previous {
+            ignore_missing(self.slots.remove(&SlotKey { service_id: id, slot }))?;
+        }
+        Ok(())
+    }
+
+    /// Remove a service and its slots (its frontends must be gone already).
+    pub fn remove_service(&mut self, id: u32) -> Result<()> {
+        let count = self.services.get(&id, 0).map(|s| s.backend_count).unwrap_or(0);
+        ignore_missing(self.services.remove(&id))?;
+        for slot in 0..count {
+            ignore_missing(self.slots.remove(&SlotKey { service_id: id, slot }))?;
+        }
+        Ok(())
+    }
+
+    pub fn set_frontend(&mut self, key: &Frontend4Key, frontend: &Frontend4) -> Result<()> {
+        self.frontends.insert(key, frontend, 0).with_context(|| format!("frontend {key:?}"))
+    }
+
+    pub fn remove_frontend(&mut self, key: &Frontend4Key) -> Result<()> {
+        ignore_missing(self.frontends.remove(key))
+    }
+
+    /// The backend ids of a service, in slot order.
+    pub fn service_backends(&self, id: u32) -> Result<Vec<u32>> {
+        let count = self.services.get(&id, 0)?.backend_count;
+        (0..count)
+            .map(|slot| Ok(self.slots.get(&SlotKey { service_id: id, slot }, 0)?))
+            .collect()
+    }
+
+    /// Summed per-CPU counters of one frontend.
+    pub fn frontend_counters(&self, stats_id: u32) -> Result<Counters> {
+        let per_cpu = self.frontend_stats.get(&stats_id, 0)?;
+        Ok(per_cpu.iter().fold(Counters::default(), |acc, c| Counters {
+            packets: acc.packets + c.packets,
+            bytes: acc.bytes + c.bytes,
+        }))
+    }
+
+    /// Summed per-CPU global counters, by name.
+    pub fn global_counters(&self) -> Result<BTreeMap<&'static str, u64>> {
+        (0..stat::COUNT)
+            .map(|i| Ok((stat::NAMES[i as usize], self.global_stats.get(&i, 0)?.iter().sum())))
+            .collect()
+    }
+}
+
+/// Every entry of a hash map (a snapshot: entries may come and go meanwhile).
+pub fn entries<K: Pod + Ord, V: Pod>(map: &HashMap<MapData, K, V>) -> Result<Vec<(K, V)>> {
+    let mut all = map.iter().collect::<Result<Vec<_>, _>>()?;
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(all)
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        other => Ok(other?),
+    }
+}

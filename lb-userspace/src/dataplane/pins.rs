@@ -1,0 +1,127 @@
+//! Where lb keeps its state on bpffs, so it outlives the agent:
+//! `PIN/v<ABI>/<MAP>` for maps (a new map layout gets a new directory) and
+//! `PIN/links/<ifindex>-<hook>` for the links that attach programs to interfaces.
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::programs::links::{FdLink, PinnedLink};
+use lb_common::ABI_VERSION;
+
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+#[derive(Clone, Debug)]
+pub struct PinLayout {
+    root: PathBuf,
+}
+
+impl PinLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        PinLayout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join(format!("v{ABI_VERSION}"))
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn link(&self, ifindex: u32, hook: &str) -> PathBuf {
+        self.links_dir().join(format!("{ifindex}-{hook}"))
+    }
+
+    /// Create the directories, refusing a path that is not on bpffs (pins would fail later with
+    /// a less helpful error).
+    pub fn create(&self) -> Result<()> {
+        for dir in [self.maps_dir(), self.links_dir()] {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        if !on_bpffs(&self.root)? {
+            bail!(
+                "{} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`",
+                self.root.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Map directories of other lb versions found under the root (their maps cannot be adopted).
+    pub fn foreign_versions(&self) -> Vec<String> {
+        let ours = format!("v{ABI_VERSION}");
+        list(&self.root)
+            .into_iter()
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+            .filter(|n| n.starts_with('v') && n[1..].parse::<u32>().is_ok() && *n != ours)
+            .collect()
+    }
+
+    /// Detach every pinned link and remove every pin and directory under the root.
+    pub fn remove_all(&self) -> Result<()> {
+        for link in list(&self.links_dir()) {
+            // Unpinning the last reference to a link detaches its program.
+            match PinnedLink::from_pin(&link) {
+                Ok(pinned) => drop(FdLink::from(pinned)),
+                Err(e) => tracing::warn!("opening link {}: {e}", link.display()),
+            }
+            remove_file(&link)?;
+        }
+        for dir in list(&self.root) {
+            if dir.is_dir() {
+                for pin in list(&dir) {
+                    remove_file(&pin)?;
+                }
+                remove_dir(&dir)?;
+            } else {
+                remove_file(&dir)?;
+            }
+        }
+        remove_dir(&self.root)
+    }
+}
+
+fn on_bpffs(path: &Path) -> Result<bool> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs into a zeroed struct with a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error()).context(format!("statfs {}", path.display()));
+    }
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+fn list(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn remove_dir(path: &Path) -> Result<()> {
+    match fs::remove_dir(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}

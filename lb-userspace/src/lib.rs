@@ -1,0 +1,5 @@
+//! lb userspace: the node agent's library and the pieces `lbctl` shares with it.
+//!
+//! Data flows one way: `source` (Kubernetes or manifests) → `model` (pure) → `dataplane` (the
+//! kernel maps and programs).
+pub mod dataplane;
