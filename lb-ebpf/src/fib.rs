@@ -23,7 +23,9 @@ fn params(ifindex: u32, daddr: u32) -> bpf_fib_lookup {
         ifindex,
         __bindgen_anon_2: bpf_fib_lookup__bindgen_ty_2 { flowinfo: 0 },
         __bindgen_anon_3: bpf_fib_lookup__bindgen_ty_3 { ipv6_src: [0; 4] },
-        __bindgen_anon_4: bpf_fib_lookup__bindgen_ty_4 { ipv6_dst: [daddr, 0, 0, 0] },
+        __bindgen_anon_4: bpf_fib_lookup__bindgen_ty_4 {
+            ipv6_dst: [daddr, 0, 0, 0],
+        },
         __bindgen_anon_5: bpf_fib_lookup__bindgen_ty_5 { tbid: 0 },
         smac: [0; 6],
         dmac: [0; 6],

@@ -58,7 +58,12 @@ pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
             return action;
         }
     }
-    let fe_key = Frontend4Key { addr: f.daddr, port: f.dport, proto: f.proto, scope };
+    let fe_key = Frontend4Key {
+        addr: f.daddr,
+        port: f.dport,
+        proto: f.proto,
+        scope,
+    };
     // SAFETY: read-only use of the map value within this run.
     if let Some(fe) = unsafe { LB4_FRONTENDS.get(&fe_key) } {
         return new_flow(p, &f, &key, fe, scope, now);
@@ -77,7 +82,12 @@ fn fragment(f: &Flow, scope: u8) -> Action {
     if f.later_fragment {
         return Action::Pass;
     }
-    let fe_key = Frontend4Key { addr: f.daddr, port: f.dport, proto: f.proto, scope };
+    let fe_key = Frontend4Key {
+        addr: f.daddr,
+        port: f.dport,
+        proto: f.proto,
+        scope,
+    };
     // SAFETY: existence check only.
     if unsafe { LB4_FRONTENDS.get(&fe_key) }.is_some() {
         count(stat::DROP_FRAGMENT);
@@ -144,15 +154,22 @@ fn established<P: Packet>(p: &mut P, f: &Flow, ct: &mut Ct4, now: u64) -> Option
             return None;
         }
     }
-    let flags = if f.proto == PROTO_TCP { tcp_state(ct.flags, f.tcp_flags) } else { ct.flags };
+    let flags = if f.proto == PROTO_TCP {
+        tcp_state(ct.flags, f.tcp_flags)
+    } else {
+        ct.flags
+    };
     if flags != ct.flags || now - ct.last_seen_ns > TOUCH_NS {
         ct.flags = flags;
         ct.last_seen_ns = now;
     }
     count(stat::CT_HIT);
     count_frontend(ct.stats_id, p.len() as u64);
-    let (saddr, sport) =
-        if ct.flags & CT_F_SNAT != 0 { (ct.snat_addr, ct.snat_port) } else { (f.saddr, f.sport) };
+    let (saddr, sport) = if ct.flags & CT_F_SNAT != 0 {
+        (ct.snat_addr, ct.snat_port)
+    } else {
+        (f.saddr, f.sport)
+    };
     if rewrite(p, f, saddr, ct.backend_addr, sport, ct.backend_port).is_err() {
         count(stat::DROP_REWRITE);
         return Some(Action::Drop);
@@ -187,7 +204,11 @@ fn new_flow<P: Packet>(
         stats_id: fe.stats_id,
         backend_addr: be.addr,
         backend_port: be.port,
-        flags: if scope == SCOPE_EXTERNAL { CT_F_EXTERNAL } else { 0 },
+        flags: if scope == SCOPE_EXTERNAL {
+            CT_F_EXTERNAL
+        } else {
+            0
+        },
         created_ns: now,
         last_seen_ns: now,
         ..Default::default()
@@ -212,7 +233,13 @@ fn new_flow<P: Packet>(
         _pad: [0; 3],
         last_seen_ns: now,
     };
-    let reply = Tuple4 { saddr: be.addr, daddr: f.saddr, sport: be.port, dport: f.sport, ..*key };
+    let reply = Tuple4 {
+        saddr: be.addr,
+        daddr: f.saddr,
+        sport: be.port,
+        dport: f.sport,
+        ..*key
+    };
     if snat {
         ct.flags |= CT_F_SNAT;
         rn.flags = ct.flags;
@@ -235,7 +262,11 @@ fn new_flow<P: Packet>(
         return Action::Drop;
     }
     count(stat::CT_NEW);
-    let (saddr, sport) = if snat { (ct.snat_addr, ct.snat_port) } else { (f.saddr, f.sport) };
+    let (saddr, sport) = if snat {
+        (ct.snat_addr, ct.snat_port)
+    } else {
+        (f.saddr, f.sport)
+    };
     if rewrite(p, f, saddr, be.addr, sport, be.port).is_err() {
         count(stat::DROP_REWRITE);
         return Action::Drop;
@@ -276,7 +307,11 @@ fn select(service_id: u32, svc: &Service, client: u32, now: u64) -> Option<(u32,
     let id = *unsafe { LB_SLOTS.get(SlotKey { service_id, slot }) }?;
     let be = *unsafe { LB4_BACKENDS.get(id) }?;
     if affinity {
-        let entry = Affinity { backend_id: id, _pad: 0, last_used_ns: now };
+        let entry = Affinity {
+            backend_id: id,
+            _pad: 0,
+            last_used_ns: now,
+        };
         // Failing to record affinity only loses stickiness, never the flow.
         let _ = LB4_AFFINITY.insert(&aff_key, &entry, 0);
     }
@@ -308,8 +343,12 @@ fn snat_addr<P: Packet>(p: &mut P, hairpin: bool, backend: u32) -> Option<u32> {
     }
     let ifindex = fib::egress_ifindex(p, backend);
     // SAFETY: read-only use of the map value within this run.
-    unsafe { LB4_NODE_ADDRS.get(ifindex).or_else(|| LB4_NODE_ADDRS.get(p.ifindex())) }
-        .map(|a| a.addr)
+    unsafe {
+        LB4_NODE_ADDRS
+            .get(ifindex)
+            .or_else(|| LB4_NODE_ADDRS.get(p.ifindex()))
+    }
+    .map(|a| a.addr)
 }
 
 /// Take a SNAT source port: the first free one from a random start, where free means no reply
@@ -322,7 +361,10 @@ fn snat_port(reply: &Tuple4, addr: u32, rn: &RevNat4, now: u64) -> Option<u16> {
     let range = u32::from(cfg.snat_port_max).saturating_sub(min) + 1;
     // SAFETY: helper without arguments.
     let start = unsafe { gen::bpf_get_prandom_u32() };
-    let mut key = Tuple4 { daddr: addr, ..*reply };
+    let mut key = Tuple4 {
+        daddr: addr,
+        ..*reply
+    };
     for i in 0..SNAT_TRIES {
         key.dport = ((start.wrapping_add(i).checked_rem(range)? + min) as u16).to_be();
         if LB4_RNAT.insert(&key, rn, u64::from(BPF_NOEXIST)).is_ok() {
@@ -342,7 +384,13 @@ fn stale(key: &Tuple4, now: u64) -> bool {
     let Some(rn) = (unsafe { LB4_RNAT.get(key) }) else {
         return true;
     };
-    let ct_key = Tuple4 { saddr: rn.daddr, daddr: rn.saddr, sport: rn.dport, dport: rn.sport, ..*key };
+    let ct_key = Tuple4 {
+        saddr: rn.daddr,
+        daddr: rn.saddr,
+        sport: rn.dport,
+        dport: rn.sport,
+        ..*key
+    };
     match unsafe { LB4_CT.get(&ct_key) } {
         Some(ct) => {
             ct.snat_port != key.dport

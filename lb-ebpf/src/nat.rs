@@ -18,7 +18,11 @@ pub fn rewrite<P: Packet>(
     dport: u16,
 ) -> Res {
     let l4_csum = f.l4_csum();
-    let udp = if f.proto == PROTO_UDP { CSUM_MANGLED_0 } else { 0 };
+    let udp = if f.proto == PROTO_UDP {
+        CSUM_MANGLED_0
+    } else {
+        0
+    };
     if saddr != f.saddr {
         set_addr(p, IP_SADDR, f.saddr, saddr, Some((l4_csum, udp)))?;
     }
@@ -54,7 +58,14 @@ pub fn set_addr<P: Packet>(
 
 /// Replace a 16-bit field covered by the L4 checksum at `csum`.
 #[inline(always)]
-pub fn set_port<P: Packet>(p: &mut P, off: usize, old: u16, new: u16, csum: usize, flags: u64) -> Res {
+pub fn set_port<P: Packet>(
+    p: &mut P,
+    off: usize,
+    old: u16,
+    new: u16,
+    csum: usize,
+    flags: u64,
+) -> Res {
     p.write_u16(off, new)?;
     p.l4_csum_replace(csum, u32::from(old), u32::from(new), flags | 2)
 }

@@ -130,17 +130,35 @@ impl Packet for Xdp<'_> {
     fn load_bytes(&self, off: usize, buf: &mut [u8]) -> Res {
         // SAFETY: the helper checks bounds against the packet and the buffer length.
         let rc = unsafe {
-            gen::bpf_xdp_load_bytes(self.0.ctx, off as u32, buf.as_mut_ptr().cast(), buf.len() as u32)
+            gen::bpf_xdp_load_bytes(
+                self.0.ctx,
+                off as u32,
+                buf.as_mut_ptr().cast(),
+                buf.len() as u32,
+            )
         };
-        if rc == 0 { Ok(()) } else { Err(()) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
     #[inline(always)]
     fn store_bytes(&mut self, off: usize, buf: &[u8]) -> Res {
         // SAFETY: as above; the helper only reads `buf`.
         let rc = unsafe {
-            gen::bpf_xdp_store_bytes(self.0.ctx, off as u32, buf.as_ptr() as *mut _, buf.len() as u32)
+            gen::bpf_xdp_store_bytes(
+                self.0.ctx,
+                off as u32,
+                buf.as_ptr() as *mut _,
+                buf.len() as u32,
+            )
         };
-        if rc == 0 { Ok(()) } else { Err(()) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
     #[inline(always)]
     fn resize(&mut self, len: usize) -> Res {
@@ -156,7 +174,11 @@ impl Packet for Xdp<'_> {
                 0
             }
         };
-        if rc == 0 { Ok(()) } else { Err(()) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
     #[inline(always)]
     fn fib_lookup(&mut self, params: &mut bpf_fib_lookup) -> i64 {
@@ -210,19 +232,32 @@ impl Packet for Tc<'_> {
     }
     #[inline(always)]
     fn l3_csum_replace(&mut self, off: usize, from: u32, to: u32, size: u64) -> Res {
-        rc(self.0.l3_csum_replace(off, u64::from(from), u64::from(to), size))
+        rc(self
+            .0
+            .l3_csum_replace(off, u64::from(from), u64::from(to), size))
     }
     #[inline(always)]
     fn l4_csum_replace(&mut self, off: usize, from: u32, to: u32, flags: u64) -> Res {
-        rc(self.0.l4_csum_replace(off, u64::from(from), u64::from(to), flags))
+        rc(self
+            .0
+            .l4_csum_replace(off, u64::from(from), u64::from(to), flags))
     }
     #[inline(always)]
     fn load_bytes(&self, off: usize, buf: &mut [u8]) -> Res {
         // SAFETY: the helper bounds-checks the skb and writes `buf.len()` bytes into `buf`.
         let r = unsafe {
-            gen::bpf_skb_load_bytes(self.0.skb.skb as *const _, off as u32, buf.as_mut_ptr().cast(), buf.len() as u32)
+            gen::bpf_skb_load_bytes(
+                self.0.skb.skb as *const _,
+                off as u32,
+                buf.as_mut_ptr().cast(),
+                buf.len() as u32,
+            )
         };
-        if r == 0 { Ok(()) } else { Err(()) }
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
     #[inline(always)]
     fn store_bytes(&mut self, off: usize, buf: &[u8]) -> Res {
@@ -236,13 +271,21 @@ impl Packet for Tc<'_> {
                 0,
             )
         };
-        if r == 0 { Ok(()) } else { Err(()) }
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
     #[inline(always)]
     fn resize(&mut self, len: usize) -> Res {
         // SAFETY: plain helper call on our own skb.
         let r = unsafe { gen::bpf_skb_change_tail(self.0.skb.skb, len as u32, 0) };
-        if r == 0 { Ok(()) } else { Err(()) }
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
     #[inline(always)]
     fn fib_lookup(&mut self, params: &mut bpf_fib_lookup) -> i64 {

@@ -133,7 +133,10 @@ pub fn parse<P: Packet>(p: &mut P) -> Option<Flow> {
             flow.tcp_seq = u32::from_ne_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
             flow.tcp_ack = u32::from_ne_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
             flow.tcp_hlen = usize::from(tcp[12] >> 4) * 4;
-            [u16::from_ne_bytes([tcp[0], tcp[1]]), u16::from_ne_bytes([tcp[2], tcp[3]])]
+            [
+                u16::from_ne_bytes([tcp[0], tcp[1]]),
+                u16::from_ne_bytes([tcp[2], tcp[3]]),
+            ]
         }
         PROTO_UDP => {
             let udp: [u16; 4] = read(p, flow.l4)?;

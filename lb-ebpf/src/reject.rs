@@ -146,7 +146,12 @@ fn icmp_port_unreachable<P: Packet>(p: &mut P, f: &Flow) -> Res {
     // SAFETY: `quote` is at most the buffer's size; the helper bounds-checks the packet.
     let q = unsafe { core::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, quote) };
     p.load_bytes(IP_OFF, q)?;
-    let mut icmp = IcmpHdr { ty: ICMP_DEST_UNREACH, code: ICMP_PORT_UNREACH, csum: 0, unused: 0 };
+    let mut icmp = IcmpHdr {
+        ty: ICMP_DEST_UNREACH,
+        code: ICMP_PORT_UNREACH,
+        csum: 0,
+        unused: 0,
+    };
     // SAFETY: csum_diff reads `quote` bytes (a multiple of 4) of our buffer.
     let quoted =
         unsafe { gen::bpf_csum_diff(core::ptr::null_mut(), 0, buf.as_mut_ptr(), quote as u32, 0) };
@@ -165,7 +170,8 @@ fn icmp_port_unreachable<P: Packet>(p: &mut P, f: &Flow) -> Res {
 #[inline(always)]
 fn store<T, P: Packet>(p: &mut P, off: usize, v: &T) -> Res {
     // SAFETY: header structs are plain bytes.
-    let bytes =
-        unsafe { core::slice::from_raw_parts(v as *const T as *const u8, core::mem::size_of::<T>()) };
+    let bytes = unsafe {
+        core::slice::from_raw_parts(v as *const T as *const u8, core::mem::size_of::<T>())
+    };
     p.store_bytes(off, bytes)
 }

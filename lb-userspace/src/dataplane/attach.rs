@@ -64,7 +64,9 @@ pub fn ifindex(iface: &str) -> Result<u32> {
 
 /// Open a pinned link if one is there and still usable.
 fn pinned(path: &Path) -> Option<FdLink> {
-    path.exists().then(|| PinnedLink::from_pin(path).ok().map(FdLink::from)).flatten()
+    path.exists()
+        .then(|| PinnedLink::from_pin(path).ok().map(FdLink::from))
+        .flatten()
 }
 
 impl Links {
@@ -81,9 +83,10 @@ impl Links {
     ) -> Result<XdpModeUsed> {
         let path = self.layout.link(ifindex, XDP_PIN);
         if let Some(link) = pinned(&path) {
-            match XdpLink::try_from(link).map_err(anyhow::Error::from).and_then(|l| {
-                prog.attach_to_link(l).map_err(anyhow::Error::from)
-            }) {
+            match XdpLink::try_from(link)
+                .map_err(anyhow::Error::from)
+                .and_then(|l| prog.attach_to_link(l).map_err(anyhow::Error::from))
+            {
                 Ok(_) => return Ok(XdpModeUsed::Replaced),
                 // The interface behind it went away (or was recreated): start over.
                 Err(e) => {
@@ -96,14 +99,23 @@ impl Links {
             XdpRequest::Native => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
                 Ok(id) => (id, XdpModeUsed::Native),
                 Err(e) => {
-                    tracing::warn!("{iface}: native XDP unavailable ({e}), falling back to generic");
-                    (prog.attach_to_if_index(ifindex, XdpMode::Skb)?, XdpModeUsed::Generic)
+                    tracing::warn!(
+                        "{iface}: native XDP unavailable ({e}), falling back to generic"
+                    );
+                    (
+                        prog.attach_to_if_index(ifindex, XdpMode::Skb)?,
+                        XdpModeUsed::Generic,
+                    )
                 }
             },
-            _ => (prog.attach_to_if_index(ifindex, XdpMode::Skb)?, XdpModeUsed::Generic),
+            _ => (
+                prog.attach_to_if_index(ifindex, XdpMode::Skb)?,
+                XdpModeUsed::Generic,
+            ),
         };
         let link = FdLink::try_from(prog.take_link(id)?)?;
-        link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        link.pin(&path)
+            .with_context(|| format!("pinning {}", path.display()))?;
         Ok(used)
     }
 
@@ -136,7 +148,8 @@ impl Links {
             )
             .with_context(|| format!("{iface}: attaching TC ingress (tcx needs Linux 6.6+)"))?;
         let link = FdLink::try_from(prog.take_link(id)?)?;
-        link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        link.pin(&path)
+            .with_context(|| format!("pinning {}", path.display()))?;
         Ok(())
     }
 
@@ -156,7 +169,15 @@ impl Links {
         let mut all: Vec<u32> = std::fs::read_dir(self.layout.links_dir())
             .into_iter()
             .flatten()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.split('-').next()?.parse().ok())
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .split('-')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .collect();
         all.sort_unstable();
         all.dedup();

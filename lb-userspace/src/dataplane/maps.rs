@@ -37,19 +37,24 @@ trait Source {
 
 impl Source for Ebpf {
     fn map(&mut self, name: &str) -> Result<Map> {
-        self.take_map(name).with_context(|| format!("map {name} missing from the object"))
+        self.take_map(name)
+            .with_context(|| format!("map {name} missing from the object"))
     }
 }
 
 impl Source for PinLayout {
     fn map(&mut self, name: &str) -> Result<Map> {
         let path = PinLayout::map(self, name);
-        let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
         Ok(Map::from_map_data(data)?)
     }
 }
 
-fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(src: &mut impl Source, name: &str) -> Result<T> {
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    src: &mut impl Source,
+    name: &str,
+) -> Result<T> {
     T::try_from(src.map(name)?).with_context(|| format!("map {name} has an unexpected type"))
 }
 
@@ -89,7 +94,9 @@ impl Maps {
     }
 
     pub fn set_node_addr(&mut self, ifindex: u32, addr: std::net::Ipv4Addr) -> Result<()> {
-        let value = NodeAddr4 { addr: u32::from_ne_bytes(addr.octets()) };
+        let value = NodeAddr4 {
+            addr: u32::from_ne_bytes(addr.octets()),
+        };
         self.node_addrs
             .insert(ifindex, value, 0)
             .with_context(|| format!("node address {addr} on ifindex {ifindex}"))
@@ -100,7 +107,9 @@ impl Maps {
     }
 
     pub fn set_backend(&mut self, id: u32, backend: &Backend4) -> Result<()> {
-        self.backends.insert(id, backend, 0).with_context(|| format!("backend {id}"))
+        self.backends
+            .insert(id, backend, 0)
+            .with_context(|| format!("backend {id}"))
     }
 
     pub fn remove_backend(&mut self, id: u32) -> Result<()> {
@@ -117,31 +126,51 @@ impl Maps {
         previous: u32,
     ) -> Result<()> {
         for (slot, backend) in backends.iter().enumerate() {
-            let key = SlotKey { service_id: id, slot: slot as u32 };
+            let key = SlotKey {
+                service_id: id,
+                slot: slot as u32,
+            };
             self.slots
                 .insert(key, backend, 0)
                 .with_context(|| format!("service {id} slot {slot}"))?;
         }
-        let value = Service { backend_count: backends.len() as u32, ..*service };
-        self.services.insert(id, value, 0).with_context(|| format!("service {id}"))?;
+        let value = Service {
+            backend_count: backends.len() as u32,
+            ..*service
+        };
+        self.services
+            .insert(id, value, 0)
+            .with_context(|| format!("service {id}"))?;
         for slot in backends.len() as u32..previous {
-            ignore_missing(self.slots.remove(&SlotKey { service_id: id, slot }))?;
+            ignore_missing(self.slots.remove(&SlotKey {
+                service_id: id,
+                slot,
+            }))?;
         }
         Ok(())
     }
 
     /// Remove a service and its slots (its frontends must be gone already).
     pub fn remove_service(&mut self, id: u32) -> Result<()> {
-        let count = self.services.get(&id, 0).map(|s| s.backend_count).unwrap_or(0);
+        let count = self
+            .services
+            .get(&id, 0)
+            .map(|s| s.backend_count)
+            .unwrap_or(0);
         ignore_missing(self.services.remove(&id))?;
         for slot in 0..count {
-            ignore_missing(self.slots.remove(&SlotKey { service_id: id, slot }))?;
+            ignore_missing(self.slots.remove(&SlotKey {
+                service_id: id,
+                slot,
+            }))?;
         }
         Ok(())
     }
 
     pub fn set_frontend(&mut self, key: &Frontend4Key, frontend: &Frontend4) -> Result<()> {
-        self.frontends.insert(key, frontend, 0).with_context(|| format!("frontend {key:?}"))
+        self.frontends
+            .insert(key, frontend, 0)
+            .with_context(|| format!("frontend {key:?}"))
     }
 
     pub fn remove_frontend(&mut self, key: &Frontend4Key) -> Result<()> {
@@ -152,7 +181,15 @@ impl Maps {
     pub fn service_backends(&self, id: u32) -> Result<Vec<u32>> {
         let count = self.services.get(&id, 0)?.backend_count;
         (0..count)
-            .map(|slot| Ok(self.slots.get(&SlotKey { service_id: id, slot }, 0)?))
+            .map(|slot| {
+                Ok(self.slots.get(
+                    &SlotKey {
+                        service_id: id,
+                        slot,
+                    },
+                    0,
+                )?)
+            })
             .collect()
     }
 
@@ -168,7 +205,12 @@ impl Maps {
     /// Summed per-CPU global counters, by name.
     pub fn global_counters(&self) -> Result<BTreeMap<&'static str, u64>> {
         (0..stat::COUNT)
-            .map(|i| Ok((stat::NAMES[i as usize], self.global_stats.get(&i, 0)?.iter().sum())))
+            .map(|i| {
+                Ok((
+                    stat::NAMES[i as usize],
+                    self.global_stats.get(&i, 0)?.iter().sum(),
+                ))
+            })
             .collect()
     }
 }
@@ -176,7 +218,7 @@ impl Maps {
 /// Every entry of a hash map (a snapshot: entries may come and go meanwhile).
 pub fn entries<K: Pod + Ord, V: Pod>(map: &HashMap<MapData, K, V>) -> Result<Vec<(K, V)>> {
     let mut all = map.iter().collect::<Result<Vec<_>, _>>()?;
-    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all.sort_by_key(|e| e.0);
     Ok(all)
 }
 

@@ -14,7 +14,7 @@ use aya::{
 };
 use lb_common::Config;
 
-pub use attach::{TcHook, XdpModeUsed, XdpRequest};
+pub use attach::{ifindex, TcHook, XdpModeUsed, XdpRequest};
 pub use maps::Maps;
 pub use pins::{PinLayout, DEFAULT_PIN_PATH};
 
@@ -35,7 +35,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { pin_path: PathBuf::from(DEFAULT_PIN_PATH), capacities: Vec::new() }
+        Options {
+            pin_path: PathBuf::from(DEFAULT_PIN_PATH),
+            capacities: Vec::new(),
+        }
     }
 }
 
@@ -65,14 +68,23 @@ impl Dataplane {
         }
         let mut ebpf = loader.load(OBJECT).context("loading the lb BPF object")?;
         for name in [PROG_XDP_EXT, PROG_XDP_FLOOR] {
-            xdp_mut(&mut ebpf, name)?.load().with_context(|| format!("verifying {name}"))?;
+            xdp_mut(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("verifying {name}"))?;
         }
         for name in [PROG_TC_EXT, PROG_TC_POD] {
-            tc_mut(&mut ebpf, name)?.load().with_context(|| format!("verifying {name}"))?;
+            tc_mut(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("verifying {name}"))?;
         }
         let mut maps = Maps::from_loaded(&mut ebpf)?;
         ensure_config(&mut maps)?;
-        Ok(Dataplane { ebpf, maps, links: attach::Links::new(layout.clone()), layout })
+        Ok(Dataplane {
+            ebpf,
+            maps,
+            links: attach::Links::new(layout.clone()),
+            layout,
+        })
     }
 
     pub fn layout(&self) -> &PinLayout {
@@ -81,11 +93,19 @@ impl Dataplane {
 
     /// A loaded XDP program, e.g. for BPF_PROG_TEST_RUN.
     pub fn xdp(&self, name: &str) -> Result<&Xdp> {
-        Ok(self.ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?)
+        Ok(self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?)
     }
 
     pub fn tc(&self, name: &str) -> Result<&SchedClassifier> {
-        Ok(self.ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?)
+        Ok(self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?)
     }
 
     /// Attach the north-south program to an external interface: XDP as requested (native falls
@@ -135,9 +155,15 @@ fn ensure_config(maps: &mut Maps) -> Result<()> {
 }
 
 fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    Ok(ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?)
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?)
 }
 
 fn tc_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
-    Ok(ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?)
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?)
 }

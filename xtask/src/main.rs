@@ -1,0 +1,44 @@
+//! Developer tasks for the lb workspace, run as `cargo xtask <command>`.
+
+mod bench;
+mod cmd;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Developer tasks for lb")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing lb needs (idempotent).
+    Setup,
+    /// Run setup, then fmt, clippy (userspace and eBPF) and the test suite.
+    Test(test::Args),
+    /// Print per-packet cost of the XDP datapath next to a bare XDP program.
+    Bench,
+}
+
+/// Prints the error chain without anyhow's backtrace: the failing command's own output,
+/// just above, is what matters.
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test(args) => test::run(&args),
+        Task::Bench => bench::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! `cargo xtask setup`: installs what a fresh Debian 12 machine lacks to build and test lb.
+//! Every step checks before it acts, so a second run changes nothing and returns at once.
+
+use std::{env, fs, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd::{self, cargo, command, output};
+
+const APT_PACKAGES: &[&str] = &[
+    // bpf-linker links against Debian's LLVM 22.
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    // The lab tests build network namespaces and veths with these.
+    "iproute2",
+    "ethtool",
+    "iputils-ping",
+    "procps",
+];
+
+/// Stable runs fmt and clippy on userspace; nightly builds and lints lb-ebpf, whose
+/// `-Z build-std=core` needs rust-src.
+const TOOLCHAINS: &[(&str, &[&str])] = &[
+    ("stable", &["rustfmt", "clippy"]),
+    ("nightly", &["rust-src", "clippy"]),
+];
+
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn run() -> Result<()> {
+    let root = is_root()?;
+    apt_packages(root)?;
+    rust_toolchains()?;
+    bpf_linker()?;
+    bpffs(root)
+}
+
+fn apt_packages(root: bool) -> Result<()> {
+    let mut missing = Vec::new();
+    for pkg in APT_PACKAGES {
+        if dpkg_installed(pkg) {
+            ok(&format!("apt package {pkg}"));
+        } else {
+            missing.push(*pkg);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !root {
+        bail!("apt packages missing: {list}; run as root or `sudo apt-get install -y {list}`");
+    }
+    installing(&format!("apt packages {list}"));
+    cmd::run(&mut apt("update"))?;
+    cmd::run(apt("install -y").args(&missing))
+}
+
+/// `${Status}` reads "install ok installed" (or "hold ok installed"); a removed package keeps
+/// "deinstall ok config-files". Multiarch packages print one status per architecture, unseparated.
+fn dpkg_installed(pkg: &str) -> bool {
+    output(command("dpkg-query", "-W -f ${Status}").arg(pkg))
+        .is_some_and(|status| status.contains("ok installed"))
+}
+
+fn apt(args: &str) -> Command {
+    let mut cmd = command("apt-get", args);
+    cmd.env("DEBIAN_FRONTEND", "noninteractive");
+    cmd
+}
+
+fn rust_toolchains() -> Result<()> {
+    for (toolchain, components) in TOOLCHAINS {
+        let installed = match installed_components(toolchain) {
+            Some(installed) => {
+                ok(&format!("{toolchain} toolchain"));
+                installed
+            }
+            None => {
+                installing(&format!("{toolchain} toolchain"));
+                let install = format!("toolchain install {toolchain} --profile minimal");
+                cmd::run(&mut command("rustup", &install))?;
+                installed_components(toolchain).with_context(|| {
+                    format!("cannot list the {toolchain} toolchain's components")
+                })?
+            }
+        };
+        rust_components(toolchain, components, &installed)?;
+    }
+    Ok(())
+}
+
+/// `rustup component list --installed`, or `None` when the toolchain (or rustup) is missing.
+fn installed_components(toolchain: &str) -> Option<String> {
+    let list = format!("component list --toolchain {toolchain} --installed");
+    output(&mut command("rustup", &list))
+}
+
+fn rust_components(toolchain: &str, wanted: &[&str], installed: &str) -> Result<()> {
+    // Lines read "rust-src" or "clippy-x86_64-unknown-linux-gnu".
+    let has = |c: &str| {
+        installed
+            .lines()
+            .any(|l| l == c || l.starts_with(&format!("{c}-")))
+    };
+    for component in wanted {
+        if has(component) {
+            ok(&format!("{component} on {toolchain}"));
+        } else {
+            installing(&format!("{component} on {toolchain}"));
+            let add = format!("component add --toolchain {toolchain} {component}");
+            cmd::run(&mut command("rustup", &add))?;
+        }
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    if let Some(version) = output(&mut command("bpf-linker", "--version")) {
+        ok(version.trim());
+        return Ok(());
+    }
+    installing("bpf-linker 0.13.0 against LLVM 22 (builds for a few minutes)");
+    // The lockfile pins the dependencies it was released with; if they no longer
+    // resolve with this cargo, a fresh resolution is the documented fallback.
+    install_bpf_linker(true).or_else(|err| {
+        eprintln!("xtask: {err:#}; retrying without --locked");
+        install_bpf_linker(false)
+    })
+}
+
+fn install_bpf_linker(locked: bool) -> Result<()> {
+    let path = format!("{LLVM_PREFIX}/bin:{}", env::var("PATH").unwrap_or_default());
+    // The default feature wants LLVM 23, which Debian 12 does not have.
+    let mut install =
+        cargo("install bpf-linker --version 0.13.0 --no-default-features --features llvm-22");
+    install.env("LLVM_PREFIX", LLVM_PREFIX).env("PATH", path);
+    if locked {
+        install.arg("--locked");
+    }
+    cmd::run(&mut install)
+}
+
+/// Pinning maps and links needs bpffs; privileged tests rely on it.
+fn bpffs(root: bool) -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    let mounted = mounts.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&BPFFS) && fields.get(2) == Some(&"bpf")
+    });
+    if mounted {
+        ok(&format!("bpffs on {BPFFS}"));
+    } else if !root {
+        eprintln!("xtask: skip: bpffs is not mounted on {BPFFS} and mounting it needs root");
+    } else {
+        installing(&format!("bpffs on {BPFFS} (mount)"));
+        cmd::run(command("mount", "-t bpf bpf").arg(BPFFS))?;
+    }
+    Ok(())
+}
+
+/// Effective uid from /proc, to avoid a libc dependency for one call.
+fn is_root() -> Result<bool> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let uid_line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .context("no Uid line in /proc/self/status")?;
+    Ok(uid_line.split_whitespace().nth(1) == Some("0"))
+}
+
+fn ok(what: &str) {
+    eprintln!("xtask: ok: {what} already present");
+}
+
+fn installing(what: &str) {
+    eprintln!("xtask: installing {what}");
+}
