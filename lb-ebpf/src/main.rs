@@ -6,6 +6,8 @@
 //! plus `lb_xdp_floor`, a bare XDP_PASS that benchmarks use as the cost floor.
 #![no_std]
 #![no_main]
+// Map keys and values are passed by reference on purpose: the helpers read them from the stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod csum;
 mod fib;

@@ -651,16 +651,6 @@ fn fixtures_verdicts_reject_drop_fragments_hairpin() {
     });
 }
 
-fn hairpin_out(node: &Node, p: &Pkt) -> Vec<u8> {
-    // The SNAT port is allocated at random: read it back from conntrack.
-    let key = tuple(p);
-    let ct = node.dp.maps.ct.get(&key, 0).unwrap_or_default();
-    let port = u16::from_be(ct.snat_port);
-    p.nat(&format!("169.254.42.1:{port}"), "10.244.1.7:8080")
-        .macs(NODE_MAC, POD_MAC)
-        .build()
-}
-
 #[test]
 fn fixture_icmp_error_from_backend_is_reverse_natted() {
     with_node("pkt-icmp", |node| {
