@@ -137,11 +137,7 @@ impl Packet for Xdp<'_> {
                 buf.len() as u32,
             )
         };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(())
-        }
+        ok(rc)
     }
     #[inline(always)]
     fn store_bytes(&mut self, off: usize, buf: &[u8]) -> Res {
@@ -154,11 +150,7 @@ impl Packet for Xdp<'_> {
                 buf.len() as u32,
             )
         };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(())
-        }
+        ok(rc)
     }
     #[inline(always)]
     fn resize(&mut self, len: usize) -> Res {
@@ -174,27 +166,39 @@ impl Packet for Xdp<'_> {
                 0
             }
         };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(())
-        }
+        ok(rc)
     }
     #[inline(always)]
     fn fib_lookup(&mut self, params: &mut bpf_fib_lookup) -> i64 {
-        // SAFETY: params is a valid, fully initialised struct of the size passed.
-        unsafe {
-            gen::bpf_fib_lookup(
-                self.0.as_ptr(),
-                params,
-                core::mem::size_of::<bpf_fib_lookup>() as i32,
-                0,
-            )
-        }
+        fib(self.0.as_ptr(), params)
     }
 }
 
 pub struct Tc<'a>(pub &'a TcContext);
+
+/// A helper's return code as a result.
+#[inline(always)]
+fn ok(rc: i64) -> Res {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// bpf_fib_lookup for either program type (the helper takes the context as is).
+#[inline(always)]
+fn fib(ctx: *mut core::ffi::c_void, params: &mut bpf_fib_lookup) -> i64 {
+    // SAFETY: params is a valid, fully initialised struct of the size passed.
+    unsafe {
+        gen::bpf_fib_lookup(
+            ctx,
+            params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    }
+}
 
 fn rc(r: Result<(), i64>) -> Res {
     r.map_err(|_| ())
@@ -253,11 +257,7 @@ impl Packet for Tc<'_> {
                 buf.len() as u32,
             )
         };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(())
-        }
+        ok(r)
     }
     #[inline(always)]
     fn store_bytes(&mut self, off: usize, buf: &[u8]) -> Res {
@@ -271,32 +271,16 @@ impl Packet for Tc<'_> {
                 0,
             )
         };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(())
-        }
+        ok(r)
     }
     #[inline(always)]
     fn resize(&mut self, len: usize) -> Res {
         // SAFETY: plain helper call on our own skb.
         let r = unsafe { gen::bpf_skb_change_tail(self.0.skb.skb, len as u32, 0) };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(())
-        }
+        ok(r)
     }
     #[inline(always)]
     fn fib_lookup(&mut self, params: &mut bpf_fib_lookup) -> i64 {
-        // SAFETY: as for XDP.
-        unsafe {
-            gen::bpf_fib_lookup(
-                self.0.as_ptr(),
-                params,
-                core::mem::size_of::<bpf_fib_lookup>() as i32,
-                0,
-            )
-        }
+        fib(self.0.as_ptr(), params)
     }
 }
