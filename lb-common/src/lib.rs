@@ -32,6 +32,7 @@ pub mod map_names {
     pub const CONFIG: &str = "LB_CONFIG";
     pub const FRONTEND_STATS: &str = "LB_FRONTEND_STATS";
     pub const GLOBAL_STATS: &str = "LB_GLOBAL_STATS";
+    pub const SERVICE_NAMES: &str = "LB_SERVICE_NAMES";
 }
 
 /// Default capacities; userspace may override them at load time.
@@ -95,6 +96,39 @@ pub struct Service {
     pub flags: u8,
     pub verdict: u8,
     pub _pad: [u8; 2],
+}
+
+/// A backend set serves every endpoint usable in the cluster (`POLICY_CLUSTER`) or only this
+/// node's (`POLICY_LOCAL`, for externalTrafficPolicy/internalTrafficPolicy Local).
+pub const POLICY_CLUSTER: u8 = 0;
+pub const POLICY_LOCAL: u8 = 1;
+
+/// Value of `LB_SERVICE_NAMES` (key: service id): the Kubernetes service port a backend set
+/// belongs to. The kernel never reads it; lbctl shows it and a restarted agent re-keys its ids
+/// with it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceName {
+    /// `namespace/name`, NUL-padded (each part is a DNS label of at most 63 bytes).
+    pub name: [u8; 128],
+    /// The Service port's name (at most 15 bytes, empty for a lone unnamed port), NUL-padded.
+    pub port_name: [u8; 16],
+    pub proto: u8,
+    /// `POLICY_*`.
+    pub policy: u8,
+    pub _pad: [u8; 6],
+}
+
+impl Default for ServiceName {
+    fn default() -> Self {
+        ServiceName {
+            name: [0; 128],
+            port_name: [0; 16],
+            proto: 0,
+            policy: 0,
+            _pad: [0; 6],
+        }
+    }
 }
 
 /// Key of `LB_SLOTS`: the n-th backend of a service.
@@ -306,4 +340,5 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for NodeAddr4 {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for ServiceName {}
 }

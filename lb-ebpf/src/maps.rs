@@ -1,11 +1,12 @@
 //! The maps, pinned by name under the agent's pin path so they outlive the agent.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     capacity, Affinity, AffinityKey4, Backend4, Config, Counters, Ct4, Frontend4, Frontend4Key,
-    NodeAddr4, RevNat4, Service, SlotKey, Tuple4,
+    NodeAddr4, RevNat4, Service, ServiceName, SlotKey, Tuple4,
 };
 
 #[map]
@@ -45,6 +46,12 @@ pub static LB_FRONTEND_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(capaci
 
 #[map]
 pub static LB_GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(lb_common::stat::COUNT, 0);
+
+/// Names of the backend sets, for userspace only. Not preallocated: most services are small and
+/// the names are large.
+#[map]
+pub static LB_SERVICE_NAMES: HashMap<u32, ServiceName> =
+    HashMap::pinned(capacity::SERVICES, BPF_F_NO_PREALLOC as u32);
 
 #[inline(always)]
 pub fn count(stat: u32) {

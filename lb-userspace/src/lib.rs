@@ -3,3 +3,4 @@
 //! Data flows one way: `source` (Kubernetes or manifests) → `model` (pure) → `dataplane` (the
 //! kernel maps and programs).
 pub mod dataplane;
+pub mod model;

@@ -1,0 +1,1 @@
+//! kube-proxy TestCategorizeEndpoints (pkg/proxy/topology_test.go).

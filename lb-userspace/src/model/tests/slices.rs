@@ -1,0 +1,1 @@
+//! kube-proxy EndpointSliceCache tests (pkg/proxy/endpointslicecache_test.go).
