@@ -4,3 +4,4 @@
 //! kernel maps and programs).
 pub mod dataplane;
 pub mod model;
+pub mod source;

@@ -11,7 +11,7 @@ use aya::{
 };
 use lb_common::{
     map_names as names, stat, Affinity, AffinityKey4, Backend4, Config, Counters, Ct4, Frontend4,
-    Frontend4Key, NodeAddr4, RevNat4, Service, SlotKey, Tuple4,
+    Frontend4Key, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, Tuple4,
 };
 
 use super::pins::PinLayout;
@@ -28,6 +28,33 @@ pub struct Maps {
     pub config: Array<MapData, Config>,
     pub frontend_stats: PerCpuArray<MapData, Counters>,
     pub global_stats: PerCpuArray<MapData, u64>,
+    pub service_names: HashMap<MapData, u32, ServiceName>,
+}
+
+/// The sizes of the maps the agent fills, as created (a pinned map keeps the size it was made
+/// with).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacities {
+    pub frontends: u32,
+    pub services: u32,
+    pub slots: u32,
+    pub backends: u32,
+}
+
+impl Capacities {
+    pub fn read(layout: &PinLayout) -> Result<Self> {
+        let size = |name: &str| -> Result<u32> {
+            let info = aya::maps::MapInfo::from_pin(layout.map(name))
+                .with_context(|| format!("map {name}"))?;
+            Ok(info.max_entries())
+        };
+        Ok(Capacities {
+            frontends: size(names::FRONTENDS4)?,
+            services: size(names::SERVICES)?,
+            slots: size(names::SLOTS)?,
+            backends: size(names::BACKENDS4)?,
+        })
+    }
 }
 
 /// Where the maps come from: a freshly loaded object, or the pins of a running (or stopped) agent.
@@ -82,6 +109,7 @@ impl Maps {
             config: typed(src, names::CONFIG)?,
             frontend_stats: typed(src, names::FRONTEND_STATS)?,
             global_stats: typed(src, names::GLOBAL_STATS)?,
+            service_names: typed(src, names::SERVICE_NAMES)?,
         })
     }
 
@@ -175,6 +203,39 @@ impl Maps {
 
     pub fn remove_frontend(&mut self, key: &Frontend4Key) -> Result<()> {
         ignore_missing(self.frontends.remove(key))
+    }
+
+    pub fn set_service_name(&mut self, id: u32, name: &ServiceName) -> Result<()> {
+        self.service_names
+            .insert(id, name, 0)
+            .with_context(|| format!("name of service {id}"))
+    }
+
+    /// Remove a service, its slots and its name (its frontends must be gone already).
+    pub fn remove_named_service(&mut self, id: u32) -> Result<()> {
+        self.remove_service(id)?;
+        ignore_missing(self.service_names.remove(&id))
+    }
+
+    /// Zero a frontend's counters before its stats id is given to a new frontend.
+    pub fn reset_frontend_counters(&mut self, stats_id: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])?;
+        Ok(self.frontend_stats.set(stats_id, zero, 0)?)
+    }
+
+    /// Forget every session-affinity entry of these services (they were deleted).
+    pub fn purge_affinity(&mut self, services: &std::collections::HashSet<u32>) -> Result<usize> {
+        let stale: Vec<AffinityKey4> = self
+            .affinity
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| services.contains(&k.service_id))
+            .collect();
+        for key in &stale {
+            ignore_missing(self.affinity.remove(key))?;
+        }
+        Ok(stale.len())
     }
 
     /// The backend ids of a service, in slot order.

@@ -4,6 +4,7 @@
 mod attach;
 pub mod maps;
 pub mod pins;
+pub mod reconcile;
 
 use std::path::PathBuf;
 
@@ -15,7 +16,7 @@ use aya::{
 use lb_common::Config;
 
 pub use attach::{ifindex, TcHook, XdpModeUsed, XdpRequest};
-pub use maps::Maps;
+pub use maps::{Capacities, Maps};
 pub use pins::{PinLayout, DEFAULT_PIN_PATH};
 
 /// The compiled lb-ebpf object, built by build.rs.

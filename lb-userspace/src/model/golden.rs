@@ -1,0 +1,110 @@
+//! Golden tests in the style of Cilium's pkg/loadbalancer tests: each directory under
+//! `testdata/model/` holds `input.yaml` (Services, EndpointSlices, Nodes) and `expected.txt`, a
+//! dump of the desired maps for node `node-a` with NodePort address 192.0.2.10.
+//! `LB_UPDATE_GOLDEN=1 cargo test -p lb-userspace golden` rewrites the expectations (review the
+//! diff before committing it).
+use std::{fmt::Write as _, path::Path};
+
+use super::{desired, Desired, NodeContext};
+use crate::source::manifests::parse;
+
+fn dump(d: &Desired) -> String {
+    let mut out = String::new();
+    for (key, fe) in &d.frontends {
+        let _ = writeln!(
+            out,
+            "frontend {}:{}/{} {:?} {} -> {}:{}/{} {:?}",
+            key.ip,
+            key.port,
+            key.proto.as_str(),
+            key.scope,
+            fe.kind.as_str(),
+            fe.set.service,
+            fe.set.port_name,
+            fe.set.proto.as_str(),
+            fe.set.policy,
+        );
+    }
+    for (key, set) in &d.sets {
+        let _ = writeln!(
+            out,
+            "set {}:{}/{} {:?} verdict={:?} affinity={:?} ext_local={} int_local={}",
+            key.service,
+            key.port_name,
+            key.proto.as_str(),
+            key.policy,
+            set.verdict,
+            set.affinity_timeout,
+            set.external_local,
+            set.internal_local,
+        );
+        for b in &set.backends {
+            let _ = writeln!(
+                out,
+                "  backend {}:{}{}{}",
+                b.ip,
+                b.port,
+                if b.local { " local" } else { "" },
+                if b.terminating { " terminating" } else { "" },
+            );
+        }
+    }
+    for (port, hc) in &d.health_checks {
+        let _ = writeln!(
+            out,
+            "healthcheck {port} {} localEndpoints={}",
+            hc.service, hc.local_endpoints
+        );
+    }
+    let mut problems = d.problems.clone();
+    problems.sort();
+    for p in problems {
+        let _ = writeln!(out, "problem {p}");
+    }
+    out
+}
+
+fn run_case(dir: &Path) -> Result<(), String> {
+    let input = std::fs::read_to_string(dir.join("input.yaml")).map_err(|e| e.to_string())?;
+    let (objects, mut problems) = parse(&input, "input.yaml").map_err(|p| p.to_string())?;
+    let mut store = crate::model::Objects::default();
+    for obj in objects {
+        obj.insert_into(&mut store);
+    }
+    let node = NodeContext {
+        name: "node-a".into(),
+        nodeport_addrs: vec!["192.0.2.10".parse().unwrap()],
+    };
+    let mut d = desired(&store, &node);
+    d.problems.append(&mut problems);
+    let got = dump(&d);
+    let expected_path = dir.join("expected.txt");
+    if std::env::var_os("LB_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&expected_path, &got).map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    let expected = std::fs::read_to_string(&expected_path).map_err(|e| e.to_string())?;
+    if got != expected {
+        return Err(format!("--- expected\n{expected}--- got\n{got}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn golden() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/model");
+    let mut cases: Vec<_> = std::fs::read_dir(&root)
+        .expect("testdata/model")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "no golden cases in {}", root.display());
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|dir| {
+            let name = dir.file_name()?.to_string_lossy().to_string();
+            run_case(dir).err().map(|e| format!("case {name}:\n{e}"))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

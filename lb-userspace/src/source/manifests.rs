@@ -1,0 +1,270 @@
+//! Manifest files as a source: `--manifests PATH` (files or directories of `.yaml`, `.yml` and
+//! `.json` files, multi-document YAML and `kind: List` allowed).
+//!
+//! The files are polled (metadata only, every 200 ms) rather than watched with inotify: polling
+//! sees every way an editor or `kubectl` replaces a file (rename over, truncate and write, a
+//! directory swapped by a ConfigMap mount) and still meets the 1 s contract. A file that fails
+//! to parse keeps its last good objects; a bad document in a good file is skipped alone.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{Object, Sender, Snapshot};
+use crate::model::{Objects, Problem};
+
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What identifies a version of a file without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+#[derive(Default)]
+struct FileState {
+    stamp: Option<Stamp>,
+    /// The objects of the last version that parsed.
+    objects: Vec<Object>,
+    problems: Vec<Problem>,
+}
+
+pub struct Manifests {
+    roots: Vec<PathBuf>,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+impl Manifests {
+    pub fn new(roots: Vec<PathBuf>) -> Self {
+        Manifests {
+            roots,
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Look at the files again; `true` when anything changed.
+    pub fn refresh(&mut self) -> bool {
+        let mut listing_problems = Vec::new();
+        let present = self.list(&mut listing_problems);
+        let before = self.files.len();
+        self.files.retain(|path, _| present.contains_key(path));
+        let mut changed = before != self.files.len();
+        for (path, stamp) in present {
+            let state = self.files.entry(path.clone()).or_default();
+            if state.stamp == Some(stamp) {
+                continue;
+            }
+            state.stamp = Some(stamp);
+            changed = true;
+            match std::fs::read_to_string(&path) {
+                Ok(text) => match parse(&text, &path.display().to_string()) {
+                    Ok((objects, problems)) => {
+                        state.objects = objects;
+                        state.problems = problems;
+                    }
+                    Err(problem) => state.problems = vec![problem],
+                },
+                Err(e) => state.problems = vec![file_problem(&path, e.to_string())],
+            }
+        }
+        changed
+    }
+
+    /// Every object of every file (a later file wins a name clash) and every problem.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot::default();
+        for (path, state) in &self.files {
+            snap.problems.extend(state.problems.iter().cloned());
+            for obj in &state.objects {
+                let kind = obj.kind();
+                let key = obj.key();
+                if obj.clone().insert_into(&mut snap.objects) {
+                    snap.problems.push(Problem {
+                        object: format!("{kind} {key}"),
+                        field: "metadata.name".into(),
+                        message: format!("defined again in {}, which wins", path.display()),
+                    });
+                }
+            }
+        }
+        snap
+    }
+
+    /// The manifest files now present, with their stamps.
+    fn list(&self, problems: &mut Vec<Problem>) -> BTreeMap<PathBuf, Stamp> {
+        let mut out = BTreeMap::new();
+        for root in &self.roots {
+            match std::fs::metadata(root) {
+                Ok(m) if m.is_dir() => match std::fs::read_dir(root) {
+                    Ok(dir) => {
+                        for entry in dir.flatten() {
+                            let path = entry.path();
+                            if is_manifest(&path) {
+                                if let Ok(m) = std::fs::metadata(&path) {
+                                    out.insert(path, stamp(&m));
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => problems.push(file_problem(root, e.to_string())),
+                },
+                Ok(m) => {
+                    out.insert(root.clone(), stamp(&m));
+                }
+                // A file given by name may come later; say nothing until it does.
+                Err(_) => {}
+            }
+        }
+        out
+    }
+
+    /// Poll forever, publishing a snapshot whenever the files change.
+    pub async fn run(mut self, tx: Sender) {
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.refresh() {
+                let snap = self.snapshot();
+                tx.send_if_modified(|cur| {
+                    let differs = **cur != snap;
+                    if differs {
+                        *cur = Arc::new(snap);
+                    }
+                    differs
+                });
+            }
+        }
+    }
+}
+
+fn is_manifest(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    let ext = path.extension().and_then(|e| e.to_str());
+    !hidden && matches!(ext, Some("yaml" | "yml" | "json")) && path.is_file()
+}
+
+fn stamp(m: &std::fs::Metadata) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode: m.ino(),
+    }
+}
+
+fn file_problem(path: &Path, message: String) -> Problem {
+    Problem {
+        object: format!("file {}", path.display()),
+        field: String::new(),
+        message,
+    }
+}
+
+/// Parse one file: `Err` when the file as a whole is unreadable (its last good version stays);
+/// otherwise its objects and the problems of the documents that were skipped.
+pub fn parse(text: &str, origin: &str) -> Result<(Vec<Object>, Vec<Problem>), Problem> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| Problem {
+        object: format!("file {origin}"),
+        field: String::new(),
+        message: format!("not valid YAML or JSON: {e}"),
+    })?;
+    let mut objects = Vec::new();
+    let mut problems = Vec::new();
+    for (i, doc) in docs.into_iter().enumerate() {
+        document(doc, &format!("{origin} document {}", i + 1), &mut objects, &mut problems);
+    }
+    Ok((objects, problems))
+}
+
+fn document(doc: Value, origin: &str, objects: &mut Vec<Object>, problems: &mut Vec<Problem>) {
+    let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
+    let label = object_label(&doc, kind, origin);
+    let parsed = match (api_version, kind) {
+        _ if doc.is_null() => return,
+        ("v1", "List") => {
+            let items = doc.get("items").and_then(Value::as_array).cloned();
+            for (i, item) in items.into_iter().flatten().enumerate() {
+                document(item, &format!("{origin} item {i}"), objects, problems);
+            }
+            return;
+        }
+        ("v1", "Service") => typed(doc).map(|s| Object::Service(Box::new(s))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => typed(doc).map(|s| Object::Slice(Box::new(s))),
+        ("v1", "Node") => typed(doc).map(|n| Object::Node(Box::new(n))),
+        (_, "") => {
+            problems.push(Problem {
+                object: label,
+                field: "kind".into(),
+                message: "missing".into(),
+            });
+            return;
+        }
+        // Deployments and the like may share the files: not lb's business.
+        _ => return,
+    };
+    let name = doc_name(&parsed);
+    match parsed {
+        Ok(obj) if name.is_some() => objects.push(obj),
+        Ok(_) => problems.push(Problem {
+            object: label,
+            field: "metadata.name".into(),
+            message: "missing".into(),
+        }),
+        Err((field, message)) => problems.push(Problem {
+            object: label,
+            field,
+            message,
+        }),
+    }
+}
+
+/// `Service ns/name (file.yaml document 2)`, with whatever of the name is there.
+fn object_label(doc: &Value, kind: &str, origin: &str) -> String {
+    let meta = |f: &str| doc.pointer(&format!("/metadata/{f}")).and_then(Value::as_str);
+    match (meta("namespace"), meta("name")) {
+        (_, None) => format!("{kind} ({origin})"),
+        (ns, Some(name)) if kind != "Node" => {
+            format!("{kind} {}/{name} ({origin})", ns.unwrap_or("default"))
+        }
+        (_, Some(name)) => format!("{kind} {name} ({origin})"),
+    }
+}
+
+fn doc_name(parsed: &Result<Object, (String, String)>) -> Option<String> {
+    let obj = parsed.as_ref().ok()?;
+    let name = obj.key().name;
+    (!name.is_empty()).then_some(name)
+}
+
+/// Deserialize with the path of the first bad field.
+fn typed<T: DeserializeOwned>(doc: Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let field = e.path().to_string();
+        (field, e.into_inner().to_string())
+    })
+}
+
+/// Objects of manifest text, for tests and tools: every document must parse.
+pub fn objects_of(text: &str) -> Result<Objects, Vec<Problem>> {
+    let (objs, problems) = parse(text, "<text>").map_err(|p| vec![p])?;
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut objects = Objects::default();
+    for obj in objs {
+        obj.insert_into(&mut objects);
+    }
+    Ok(objects)
+}
