@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: `source` (Kubernetes or manifests) → `model` (pure) → `dataplane` (the
 //! kernel maps and programs).
+pub mod agent;
 pub mod dataplane;
 pub mod model;
 pub mod source;

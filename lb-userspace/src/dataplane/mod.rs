@@ -1,6 +1,7 @@
 //! The kernel side of lb as a library: load the BPF object with its maps pinned (adopting the
 //! maps a previous agent left), attach programs to interfaces through pinned links (replacing
-//! programs atomically on restart), and the typed map API in `maps`.
+//! programs atomically on restart; TC falls back to netlink filters on kernels without tcx),
+//! and the typed map API in `maps`.
 mod attach;
 pub mod maps;
 pub mod pins;
@@ -15,7 +16,7 @@ use aya::{
 };
 use lb_common::Config;
 
-pub use attach::{ifindex, TcHook, XdpModeUsed, XdpRequest};
+pub use attach::{ifindex, TcHook, TcMode, XdpModeUsed, XdpRequest, TC_NETLINK_PRIORITY};
 pub use maps::{Capacities, Maps};
 pub use pins::{PinLayout, DEFAULT_PIN_PATH};
 
@@ -92,6 +93,23 @@ impl Dataplane {
         &self.layout
     }
 
+    /// How later TC attachments are made (default [`TcMode::Auto`]: tcx, or netlink filters on
+    /// kernels without tcx). Whatever a previous agent attached is taken over either way: in
+    /// the other mode, the new attachment is made first and the old one removed after it.
+    pub fn set_tc_mode(&mut self, mode: TcMode) {
+        self.links.mode = mode;
+    }
+
+    pub fn tc_mode(&self) -> TcMode {
+        self.links.mode
+    }
+
+    /// How lb's TC program for `hook` is attached to the interface with this index (by the
+    /// pins: [`TcMode::Tcx`] or [`TcMode::Netlink`]), or None.
+    pub fn tc_attachment(&self, ifindex: u32, hook: TcHook) -> Option<TcMode> {
+        self.links.tc_mode_of(ifindex, hook)
+    }
+
     /// A loaded XDP program, e.g. for BPF_PROG_TEST_RUN.
     pub fn xdp(&self, name: &str) -> Result<&Xdp> {
         Ok(self
@@ -115,7 +133,8 @@ impl Dataplane {
         let ifindex = attach::ifindex(iface)?;
         if xdp == XdpRequest::Off {
             let prog = tc_mut(&mut self.ebpf, PROG_TC_EXT)?;
-            self.links.attach_tc(prog, iface, ifindex, TcHook::Ext)?;
+            let used = self.links.attach_tc(prog, iface, ifindex, TcHook::Ext)?;
+            tracing::debug!("{iface}: {PROG_TC_EXT} attached ({used:?})");
             return Ok(XdpModeUsed::Off);
         }
         let prog = xdp_mut(&mut self.ebpf, PROG_XDP_EXT)?;
@@ -126,7 +145,9 @@ impl Dataplane {
     pub fn attach_pod(&mut self, iface: &str) -> Result<()> {
         let ifindex = attach::ifindex(iface)?;
         let prog = tc_mut(&mut self.ebpf, PROG_TC_POD)?;
-        self.links.attach_tc(prog, iface, ifindex, TcHook::Pod)
+        let used = self.links.attach_tc(prog, iface, ifindex, TcHook::Pod)?;
+        tracing::debug!("{iface}: {PROG_TC_POD} attached ({used:?})");
+        Ok(())
     }
 
     /// Detach whatever lb attached to the interface with this index (it may be gone already).
@@ -140,7 +161,8 @@ impl Dataplane {
     }
 }
 
-/// Remove every program attachment and pinned map under `pin_path`.
+/// Remove every program attachment (pinned links, and the netlink TC filters recorded there) and
+/// pinned map under `pin_path`. Run it in the network namespace the interfaces are in.
 pub fn cleanup(pin_path: &std::path::Path) -> Result<()> {
     PinLayout::new(pin_path).remove_all()
 }

@@ -1,6 +1,7 @@
 //! Where lb keeps its state on bpffs, so it outlives the agent:
 //! `PIN/v<ABI>/<MAP>` for maps (a new map layout gets a new directory) and
-//! `PIN/links/<ifindex>-<hook>` for the links that attach programs to interfaces.
+//! `PIN/links/<ifindex>-<hook>` for the links that attach programs to interfaces (and
+//! `PIN/links/<ifindex>-<hook>-nl`, a pinned program, recording a netlink TC filter).
 use std::{
     fs, io,
     path::{Path, PathBuf},
@@ -68,8 +69,12 @@ impl PinLayout {
             .collect()
     }
 
-    /// Detach every pinned link and remove every pin and directory under the root.
+    /// Detach every pinned link, delete the netlink TC filters recorded here and remove every
+    /// pin and directory under the root. Run it in the network namespace the interfaces are in.
     pub fn remove_all(&self) -> Result<()> {
+        // A filter that cannot be deleted keeps its record and everything else stays too, so
+        // that the error can be fixed and cleanup run again.
+        super::attach::detach_all_netlink(self)?;
         for link in list(&self.links_dir()) {
             // Unpinning the last reference to a link detaches its program.
             match PinnedLink::from_pin(&link) {

@@ -1,0 +1,212 @@
+//! `lb-agent run`: load (or adopt) the dataplane, attach it to the node's interfaces, and keep
+//! the maps equal to what the source says until told to stop. Stopping leaves programs and maps
+//! in place: traffic keeps flowing and the next agent adopts them.
+mod attachments;
+pub mod interfaces;
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, ValueEnum};
+use ipnet::Ipv4Net;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    dataplane::{reconcile::Reconciler, Capacities, Dataplane, Options, XdpRequest},
+    model::{self, NodeContext, Problem},
+    source::{self, manifests::Manifests, Snapshot},
+};
+use attachments::Attachments;
+
+/// A full re-read of the maps this often repairs entries changed behind the agent's back.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpMode {
+    Native,
+    Generic,
+    Off,
+}
+
+impl From<XdpMode> for XdpRequest {
+    fn from(m: XdpMode) -> Self {
+        match m {
+            XdpMode::Native => XdpRequest::Native,
+            XdpMode::Generic => XdpRequest::Generic,
+            XdpMode::Off => XdpRequest::Off,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// This node's name: endpoints with this nodeName are local.
+    #[arg(long, env = "LB_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Manifest file or directory (repeatable): standalone mode, no API server.
+    #[arg(long = "manifests", value_name = "PATH")]
+    pub manifests: Vec<PathBuf>,
+    /// Kubeconfig for Kubernetes mode (default: in-cluster config or $KUBECONFIG).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Interface where north-south traffic arrives (repeatable).
+    #[arg(long = "ext-iface", value_name = "IFACE")]
+    pub ext_ifaces: Vec<String>,
+    /// Host-side pod interfaces, as glob patterns (repeatable); later links are attached too.
+    #[arg(long = "pod-iface", value_name = "GLOB")]
+    pub pod_ifaces: Vec<String>,
+    /// Node addresses that serve NodePorts (default: the --ext-iface interfaces' IPv4 addresses).
+    #[arg(long = "nodeport-addresses", value_name = "CIDR")]
+    pub nodeport_cidrs: Vec<Ipv4Net>,
+    #[arg(long, value_enum, default_value = "native")]
+    pub xdp_mode: XdpMode,
+    #[arg(long, default_value = crate::dataplane::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// Where /metrics, /healthz and /livez are served.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_addr: std::net::SocketAddr,
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let node_name = match &args.node_name {
+        Some(n) => n.clone(),
+        None => hostname()?,
+    };
+    let opts = Options {
+        pin_path: args.pin_path.clone(),
+        ..Default::default()
+    };
+    let mut dp = Dataplane::open(&opts)?;
+    let caps = Capacities::read(dp.layout())?;
+    let mut rec = Reconciler::adopt(&dp.maps, caps)?;
+    tracing::info!(
+        node = %node_name,
+        pin_path = %args.pin_path.display(),
+        adopted_frontends = rec.programmed().frontends.len(),
+        "dataplane loaded"
+    );
+    let (handle, mut link_events) = interfaces::watch()?;
+    let mut attachments = Attachments::new(&args)?;
+    let links = interfaces::scan(&handle).await?;
+    attachments.sync(&mut dp, &links, true);
+    let mut node = NodeContext {
+        name: node_name,
+        nodeport_addrs: nodeport_addrs(&args, &attachments, &links),
+    };
+
+    let mut snapshots = start_source(&args)?;
+    // Never program from an empty view: after a restart that would wipe working services.
+    snapshots
+        .changed()
+        .await
+        .context("the source stopped before its first sync")?;
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+    resync.tick().await;
+    let mut reported: BTreeSet<Problem> = BTreeSet::new();
+    let mut event_at = Instant::now();
+    loop {
+        let snap: Arc<Snapshot> = snapshots.borrow_and_update().clone();
+        let desired = model::desired(&snap.objects, &node);
+        let report = rec.apply(&mut dp.maps, &desired);
+        let problems = snap.problems.iter().chain(&desired.problems);
+        report_problems(problems, &mut reported);
+        for (svc, map) in &report.refused {
+            tracing::error!(service = %svc, map, "service refused: the map is full");
+        }
+        for e in &report.errors {
+            tracing::error!("map write failed: {e}");
+        }
+        if report.writes() > 0 {
+            tracing::info!(
+                frontends = desired.frontends.len(),
+                writes = report.writes(),
+                latency_ms = event_at.elapsed().as_secs_f64() * 1e3,
+                "maps updated"
+            );
+        }
+        tokio::select! {
+            r = snapshots.changed() => {
+                if r.is_err() {
+                    anyhow::bail!("the source stopped");
+                }
+            }
+            Some(()) = link_events.recv() => {
+                match interfaces::scan(&handle).await {
+                    Ok(links) => {
+                        attachments.sync(&mut dp, &links, false);
+                        node.nodeport_addrs = nodeport_addrs(&args, &attachments, &links);
+                    }
+                    Err(e) => tracing::warn!("rescanning interfaces: {e:#}"),
+                }
+            }
+            _ = resync.tick() => {
+                if let Err(e) = rec.resync(&dp.maps) {
+                    tracing::warn!("re-reading the maps: {e:#}");
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+        event_at = Instant::now();
+    }
+    tracing::info!("stopping; programs and maps stay in place");
+    Ok(())
+}
+
+fn start_source(args: &RunArgs) -> Result<source::Receiver> {
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+    if args.manifests.is_empty() {
+        anyhow::bail!("Kubernetes mode is not available in this build yet: pass --manifests");
+    }
+    let mut files = Manifests::new(args.manifests.clone());
+    files.refresh();
+    // The first snapshot is sent even when empty, so the agent knows the files were read.
+    tx.send_replace(Arc::new(files.snapshot()));
+    tokio::spawn(files.run(tx));
+    Ok(rx)
+}
+
+/// `--nodeport-addresses` picks among all node addresses; by default the external interfaces'.
+fn nodeport_addrs(
+    args: &RunArgs,
+    attachments: &Attachments,
+    links: &std::collections::BTreeMap<u32, interfaces::Link>,
+) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = if args.nodeport_cidrs.is_empty() {
+        attachments.ext_addrs(links)
+    } else {
+        links
+            .values()
+            .flat_map(|l| l.addrs.iter().copied())
+            .filter(|a| args.nodeport_cidrs.iter().any(|c| c.contains(a)))
+            .collect()
+    };
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Log each problem once, when it appears.
+fn report_problems<'a>(now: impl Iterator<Item = &'a Problem>, reported: &mut BTreeSet<Problem>) {
+    let now: BTreeSet<Problem> = now.cloned().collect();
+    for p in now.difference(reported) {
+        tracing::error!(object = %p.object, field = %p.field, "skipped: {}", p.message);
+    }
+    *reported = now;
+}
+
+fn hostname() -> Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the hostname (or pass --node-name)")?
+        .trim()
+        .to_string())
+}
