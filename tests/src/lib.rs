@@ -1,2 +1,3 @@
 pub mod lab;
 pub mod packets;
+pub mod topology;

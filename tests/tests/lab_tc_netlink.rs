@@ -22,18 +22,7 @@ fn addr(s: &str) -> u32 {
 
 /// A pod namespace on a host-side veth `host_if` of `node`, routed /32 (as in lab_clusterip).
 fn pod(lab: &Lab, node: &Netns, name: &str, ip: &str, host_if: &str) -> Netns {
-    let ns = lab.netns(name).expect("pod netns");
-    lab.veth(&ns, "eth0", node, host_if).expect("veth");
-    ns.sh(&format!(
-        "ip addr add {ip}/32 dev eth0 && ip route add 10.244.1.1 dev eth0 && \
-         ip route add default via 10.244.1.1"
-    ))
-    .expect("pod addressing");
-    node.sh(&format!(
-        "ip addr add 10.244.1.1/32 dev {host_if} && ip route add {ip}/32 dev {host_if}"
-    ))
-    .expect("node route to pod");
-    ns
+    lb_tests::topology::pod(lab, node, name, ip, host_if).expect("pod")
 }
 
 fn options(pin: &Path) -> Options {

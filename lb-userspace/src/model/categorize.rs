@@ -76,9 +76,7 @@ pub fn categorize_endpoints(
         out.local = Some(filter(endpoints, |e| e.local && e.ready));
     } else if local_terminating {
         use_terminating = true;
-        out.local = Some(filter(endpoints, |e| {
-            e.local && e.serving && e.terminating
-        }));
+        out.local = Some(filter(endpoints, |e| e.local && e.serving && e.terminating));
     }
     if !policy.uses_cluster {
         out.all_reachable = out.local.clone();
@@ -89,7 +87,13 @@ pub fn categorize_endpoints(
         out.all_reachable = out.cluster.clone();
         return out;
     }
-    let mut all: Vec<Endpoint> = out.cluster.iter().chain(&out.local).flatten().cloned().collect();
+    let mut all: Vec<Endpoint> = out
+        .cluster
+        .iter()
+        .chain(&out.local)
+        .flatten()
+        .cloned()
+        .collect();
     all.sort_by_key(|e| (e.ip, e.port));
     all.dedup_by_key(|e| (e.ip, e.port));
     out.all_reachable = Some(all);

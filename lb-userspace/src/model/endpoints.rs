@@ -142,7 +142,17 @@ fn endpoint(ep: &SliceEndpoint, ip: Ipv4Addr, port: u16, node_name: &str) -> End
         serving: cond.serving.unwrap_or(true),
         terminating: cond.terminating.unwrap_or(false),
         local: ep.node_name.as_deref() == Some(node_name),
-        zone_hints: hints.for_zones.iter().flatten().map(|z| z.name.clone()).collect(),
-        node_hints: hints.for_nodes.iter().flatten().map(|n| n.name.clone()).collect(),
+        zone_hints: hints
+            .for_zones
+            .iter()
+            .flatten()
+            .map(|z| z.name.clone())
+            .collect(),
+        node_hints: hints
+            .for_nodes
+            .iter()
+            .flatten()
+            .map(|n| n.name.clone())
+            .collect(),
     }
 }

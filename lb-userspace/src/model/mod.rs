@@ -9,7 +9,7 @@
 //!   outside the node; from a pod on this node they use the cluster set, as kube-proxy's
 //!   "short-circuit" rule does (the local set only when the service uses no cluster endpoints).
 mod categorize;
-mod endpoints;
+pub(crate) mod endpoints;
 mod service;
 
 use std::{
@@ -304,9 +304,9 @@ pub fn desired(objects: &Objects, node: &NodeContext) -> Desired {
 
 /// Objects carrying the service-proxy-name or headless label are not ours.
 pub fn ignored(labels: &Option<BTreeMap<String, String>>) -> bool {
-    labels.as_ref().is_some_and(|l| {
-        l.contains_key(LABEL_PROXY_NAME) || l.contains_key(LABEL_HEADLESS)
-    })
+    labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(LABEL_PROXY_NAME) || l.contains_key(LABEL_HEADLESS))
 }
 
 fn add_service(
@@ -316,7 +316,6 @@ fn add_service(
     node: &NodeContext,
     zone: &str,
 ) {
-    let mut local_ready = 0;
     for port in &spec.ports {
         let key = PortKey {
             name: port.name.clone(),
@@ -325,11 +324,6 @@ fn add_service(
         let list = eps.and_then(|e| e.get(&key)).map(Vec::as_slice);
         let policy = spec.port_policy();
         let cat = categorize_endpoints(list.unwrap_or_default(), &policy, &node.name, zone);
-        local_ready += list
-            .unwrap_or_default()
-            .iter()
-            .filter(|e| e.local && e.ready)
-            .count();
         let set_key = |policy| SetKey {
             service: spec.name.clone(),
             port_name: port.name.clone(),
@@ -349,7 +343,8 @@ fn add_service(
         };
         if policy.uses_cluster {
             let eps = cat.cluster.as_deref().unwrap_or_default();
-            out.sets.insert(set_key(Policy::Cluster), make_set(eps, false));
+            out.sets
+                .insert(set_key(Policy::Cluster), make_set(eps, false));
         }
         if policy.uses_local {
             let eps = cat.local.as_deref().unwrap_or_default();
@@ -358,8 +353,10 @@ fn add_service(
         // From a pod, external addresses short-circuit to the cluster set when there is one.
         let pod_to_external = policy_of(!policy.uses_cluster);
         let mut add = |ip: Ipv4Addr, port_num: u16, kind: Kind, external: Policy| {
-            for (scope, policy) in [(Scope::External, external), (Scope::Internal, pod_to_external)]
-            {
+            for (scope, policy) in [
+                (Scope::External, external),
+                (Scope::Internal, pod_to_external),
+            ] {
                 let policy = if kind == Kind::ClusterIp {
                     policy_of(spec.internal_local)
                 } else {
@@ -408,9 +405,16 @@ fn add_service(
         }
     }
     if let Some(port) = spec.health_check_node_port {
+        // kube-proxy's LocalReadyEndpoints: distinct IPs, over all the service's ports.
+        let local_ready: BTreeSet<Ipv4Addr> = eps
+            .into_iter()
+            .flat_map(|ports| ports.values().flatten())
+            .filter(|e| e.local && e.ready)
+            .map(|e| e.ip)
+            .collect();
         let check = HealthCheck {
             service: spec.name.clone(),
-            local_endpoints: local_ready,
+            local_endpoints: local_ready.len(),
         };
         out.health_checks.insert(port, check);
     }

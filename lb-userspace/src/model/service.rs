@@ -166,12 +166,14 @@ impl ServiceSpec {
         Ok(Some(spec))
     }
 
-    /// kube-proxy's UsesClusterEndpoints / UsesLocalEndpoints.
+    /// kube-proxy's UsesClusterEndpoints / UsesLocalEndpoints. An externally reachable port uses
+    /// the cluster endpoints whatever its policies: traffic from this node's pods to its external
+    /// addresses short-circuits to them.
     pub fn port_policy(&self) -> PortPolicy {
+        let external = self.externally_reachable();
         PortPolicy {
-            uses_cluster: !self.internal_local
-                || (self.externally_reachable() && !self.external_local),
-            uses_local: self.internal_local || self.external_local,
+            uses_cluster: !self.internal_local || external,
+            uses_local: self.internal_local || (self.external_local && external),
         }
     }
 

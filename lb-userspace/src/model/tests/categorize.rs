@@ -604,7 +604,10 @@ fn check_list(
     errs: &mut Vec<String>,
 ) {
     if let (None, Some(got)) = (want, got) {
-        errs.push(format!("expected no {what} endpoints but got {:?}", names(got)));
+        errs.push(format!(
+            "expected no {what} endpoints but got {:?}",
+            names(got)
+        ));
         return;
     }
     let want = sorted(want.unwrap_or_default());
@@ -651,7 +654,11 @@ fn check(case: &Case) -> Vec<String> {
 fn categorize_endpoints_as_kube_proxy() {
     let failures: Vec<String> = CASES
         .iter()
-        .flat_map(|case| check(case).into_iter().map(move |e| format!("{}: {e}", case.name)))
+        .flat_map(|case| {
+            check(case)
+                .into_iter()
+                .map(move |e| format!("{}: {e}", case.name))
+        })
         .collect();
     assert!(
         failures.is_empty(),

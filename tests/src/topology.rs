@@ -1,0 +1,61 @@
+//! Building blocks of the lab topologies the scenario tests share: a node with routed pods
+//! (host-side veths and /32 routes, as Calico does), an outside client, and the lb-agent binary.
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::lab::{Lab, Netns};
+
+/// The node-side address pods use as their gateway.
+pub const POD_GATEWAY: &str = "10.244.1.1";
+
+/// A pod namespace with `ip`/32 on its eth0, reached from `node` through `host_if`.
+pub fn pod(lab: &Lab, node: &Netns, name: &str, ip: &str, host_if: &str) -> Result<Netns> {
+    let ns = lab.netns(name)?;
+    lab.veth(&ns, "eth0", node, host_if)?;
+    ns.sh(&format!(
+        "ip addr add {ip}/32 dev eth0 && ip route add {POD_GATEWAY} dev eth0 && \
+         ip route add default via {POD_GATEWAY}"
+    ))
+    .context("pod addressing")?;
+    node.sh(&format!(
+        "ip addr add {POD_GATEWAY}/32 dev {host_if} && ip route add {ip}/32 dev {host_if}"
+    ))
+    .context("node route to pod")?;
+    Ok(ns)
+}
+
+/// An outside client at `client_cidr` on a link to `node`'s `node_if` at `node_cidr`, with TX
+/// checksum offload off on the client (XDP sees complete checksums).
+pub fn client(
+    lab: &Lab,
+    node: &Netns,
+    node_if: &str,
+    node_cidr: &str,
+    client_cidr: &str,
+) -> Result<Netns> {
+    let ns = lab.netns("client")?;
+    lab.veth(&ns, "eth0", node, node_if)?;
+    ns.add_addr("eth0", client_cidr)?;
+    node.add_addr(node_if, node_cidr)?;
+    ns.tx_offload_off("eth0")?;
+    Ok(ns)
+}
+
+pub const AGENT_BIN_ENV: &str = "LB_AGENT_BIN";
+
+/// The lb-agent binary: `$LB_AGENT_BIN`, or the one built beside this test executable
+/// (`cargo build -p lb-userspace --bins`, which `cargo xtask test` does first).
+pub fn agent_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(AGENT_BIN_ENV) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let cand = dir.join("lb-agent");
+        if cand.is_file() {
+            return Ok(cand);
+        }
+    }
+    bail!("lb-agent not built: run `cargo build -p lb-userspace --bins` or set {AGENT_BIN_ENV}")
+}

@@ -1,0 +1,252 @@
+//! lb-agent in manifests mode, driven through its command line as a user would: one node with
+//! two routed pods and an outside client, real TCP and UDP through the ClusterIP and NodePort.
+//! Edits to the files move traffic within 1 s, a bad manifest leaves the rest working, and a
+//! kill -9 of the agent in the middle of a stream of new connections fails none of them.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    lab::{poll_until, require_privileged, ChildGuard, Lab, Netns},
+    topology::{agent_bin, client, pod},
+};
+
+const NODE: &str = "node-a";
+const CLUSTER_IP: &str = "10.96.0.10";
+const NODE_IP: &str = "192.0.2.1";
+const POD1: &str = "10.244.1.5";
+const POD2: &str = "10.244.1.7";
+
+struct Setup {
+    lab: Lab,
+    node: Netns,
+    pod1: Netns,
+    pod2: Netns,
+    client: Netns,
+    manifests: PathBuf,
+    _servers: Vec<ChildGuard>,
+}
+
+fn setup(name: &str) -> Setup {
+    let lab = Lab::new(name).expect("lab");
+    lab.set_echo_bin(env!("CARGO_BIN_EXE_lb-echo"));
+    let node = lab.netns("node").expect("node");
+    node.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
+    let pod1 = pod(&lab, &node, "pod1", POD1, "h1").expect("pod1");
+    let pod2 = pod(&lab, &node, "pod2", POD2, "h2").expect("pod2");
+    let client = client(&lab, &node, "eth1", "192.0.2.1/24", "192.0.2.100/24").expect("client");
+    let mut servers = Vec::new();
+    for (ns, name) in [(&pod1, "pod1"), (&pod2, "pod2")] {
+        for udp in [false, true] {
+            servers.push(ns.serve_echo(name, 8080, udp).expect("echo server"));
+        }
+    }
+    let manifests = lab.log_dir().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("manifests dir");
+    Setup {
+        lab,
+        node,
+        pod1,
+        pod2,
+        client,
+        manifests,
+        _servers: servers,
+    }
+}
+
+impl Setup {
+    fn start_agent(&self, label: &str) -> ChildGuard {
+        let pin = self.lab.pin_path("node");
+        let args = [
+            "run",
+            "--node-name",
+            NODE,
+            "--manifests",
+            self.manifests.to_str().unwrap(),
+            "--ext-iface",
+            "eth1",
+            "--pod-iface",
+            "h*",
+            "--pin-path",
+            pin.to_str().unwrap(),
+        ];
+        let bin = agent_bin().expect("lb-agent binary");
+        self.node.spawn(label, bin, args).expect("start lb-agent")
+    }
+}
+
+/// Service `shop/web`: TCP 80 (NodePort 30080) and UDP 53 on 10.96.0.10, to `backends` on 8080.
+fn web(backends: &[&str]) -> String {
+    let endpoints: String = backends
+        .iter()
+        .map(|ip| format!("- {{addresses: [{ip}], nodeName: {NODE}}}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec:
+  type: NodePort
+  clusterIP: {CLUSTER_IP}
+  ports:
+  - {{name: http, port: 80, nodePort: 30080}}
+  - {{name: dns, port: 53, protocol: UDP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: shop
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports:
+- {{name: http, port: 8080}}
+- {{name: dns, port: 8080, protocol: UDP}}
+endpoints:
+{endpoints}"
+    )
+}
+
+/// Replace a file the way editors and kubectl do: write aside, rename over.
+fn write(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write manifest");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename manifest");
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().unwrap()
+}
+
+/// Which pod answers `to` from `from` (None: no answer).
+fn answer(from: &Netns, to: SocketAddr, udp: bool) -> Option<String> {
+    from.request(to, udp, Duration::from_millis(300))
+        .ok()
+        .map(|r| r.name)
+}
+
+/// Poll until `from` → `to` is answered by `want` (or not answered, for None); the time it took.
+fn until_answer(from: &Netns, to: SocketAddr, udp: bool, want: Option<&str>, within: Duration) -> Duration {
+    let start = Instant::now();
+    let got = poll_until(within, || {
+        (answer(from, to, udp).as_deref() == want).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "{to} (udp={udp}) from {}: wanted {want:?} within {within:?}, last {:?}",
+        from.name(),
+        answer(from, to, udp)
+    );
+    start.elapsed()
+}
+
+#[test]
+fn agent_follows_manifest_edits_and_survives_bad_ones() {
+    if !require_privileged("lab_agent") {
+        return;
+    }
+    let s = setup("lab-agent-edit");
+    write(&s.manifests, "web.yaml", &web(&[POD1]));
+    let agent = s.start_agent("agent");
+    let vip = addr(CLUSTER_IP, 80);
+    until_answer(&s.pod2, vip, false, Some("pod1"), Duration::from_secs(10));
+    until_answer(&s.pod2, addr(CLUSTER_IP, 53), true, Some("pod1"), Duration::from_secs(1));
+    let nodeport = addr(NODE_IP, 30080);
+    until_answer(&s.client, nodeport, false, Some("pod1"), Duration::from_secs(1));
+
+    write(&s.manifests, "web.yaml", &web(&[POD2]));
+    let took = until_answer(&s.pod1, vip, false, Some("pod2"), Duration::from_secs(1));
+    eprintln!("edit → traffic moved in {took:?}");
+    until_answer(&s.client, nodeport, false, Some("pod2"), Duration::from_secs(1));
+
+    // Garbage in one file, an invalid Service beside a valid one in another: the valid ones work.
+    write(&s.manifests, "broken.yaml", "kind: Service\n  metadata: [unclosed\n");
+    let api = "apiVersion: v1
+kind: Service
+metadata: {name: bad-port, namespace: shop}
+spec: {clusterIP: 10.96.0.21, ports: [{port: 70000}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec: {clusterIP: 10.96.0.20, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints: [{addresses: [10.244.1.5], nodeName: node-a}]
+";
+    write(&s.manifests, "api.yaml", api);
+    until_answer(&s.pod2, addr("10.96.0.20", 80), false, Some("pod1"), Duration::from_secs(1));
+    assert_eq!(answer(&s.pod1, vip, false).as_deref(), Some("pod2"));
+    let logged = poll_until(Duration::from_secs(1), || {
+        let err = agent.stderr();
+        (err.contains("shop/bad-port") && err.contains("spec.ports[0].port") && err.contains("broken.yaml"))
+            .then_some(())
+    });
+    assert!(logged.is_some(), "errors name the object and field:\n{}", agent.stderr());
+
+    // A file removed: its service goes away.
+    std::fs::remove_file(s.manifests.join("web.yaml")).expect("remove web.yaml");
+    until_answer(&s.pod1, vip, false, None, Duration::from_secs(1));
+    assert_eq!(answer(&s.pod2, addr("10.96.0.20", 80), false).as_deref(), Some("pod1"));
+}
+
+#[test]
+fn agent_kill_9_and_restart_fail_no_new_connection() {
+    if !require_privileged("lab_agent") {
+        return;
+    }
+    let s = setup("lab-agent-kill");
+    write(&s.manifests, "web.yaml", &web(&[POD1, POD2]));
+    let first = s.start_agent("agent-1");
+    let nodeport = addr(NODE_IP, 30080);
+    until_answer(&s.client, nodeport, false, Some("pod1"), Duration::from_secs(10));
+    let mut held = s
+        .client
+        .echo_conn(nodeport, false, Duration::from_secs(2))
+        .expect("a connection held across the restart");
+    let held_by = held.ask(Duration::from_secs(2)).expect("held connection").name;
+
+    let stop = AtomicBool::new(false);
+    let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                match s.client.request(nodeport, false, Duration::from_secs(2)) {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("connection failed: {e:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        });
+        let before = poll_until(Duration::from_secs(5), || {
+            (ok.load(Ordering::Relaxed) >= 20).then_some(())
+        });
+        assert!(before.is_some(), "the loop runs");
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
+        let at_kill = ok.load(Ordering::Relaxed);
+        let _second = s.start_agent("agent-2");
+        // The new agent converges: an edit made now takes effect.
+        write(&s.manifests, "web.yaml", &web(&[POD2]));
+        until_answer(&s.pod1, addr(CLUSTER_IP, 80), false, Some("pod2"), Duration::from_secs(10));
+        let after = poll_until(Duration::from_secs(5), || {
+            (ok.load(Ordering::Relaxed) >= at_kill + 20).then_some(())
+        });
+        stop.store(true, Ordering::Relaxed);
+        assert!(after.is_some(), "connections kept succeeding after the restart");
+    });
+    let (ok, failed) = (ok.into_inner(), failed.into_inner());
+    eprintln!("{ok} new connections through the restart, {failed} failed");
+    assert_eq!(failed, 0, "no new connection failed across kill -9 and restart");
+    let reply = held.ask(Duration::from_secs(2)).expect("the held connection still works");
+    assert_eq!(reply.name, held_by, "the held connection kept its backend");
+}
