@@ -3,8 +3,9 @@
 use aya_ebpf::bindings::{
     bpf_fib_lookup, bpf_fib_lookup__bindgen_ty_1, bpf_fib_lookup__bindgen_ty_2,
     bpf_fib_lookup__bindgen_ty_3, bpf_fib_lookup__bindgen_ty_4, bpf_fib_lookup__bindgen_ty_5,
-    BPF_FIB_LKUP_RET_SUCCESS,
+    BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
 };
+use aya_ebpf::helpers::generated as gen;
 
 use crate::packet::{write_at, Packet};
 
@@ -54,4 +55,20 @@ pub fn prepare_tx<P: Packet>(p: &mut P, daddr: u32) -> bool {
         return false;
     }
     write_at(p, 0, params.dmac).is_ok() && write_at(p, 6, params.smac).is_ok()
+}
+
+/// For a TC packet rewritten to `daddr` that must leave the node (reverse NAT of a reply to an
+/// outside client, SNAT towards a backend on another node): send it to the next hop ourselves,
+/// the neighbour resolved by the kernel (`bpf_redirect_neigh`). Its source is now a node address,
+/// which the stack's forwarding path would drop as a martian (a local source arriving on an
+/// interface). None when there is no route (the stack then decides).
+#[inline(always)]
+pub fn redirect_neigh<P: Packet>(p: &mut P, daddr: u32) -> Option<i64> {
+    let mut params = params(p.ifindex(), daddr);
+    let rc = p.fib_lookup(&mut params);
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && rc != i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        return None;
+    }
+    // SAFETY: without parameters the helper looks the next hop up itself.
+    Some(unsafe { gen::bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) })
 }

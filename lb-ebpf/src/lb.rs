@@ -24,8 +24,9 @@ pub enum Action {
     /// Not ours, or rewritten for a destination the stack delivers (a local pod).
     Pass,
     Drop,
-    /// Rewritten for a destination outside the node (the new destination address): XDP
-    /// forwards it itself when it can.
+    /// Rewritten for a destination outside the node (the new destination address), with a node
+    /// address as its source: XDP transmits it itself when it can, TC redirects it to the next
+    /// hop (the stack would drop it as a martian).
     Forward(u32),
     /// Send back out the interface it came in on, MAC addresses swapped (rejects, hairpin).
     Bounce,

@@ -60,13 +60,18 @@ pub fn lb_xdp_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// TC leaves forwarding to the stack; only bounces are redirected (to the ingress device's
-/// egress, which for a pod's host-side veth means back into the pod).
+/// TC leaves delivery to local pods to the stack. Bounces are redirected to the ingress device's
+/// egress (for a pod's host-side veth: back into the pod); packets for outside the node, whose
+/// source is now a node address, go to the next hop directly (see `fib::redirect_neigh`).
 #[inline(always)]
 fn tc(ctx: &TcContext, scope: u8) -> i32 {
     let mut p = Tc(ctx);
     match lb::handle(&mut p, scope) {
-        Action::Pass | Action::Forward(_) => TC_ACT_OK,
+        Action::Pass => TC_ACT_OK,
+        Action::Forward(daddr) => match fib::redirect_neigh(&mut p, daddr) {
+            Some(verdict) => verdict as i32,
+            None => TC_ACT_OK,
+        },
         Action::Drop => TC_ACT_SHOT,
         Action::Bounce if swap_macs(&mut p) => {
             // SAFETY: plain helper call.

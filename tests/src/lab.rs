@@ -46,6 +46,7 @@ mod child;
 pub mod echo;
 mod nsexec;
 mod registry;
+mod xdp_pass;
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -619,6 +620,16 @@ impl Netns {
     /// valid L4 checksum) from this sender.
     pub fn tx_offload_off(&self, iface: &str) -> Result<()> {
         self.exec("ethtool", ["-K", iface, "tx", "off"]).map(drop)
+    }
+
+    /// Attaches a native XDP program that passes every frame to `iface` (module `xdp_pass`): the
+    /// peer of a veth that runs an XDP program under test needs one, or what that program sends
+    /// back out (XDP_TX) is not delivered promptly. Detached when the returned link is dropped,
+    /// or with the namespace.
+    pub fn xdp_pass(&self, iface: &str) -> Result<std::os::fd::OwnedFd> {
+        let ifindex = self.ifindex(iface)?;
+        self.in_netns(move || xdp_pass::attach(ifindex))?
+            .with_context(|| format!("{iface} in netns {}", self.name))
     }
 
     /// Runs `f` on a fresh thread that has entered this namespace (setns), joins it and returns

@@ -263,6 +263,8 @@ fn fixtures_dnat_reverse_nat_and_untouched_traffic() {
         let mut with_options = Pkt::new("198.51.100.7:40004", "192.0.2.10:30080", SYN);
         with_options.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
         let reply = Pkt::new("10.244.1.7:8080", "198.51.100.7:40001", ACK).macs(POD_MAC, NODE_MAC);
+        let pod_reply =
+            Pkt::new("10.244.1.7:8080", "10.244.1.5:40000", ACK).macs(POD_MAC, NODE_MAC);
         let mut truncated = Pkt::new("198.51.100.7:40005", "192.0.2.10:30080", SYN).build();
         truncated.truncate(14 + 20 + 10);
         let mut bad_ihl = client_syn.build();
@@ -322,11 +324,21 @@ fn fixtures_dnat_reverse_nat_and_untouched_traffic() {
                     ),
                 },
                 Case {
-                    name: "reply from the local backend is reverse-NATed to the NodePort",
+                    // Its source is now a node address: handed to the stack (TC_ACT_OK) it would
+                    // be dropped as a martian, so it is redirected to the next hop.
+                    name: "reply from the local backend is reverse-NATed to the NodePort and \
+                           redirected towards the client",
                     hook: Hook::Tc,
                     input: reply.build(),
-                    verdict: TC_ACT_OK,
+                    verdict: TC_ACT_REDIRECT,
                     output: Some(reply.nat("192.0.2.10:30080", "198.51.100.7:40001").build()),
+                },
+                Case {
+                    name: "reply to a pod is reverse-NATed to the ClusterIP and left to the stack",
+                    hook: Hook::Tc,
+                    input: pod_reply.build(),
+                    verdict: TC_ACT_OK,
+                    output: Some(pod_reply.nat("10.96.0.10:80", "10.244.1.5:40000").build()),
                 },
                 Case {
                     name: "NodePort on a non-node address is untouched",
@@ -682,11 +694,11 @@ fn fixture_icmp_error_from_backend_is_reverse_natted() {
         check(
             node,
             &[Case {
-                name:
-                    "ICMP port unreachable from the backend reaches the client as from the NodePort",
+                name: "ICMP port unreachable from the backend reaches the client as from the \
+                       NodePort (redirected: its source is a node address)",
                 hook: Hook::Tc,
                 input: error,
-                verdict: TC_ACT_OK,
+                verdict: TC_ACT_REDIRECT,
                 output: Some(want),
             }],
         );
