@@ -129,7 +129,13 @@ fn answer(from: &Netns, to: SocketAddr, udp: bool) -> Option<String> {
 }
 
 /// Poll until `from` → `to` is answered by `want` (or not answered, for None); the time it took.
-fn until_answer(from: &Netns, to: SocketAddr, udp: bool, want: Option<&str>, within: Duration) -> Duration {
+fn until_answer(
+    from: &Netns,
+    to: SocketAddr,
+    udp: bool,
+    want: Option<&str>,
+    within: Duration,
+) -> Duration {
     let start = Instant::now();
     let got = poll_until(within, || {
         (answer(from, to, udp).as_deref() == want).then_some(())
@@ -153,17 +159,39 @@ fn agent_follows_manifest_edits_and_survives_bad_ones() {
     let agent = s.start_agent("agent");
     let vip = addr(CLUSTER_IP, 80);
     until_answer(&s.pod2, vip, false, Some("pod1"), Duration::from_secs(10));
-    until_answer(&s.pod2, addr(CLUSTER_IP, 53), true, Some("pod1"), Duration::from_secs(1));
+    until_answer(
+        &s.pod2,
+        addr(CLUSTER_IP, 53),
+        true,
+        Some("pod1"),
+        Duration::from_secs(1),
+    );
     let nodeport = addr(NODE_IP, 30080);
-    until_answer(&s.client, nodeport, false, Some("pod1"), Duration::from_secs(1));
+    until_answer(
+        &s.client,
+        nodeport,
+        false,
+        Some("pod1"),
+        Duration::from_secs(1),
+    );
 
     write(&s.manifests, "web.yaml", &web(&[POD2]));
     let took = until_answer(&s.pod1, vip, false, Some("pod2"), Duration::from_secs(1));
     eprintln!("edit → traffic moved in {took:?}");
-    until_answer(&s.client, nodeport, false, Some("pod2"), Duration::from_secs(1));
+    until_answer(
+        &s.client,
+        nodeport,
+        false,
+        Some("pod2"),
+        Duration::from_secs(1),
+    );
 
     // Garbage in one file, an invalid Service beside a valid one in another: the valid ones work.
-    write(&s.manifests, "broken.yaml", "kind: Service\n  metadata: [unclosed\n");
+    write(
+        &s.manifests,
+        "broken.yaml",
+        "kind: Service\n  metadata: [unclosed\n",
+    );
     let api = "apiVersion: v1
 kind: Service
 metadata: {name: bad-port, namespace: shop}
@@ -182,19 +210,34 @@ ports: [{port: 8080}]
 endpoints: [{addresses: [10.244.1.5], nodeName: node-a}]
 ";
     write(&s.manifests, "api.yaml", api);
-    until_answer(&s.pod2, addr("10.96.0.20", 80), false, Some("pod1"), Duration::from_secs(1));
+    until_answer(
+        &s.pod2,
+        addr("10.96.0.20", 80),
+        false,
+        Some("pod1"),
+        Duration::from_secs(1),
+    );
     assert_eq!(answer(&s.pod1, vip, false).as_deref(), Some("pod2"));
     let logged = poll_until(Duration::from_secs(1), || {
         let err = agent.stderr();
-        (err.contains("shop/bad-port") && err.contains("spec.ports[0].port") && err.contains("broken.yaml"))
-            .then_some(())
+        (err.contains("shop/bad-port")
+            && err.contains("spec.ports[0].port")
+            && err.contains("broken.yaml"))
+        .then_some(())
     });
-    assert!(logged.is_some(), "errors name the object and field:\n{}", agent.stderr());
+    assert!(
+        logged.is_some(),
+        "errors name the object and field:\n{}",
+        agent.stderr()
+    );
 
     // A file removed: its service goes away.
     std::fs::remove_file(s.manifests.join("web.yaml")).expect("remove web.yaml");
     until_answer(&s.pod1, vip, false, None, Duration::from_secs(1));
-    assert_eq!(answer(&s.pod2, addr("10.96.0.20", 80), false).as_deref(), Some("pod1"));
+    assert_eq!(
+        answer(&s.pod2, addr("10.96.0.20", 80), false).as_deref(),
+        Some("pod1")
+    );
 }
 
 #[test]
@@ -206,12 +249,21 @@ fn agent_kill_9_and_restart_fail_no_new_connection() {
     write(&s.manifests, "web.yaml", &web(&[POD1, POD2]));
     let first = s.start_agent("agent-1");
     let nodeport = addr(NODE_IP, 30080);
-    until_answer(&s.client, nodeport, false, Some("pod1"), Duration::from_secs(10));
+    until_answer(
+        &s.client,
+        nodeport,
+        false,
+        Some("pod1"),
+        Duration::from_secs(10),
+    );
     let mut held = s
         .client
         .echo_conn(nodeport, false, Duration::from_secs(2))
         .expect("a connection held across the restart");
-    let held_by = held.ask(Duration::from_secs(2)).expect("held connection").name;
+    let held_by = held
+        .ask(Duration::from_secs(2))
+        .expect("held connection")
+        .name;
 
     let stop = AtomicBool::new(false);
     let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
@@ -237,16 +289,30 @@ fn agent_kill_9_and_restart_fail_no_new_connection() {
         let _second = s.start_agent("agent-2");
         // The new agent converges: an edit made now takes effect.
         write(&s.manifests, "web.yaml", &web(&[POD2]));
-        until_answer(&s.pod1, addr(CLUSTER_IP, 80), false, Some("pod2"), Duration::from_secs(10));
+        until_answer(
+            &s.pod1,
+            addr(CLUSTER_IP, 80),
+            false,
+            Some("pod2"),
+            Duration::from_secs(10),
+        );
         let after = poll_until(Duration::from_secs(5), || {
             (ok.load(Ordering::Relaxed) >= at_kill + 20).then_some(())
         });
         stop.store(true, Ordering::Relaxed);
-        assert!(after.is_some(), "connections kept succeeding after the restart");
+        assert!(
+            after.is_some(),
+            "connections kept succeeding after the restart"
+        );
     });
     let (ok, failed) = (ok.into_inner(), failed.into_inner());
     eprintln!("{ok} new connections through the restart, {failed} failed");
-    assert_eq!(failed, 0, "no new connection failed across kill -9 and restart");
-    let reply = held.ask(Duration::from_secs(2)).expect("the held connection still works");
+    assert_eq!(
+        failed, 0,
+        "no new connection failed across kill -9 and restart"
+    );
+    let reply = held
+        .ask(Duration::from_secs(2))
+        .expect("the held connection still works");
     assert_eq!(reply.name, held_by, "the held connection kept its backend");
 }

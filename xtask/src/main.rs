@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd;
+mod demo;
 mod setup;
 mod test;
 
@@ -22,6 +23,8 @@ enum Task {
     Setup,
     /// Run setup, then fmt, clippy (userspace and eBPF) and the test suite.
     Test(test::Args),
+    /// Build lb and show it balancing a Service in a lab of network namespaces.
+    Demo(demo::Args),
     /// Print per-packet cost of the XDP datapath next to a bare XDP program.
     Bench,
 }
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Test(args) => test::run(&args),
+        Task::Demo(args) => demo::run(&args),
         Task::Bench => bench::run(),
     };
     match result {

@@ -194,7 +194,10 @@ impl<'a> Planner<'a> {
         let stats_used = rec.current.frontends.values().map(|f| f.stats_id).collect();
         let mut by_service: BTreeMap<_, Vec<_>> = BTreeMap::new();
         for (key, fe) in &desired.frontends {
-            by_service.entry(&fe.set.service).or_default().push((key, &fe.set));
+            by_service
+                .entry(&fe.set.service)
+                .or_default()
+                .push((key, &fe.set));
         }
         Planner {
             rec,
@@ -212,11 +215,8 @@ impl<'a> Planner<'a> {
 
     /// Add one service's sets and frontends to the target, or say which map it overflows.
     fn admit(&mut self, service: &ObjectRef) -> Result<(), &'static str> {
-        let sets: Vec<(&SetKey, &BackendSet)> = self
-            .desired
-            .sets
-            .range(set_range(service))
-            .collect();
+        let sets: Vec<(&SetKey, &BackendSet)> =
+            self.desired.sets.range(set_range(service)).collect();
         let frontends = self.by_service.get(service).cloned().unwrap_or_default();
         let caps = self.rec.caps;
         let new_backends: BTreeSet<(u32, u16)> = sets
@@ -259,7 +259,12 @@ impl<'a> Planner<'a> {
             .iter()
             .filter(|b| !self.backend_ids.contains_key(*b))
             .count();
-        self.rec.current.backends.len().max(self.target.backends.len()) + fresh
+        self.rec
+            .current
+            .backends
+            .len()
+            .max(self.target.backends.len())
+            + fresh
     }
 
     fn add_set(&mut self, key: &SetKey, set: &BackendSet) {
@@ -285,7 +290,11 @@ impl<'a> Planner<'a> {
         let id = match self.backend_ids.get(&addr) {
             Some(id) => *id,
             None => {
-                let id = alloc(&mut self.rec.cursors.backend, ID_LIMIT, &mut self.backends_used);
+                let id = alloc(
+                    &mut self.rec.cursors.backend,
+                    ID_LIMIT,
+                    &mut self.backends_used,
+                );
                 self.backend_ids.insert(addr, id);
                 id
             }
@@ -455,7 +464,11 @@ fn write_diff(maps: &mut Maps, cur: &Programmed, target: &Programmed, report: &m
     let mut fail = |what: anyhow::Error| report.errors.push(format!("{what:#}"));
     // 1. What goes away, from the top.
     let mut removed_fe = 0;
-    for key in cur.frontends.keys().filter(|k| !target.frontends.contains_key(k)) {
+    for key in cur
+        .frontends
+        .keys()
+        .filter(|k| !target.frontends.contains_key(k))
+    {
         match maps.remove_frontend(key) {
             Ok(()) => removed_fe += 1,
             Err(e) => fail(e),
@@ -533,7 +546,11 @@ fn write_diff(maps: &mut Maps, cur: &Programmed, target: &Programmed, report: &m
     }
     // 3. Backends no set points to any more.
     let mut removed_be = 0;
-    for id in cur.backends.keys().filter(|id| !target.backends.contains_key(id)) {
+    for id in cur
+        .backends
+        .keys()
+        .filter(|id| !target.backends.contains_key(id))
+    {
         match maps.remove_backend(*id) {
             Ok(()) => removed_be += 1,
             Err(e) => fail(e),

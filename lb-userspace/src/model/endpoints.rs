@@ -36,14 +36,16 @@ pub struct Endpoint {
 
 pub type EndpointsByPort = BTreeMap<PortKey, Vec<Endpoint>>;
 
+/// A service's endpoints while slices merge: per port, deduplicated on ip:port.
+type MergingPorts = BTreeMap<PortKey, BTreeMap<(Ipv4Addr, u16), Endpoint>>;
+
 /// Merge every slice into per-service, per-port endpoint lists (sorted by ip:port).
 pub fn by_service(
     slices: &BTreeMap<ObjectRef, EndpointSlice>,
     node_name: &str,
     problems: &mut Vec<Problem>,
 ) -> BTreeMap<ObjectRef, EndpointsByPort> {
-    let mut merged: BTreeMap<ObjectRef, BTreeMap<PortKey, BTreeMap<(Ipv4Addr, u16), Endpoint>>> =
-        BTreeMap::new();
+    let mut merged: BTreeMap<ObjectRef, MergingPorts> = BTreeMap::new();
     for (name, slice) in slices {
         if slice.address_type != "IPv4" || ignored(&slice.metadata.labels) {
             continue;
@@ -73,7 +75,7 @@ pub fn by_service(
 }
 
 fn add_slice(
-    ports: &mut BTreeMap<PortKey, BTreeMap<(Ipv4Addr, u16), Endpoint>>,
+    ports: &mut MergingPorts,
     name: &ObjectRef,
     slice: &EndpointSlice,
     node_name: &str,

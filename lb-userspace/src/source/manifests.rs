@@ -182,7 +182,12 @@ pub fn parse(text: &str, origin: &str) -> Result<(Vec<Object>, Vec<Problem>), Pr
     let mut objects = Vec::new();
     let mut problems = Vec::new();
     for (i, doc) in docs.into_iter().enumerate() {
-        document(doc, &format!("{origin} document {}", i + 1), &mut objects, &mut problems);
+        document(
+            doc,
+            &format!("{origin} document {}", i + 1),
+            &mut objects,
+            &mut problems,
+        );
     }
     Ok((objects, problems))
 }
@@ -232,7 +237,10 @@ fn document(doc: Value, origin: &str, objects: &mut Vec<Object>, problems: &mut 
 
 /// `Service ns/name (file.yaml document 2)`, with whatever of the name is there.
 fn object_label(doc: &Value, kind: &str, origin: &str) -> String {
-    let meta = |f: &str| doc.pointer(&format!("/metadata/{f}")).and_then(Value::as_str);
+    let meta = |f: &str| {
+        doc.pointer(&format!("/metadata/{f}"))
+            .and_then(Value::as_str)
+    };
     match (meta("namespace"), meta("name")) {
         (_, None) => format!("{kind} ({origin})"),
         (ns, Some(name)) if kind != "Node" => {

@@ -1,0 +1,26 @@
+//! `cargo xtask demo`: the README's first command. Builds lb, then runs the lab demo
+//! (tests/src/bin/lb-demo.rs): one node, three pods, an outside client, lb-agent on
+//! examples/manifests.
+
+use anyhow::Result;
+
+use crate::cmd::{self, cargo};
+use crate::setup;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Leave the lab (namespaces, agent, pins) running afterwards, to explore it.
+    #[arg(long)]
+    keep: bool,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    setup::run()?;
+    cmd::run(&mut cargo("build --quiet -p lb-userspace --bins"))?;
+    let mut demo = cargo("run --quiet -p lb-tests --bin lb-demo --");
+    demo.arg(cmd::workspace_root().join("examples/manifests"));
+    if args.keep {
+        demo.arg("--keep");
+    }
+    cmd::run(&mut demo)
+}
