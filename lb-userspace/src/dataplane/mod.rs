@@ -6,6 +6,7 @@ mod attach;
 pub mod maps;
 pub mod pins;
 pub mod reconcile;
+pub mod view;
 
 use std::path::PathBuf;
 
