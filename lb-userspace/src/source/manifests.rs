@@ -216,6 +216,19 @@ fn document(doc: Value, origin: &str, objects: &mut Vec<Object>, problems: &mut 
             });
             return;
         }
+        (_, "Service" | "Node" | "EndpointSlice") => {
+            let want = if kind == "EndpointSlice" {
+                "discovery.k8s.io/v1"
+            } else {
+                "v1"
+            };
+            problems.push(Problem {
+                object: label,
+                field: "apiVersion".into(),
+                message: format!("{api_version:?} is not supported; use {want}"),
+            });
+            return;
+        }
         // Deployments and the like may share the files: not lb's business.
         _ => return,
     };
@@ -275,4 +288,91 @@ pub fn objects_of(text: &str) -> Result<Objects, Vec<Problem>> {
         obj.insert_into(&mut objects);
     }
     Ok(objects)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n";
+
+    fn names(objs: &[Object]) -> Vec<String> {
+        objs.iter()
+            .map(|o| format!("{} {}", o.kind(), o.key()))
+            .collect()
+    }
+
+    #[test]
+    fn documents_lists_json_and_foreign_kinds() {
+        let yaml = format!(
+            "{SVC}---\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app}}\n---\n\
+             apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Node\n  metadata: {{name: n1}}\n"
+        );
+        let (objs, problems) = parse(&yaml, "f.yaml").unwrap();
+        assert_eq!(names(&objs), ["Service default/web", "Node /n1"]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let json = r#"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
+            "metadata":{"name":"s","namespace":"ns"},"addressType":"IPv4","endpoints":[]}"#;
+        let (objs, _) = parse(json, "f.json").unwrap();
+        assert_eq!(names(&objs), ["EndpointSlice ns/s"]);
+    }
+
+    #[test]
+    fn a_bad_document_is_reported_with_object_and_field_and_skipped_alone() {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: bad, namespace: x}}\n\
+             spec: {{ports: [{{port: eighty}}]}}\n---\n{SVC}---\nkind: Service\nmetadata: {{}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{namespace: x}}\n"
+        );
+        let (objs, problems) = parse(&yaml, "f.yaml").unwrap();
+        assert_eq!(names(&objs), ["Service default/web"]);
+        let shown: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(shown.len(), 3, "{shown:?}");
+        assert!(
+            shown[0]
+                .starts_with("Service x/bad (f.yaml document 1): spec.ports[0].port: invalid type"),
+            "{shown:?}"
+        );
+        let version = "Service (f.yaml document 3): apiVersion: \"\" is not supported; use v1";
+        assert_eq!(shown[1], version);
+        assert_eq!(
+            shown[2],
+            "Service (f.yaml document 4): metadata.name: missing"
+        );
+    }
+
+    #[test]
+    fn unparsable_text_fails_the_whole_file() {
+        let err = parse("kind: Service\n  metadata: [unclosed\n", "broken.yaml").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("file broken.yaml: : not valid YAML or JSON"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_stops_parsing_keeps_its_last_good_objects() {
+        let dir = std::env::temp_dir().join(format!("lb-manifests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("web.yaml");
+        std::fs::write(&file, SVC).unwrap();
+        std::fs::write(dir.join("notes.txt"), "not a manifest").unwrap();
+        let mut m = Manifests::new(vec![dir.clone()]);
+        assert!(m.refresh());
+        assert_eq!(m.snapshot().objects.services.len(), 1);
+        assert!(!m.refresh(), "unchanged files are not re-read");
+        std::fs::write(&file, "{{{ broken").unwrap();
+        assert!(m.refresh());
+        let snap = m.snapshot();
+        assert_eq!(snap.objects.services.len(), 1, "last good version kept");
+        assert_eq!(snap.problems.len(), 1);
+        std::fs::remove_file(&file).unwrap();
+        assert!(m.refresh());
+        assert!(
+            m.snapshot().objects.services.is_empty(),
+            "a deleted file's objects go"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
