@@ -316,3 +316,37 @@ fn agent_kill_9_and_restart_fail_no_new_connection() {
         .expect("the held connection still works");
     assert_eq!(reply.name, held_by, "the held connection kept its backend");
 }
+
+#[test]
+fn agent_attaches_pod_links_created_later_and_lets_go_of_vanished_ones() {
+    if !require_privileged("lab_agent") {
+        return;
+    }
+    let s = setup("lab-agent-links");
+    write(&s.manifests, "web.yaml", &web(&[POD1]));
+    let agent = s.start_agent("agent");
+    let vip = addr(CLUSTER_IP, 80);
+    until_answer(&s.pod2, vip, false, Some("pod1"), Duration::from_secs(10));
+
+    // A pod created after the agent started: its host-side link matches `h*` and is attached.
+    let pod3 = pod(&s.lab, &s.node, "pod3", "10.244.1.9", "h3").expect("pod3");
+    until_answer(&pod3, vip, false, Some("pod1"), Duration::from_secs(2));
+
+    // The pod goes away (its veth with it): the agent lets go, logs it once, and keeps working.
+    s.node.ip("link del h3").expect("delete h3");
+    let detached = poll_until(Duration::from_secs(2), || {
+        agent.stderr().contains("detached").then_some(())
+    });
+    assert!(
+        detached.is_some(),
+        "agent noticed h3 vanish:\n{}",
+        agent.stderr()
+    );
+    write(&s.manifests, "web.yaml", &web(&[POD2]));
+    until_answer(&s.pod1, vip, false, Some("pod2"), Duration::from_secs(1));
+    assert!(
+        !agent.stderr().contains("ERROR"),
+        "no errors:\n{}",
+        agent.stderr()
+    );
+}

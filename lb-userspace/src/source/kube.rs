@@ -1,0 +1,331 @@
+//! The Kubernetes API as a source (Kubernetes mode): reflectors on v1 Services and
+//! discovery.k8s.io/v1 EndpointSlices in all namespaces, and on this node's Node object.
+//!
+//! - Services and EndpointSlices are selected as kube-proxy selects them: nothing labelled
+//!   `service.kubernetes.io/service-proxy-name` (another proxy's) or
+//!   `service.kubernetes.io/headless`.
+//! - Nothing is published before the initial list of every watcher has completed, so a restarted
+//!   agent never programs (and wipes the maps from) an empty or partial view. After that, every
+//!   change publishes a whole [`Snapshot`]; a burst of changes within [`DEBOUNCE`] is one snapshot.
+//! - Watch disconnects resume from the last resource version; an expired one (410 Gone, as a watch
+//!   ERROR event or as the HTTP status of the watch request) relists, and the relisted state
+//!   replaces the store at once. While the API server is unreachable or failing, the watchers
+//!   retry with kube-runtime's default backoff and the last snapshot stays: nothing is published
+//!   that would wipe state.
+use std::{
+    fmt::Debug,
+    hash::Hash,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use ::kube::{
+    api::Api,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        reflector::{store::Writer, Store},
+        watcher::{self, watcher, Event},
+        WatchStreamExt,
+    },
+    Client, Config, Resource, ResourceExt,
+};
+use anyhow::{Context as _, Result};
+use futures::{stream::BoxStream, StreamExt};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use serde::de::DeserializeOwned;
+
+use super::{Object, Sender, Snapshot};
+use crate::model::Objects;
+
+/// kube-proxy's selector for Services and EndpointSlices: not another proxy's, not headless.
+pub const LABEL_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+/// Changes arriving within this long of the first one are published together.
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// While a watcher keeps failing, a warning at most this often (debug in between).
+const WARN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A client from `--kubeconfig PATH`, else inferred: `$KUBECONFIG` or `~/.kube/config`, then the
+/// in-cluster service account.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => Config::infer().await.context(
+            "no Kubernetes configuration: not in a cluster, no $KUBECONFIG or ~/.kube/config \
+             (pass --kubeconfig, or --manifests for standalone mode)",
+        )?,
+    };
+    tracing::info!(api_server = %config.cluster_url, "Kubernetes mode");
+    Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// Watch the API and publish snapshots on `tx` until the receivers are gone.
+pub async fn run(client: Client, node_name: String, tx: Sender) {
+    run_with(client, &node_name, tx, DEBOUNCE).await
+}
+
+pub(crate) async fn run_with(client: Client, node_name: &str, tx: Sender, debounce: Duration) {
+    let selected = watcher::Config::default().labels(LABEL_SELECTOR);
+    let this_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+    let mut updates = futures::stream::select_all([
+        watch(Api::<Service>::all(client.clone()), selected.clone())
+            .map(Update::Service)
+            .boxed(),
+        watch(Api::<EndpointSlice>::all(client.clone()), selected)
+            .map(Update::Slice)
+            .boxed(),
+        watch(Api::<Node>::all(client), this_node)
+            .map(Update::Node)
+            .boxed(),
+    ]);
+    let mut stores = Stores::default();
+    let mut published = false;
+    // When the pending changes are published; `None`: nothing pending.
+    let mut due: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            update = updates.next() => {
+                // The watchers retry forever: their streams do not end.
+                let Some(update) = update else { return };
+                if stores.apply(update) && due.is_none() {
+                    due = Some(tokio::time::Instant::now() + debounce);
+                }
+            }
+            () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
+                if due.is_some() =>
+            {
+                due = None;
+                // The last initial list to complete marks a change, so this comes round again.
+                if stores.ready() {
+                    publish(&tx, stores.snapshot(), !published);
+                    published = true;
+                }
+            }
+            () = tx.closed() => return,
+        }
+    }
+}
+
+/// The first snapshot is always sent (the agent waits for it, even for an empty cluster); later
+/// ones only when something differs.
+fn publish(tx: &Sender, snap: Snapshot, first: bool) {
+    if first {
+        tracing::info!(
+            services = snap.objects.services.len(),
+            endpoint_slices = snap.objects.slices.len(),
+            nodes = snap.objects.nodes.len(),
+            "initial list complete"
+        );
+        tx.send_replace(Arc::new(snap));
+        return;
+    }
+    tx.send_if_modified(|cur| {
+        let differs = **cur != snap;
+        if differs {
+            *cur = Arc::new(snap);
+        }
+        differs
+    });
+}
+
+/// A self-healing watch with the default backoff between failed attempts.
+///
+/// kube-runtime's watcher relists after a 410 Gone watch event but retries an HTTP 410 on the
+/// watch request with the same, expired, resource version forever: that case starts a new watcher,
+/// which relists.
+fn watch<K>(api: Api<K>, config: watcher::Config) -> BoxStream<'static, watcher::Result<Event<K>>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let start = move || {
+        watcher(api.clone(), config.clone())
+            // Only the server needs them; they are most of an object's size.
+            .modify(|obj: &mut K| obj.managed_fields_mut().clear())
+            .boxed()
+    };
+    let first = start();
+    futures::stream::unfold((first, start), |(mut inner, start)| async move {
+        let item = inner.next().await?;
+        if let Err(e) = &item {
+            if http_gone(e) {
+                inner = start();
+            }
+        }
+        Some((item, (inner, start)))
+    })
+    .default_backoff()
+    .boxed()
+}
+
+fn http_gone(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::WatchStartFailed(::kube::Error::Api(s))
+            | watcher::Error::WatchFailed(::kube::Error::Api(s))
+            | watcher::Error::InitialListFailed(::kube::Error::Api(s))
+            if s.code == 410
+    )
+}
+
+enum Update {
+    Service(watcher::Result<Event<Service>>),
+    Slice(watcher::Result<Event<EndpointSlice>>),
+    Node(watcher::Result<Event<Node>>),
+}
+
+#[derive(Default)]
+struct Stores {
+    services: Reflected<Service>,
+    slices: Reflected<EndpointSlice>,
+    nodes: Reflected<Node>,
+}
+
+impl Stores {
+    /// `true` when the stores changed.
+    fn apply(&mut self, update: Update) -> bool {
+        match update {
+            Update::Service(u) => self.services.apply(u, "Service"),
+            Update::Slice(u) => self.slices.apply(u, "EndpointSlice"),
+            Update::Node(u) => self.nodes.apply(u, "Node"),
+        }
+    }
+
+    /// Every watcher has completed its initial list.
+    fn ready(&self) -> bool {
+        self.services.ready && self.slices.ready && self.nodes.ready
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut objects = Objects::default();
+        let services = self.services.reader.state().into_iter();
+        let services = services.map(|s| Object::Service(Box::new((*s).clone())));
+        let slices = self.slices.reader.state().into_iter();
+        let slices = slices.map(|s| Object::Slice(Box::new((*s).clone())));
+        let nodes = self.nodes.reader.state().into_iter();
+        let nodes = nodes.map(|n| Object::Node(Box::new((*n).clone())));
+        for obj in services.chain(slices).chain(nodes) {
+            obj.insert_into(&mut objects);
+        }
+        Snapshot {
+            objects,
+            problems: Vec::new(),
+        }
+    }
+}
+
+/// One kind's reflector store, and what its watcher has been through.
+struct Reflected<K: Resource + 'static>
+where
+    K::DynamicType: Eq + Hash,
+{
+    writer: Writer<K>,
+    reader: Store<K>,
+    /// The initial list has completed (a relist keeps the old state until it completes).
+    ready: bool,
+    failing: Option<Failing>,
+}
+
+struct Failing {
+    since: Instant,
+    errors: u64,
+    warned: Instant,
+}
+
+impl<K> Default for Reflected<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    fn default() -> Self {
+        let writer = Writer::default();
+        let reader = writer.as_reader();
+        Reflected {
+            writer,
+            reader,
+            ready: false,
+            failing: None,
+        }
+    }
+}
+
+impl<K> Reflected<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    fn apply(&mut self, update: watcher::Result<Event<K>>, kind: &str) -> bool {
+        let event = match update {
+            Ok(event) => event,
+            Err(e) => {
+                self.failed(&e, kind);
+                return false;
+            }
+        };
+        if let Some(f) = self.failing.take() {
+            tracing::info!(
+                kind,
+                errors = f.errors,
+                after_s = f.since.elapsed().as_secs(),
+                "watching again"
+            );
+        }
+        self.writer.apply_watcher_event(&event);
+        match event {
+            Event::Apply(_) | Event::Delete(_) => true,
+            Event::InitDone => {
+                self.ready = true;
+                true
+            }
+            // A (re)list in progress: the store changes at InitDone, all at once.
+            Event::Init | Event::InitApply(_) => false,
+        }
+    }
+
+    fn failed(&mut self, e: &watcher::Error, kind: &str) {
+        if matches!(e, watcher::Error::WatchError(s) if s.code == 410) {
+            // Routine: the resource version expired while disconnected (or etcd compacted).
+            tracing::info!(kind, "watch expired (410 Gone), relisting");
+            return;
+        }
+        let now = Instant::now();
+        match &mut self.failing {
+            None => {
+                tracing::warn!(kind, "watch failed, retrying with backoff: {e}");
+                self.failing = Some(Failing {
+                    since: now,
+                    errors: 1,
+                    warned: now,
+                });
+            }
+            Some(f) => {
+                f.errors += 1;
+                if now.duration_since(f.warned) >= WARN_INTERVAL {
+                    f.warned = now;
+                    tracing::warn!(
+                        kind,
+                        errors = f.errors,
+                        for_s = f.since.elapsed().as_secs(),
+                        "watch still failing, retrying with backoff: {e}"
+                    );
+                } else {
+                    tracing::debug!(kind, errors = f.errors, "watch failed again: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
