@@ -43,18 +43,21 @@ pub fn egress_ifindex<P: Packet>(p: &mut P, daddr: u32) -> u32 {
     params.ifindex
 }
 
-/// For an XDP packet rewritten to `daddr`: if the route sends it back out the interface it came
-/// in on, set its MAC addresses and return true (the caller transmits it). Otherwise the stack
-/// must forward it. (Direct writes: XDP only.)
+/// For an XDP packet rewritten to `daddr`: when the kernel knows the route and the next hop's
+/// MAC address, write the MAC addresses and return the egress ifindex (the caller transmits:
+/// XDP_TX on the ingress interface, XDP_REDIRECT to another). 0 when it doesn't: the stack must
+/// forward it. (A plain integer, not an Option: LLVM leaves a None's payload undefined and the
+/// verifier rejects reading it.) Direct writes: XDP only.
 #[inline(always)]
-pub fn prepare_tx<P: Packet>(p: &mut P, daddr: u32) -> bool {
-    let ingress = p.ifindex();
-    let mut params = params(ingress, daddr);
-    if p.fib_lookup(&mut params) != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || params.ifindex != ingress
-    {
-        return false;
+pub fn xdp_next_hop<P: Packet>(p: &mut P, daddr: u32) -> u32 {
+    let mut params = params(p.ifindex(), daddr);
+    if p.fib_lookup(&mut params) != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return 0;
     }
-    write_at(p, 0, params.dmac).is_ok() && write_at(p, 6, params.smac).is_ok()
+    if write_at(p, 0, params.dmac).is_err() || write_at(p, 6, params.smac).is_err() {
+        return 0;
+    }
+    params.ifindex
 }
 
 /// For a TC packet rewritten to `daddr` that must leave the node (reverse NAT of a reply to an

@@ -38,8 +38,12 @@ pub fn lb_xdp_ext(ctx: XdpContext) -> u32 {
     match lb::handle(&mut p, SCOPE_EXTERNAL) {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
-        Action::Forward(daddr) if fib::prepare_tx(&mut p, daddr) => xdp_action::XDP_TX,
-        Action::Forward(_) => xdp_action::XDP_PASS,
+        Action::Forward(daddr) => match fib::xdp_next_hop(&mut p, daddr) {
+            0 => xdp_action::XDP_PASS,
+            out if out == p.ifindex() => xdp_action::XDP_TX,
+            // SAFETY: plain helper call; it returns XDP_REDIRECT, or XDP_ABORTED on failure.
+            out => unsafe { gen::bpf_redirect(out, 0) as u32 },
+        },
         Action::Bounce if swap_macs(&mut p) => xdp_action::XDP_TX,
         Action::Bounce => xdp_action::XDP_DROP,
     }

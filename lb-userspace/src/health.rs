@@ -114,10 +114,7 @@ impl HealthServers {
         self.failed.retain(|port, _| checks.contains_key(port));
         for (port, check) in checks {
             if let Some(server) = self.servers.get(port) {
-                let mut current = server.shared.check.lock().unwrap();
-                if *current != *check {
-                    *current = check.clone();
-                }
+                *server.shared.check.lock().unwrap() = check.clone();
                 continue;
             }
             match self.open(*port, check) {
@@ -278,7 +275,8 @@ mod tests {
     fn get(port: u16) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /anything HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        s.write_all(b"GET /anything HTTP/1.0\r\nHost: x\r\n\r\n")
+            .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         let status = out.split(' ').nth(1)?.parse().ok()?;
@@ -294,7 +292,10 @@ mod tests {
     }
 
     /// Polls `f` on a blocking thread (so the servers keep running) until it returns Some.
-    async fn until<T: Send + 'static>(what: &str, f: impl Fn() -> Option<T> + Send + 'static) -> T {
+    async fn until<T: Send + 'static>(
+        what: &'static str,
+        f: impl Fn() -> Option<T> + Send + 'static,
+    ) -> T {
         tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
@@ -319,7 +320,11 @@ mod tests {
         let (status, text) = until("200", move || get(port)).await;
         assert_eq!(status, 200, "{text}");
         assert!(text.contains("\"localEndpoints\": 1"), "{text}");
-        assert!(text.to_lowercase().contains("x-content-type-options: nosniff"), "{text}");
+        assert!(
+            text.to_lowercase()
+                .contains("x-content-type-options: nosniff"),
+            "{text}"
+        );
 
         checks.insert(port, check(0));
         servers.sync(&checks);
@@ -330,7 +335,9 @@ mod tests {
         servers.sync(&BTreeMap::new());
         assert!(servers.ports().is_empty());
         until("the port closed", move || {
-            TcpStream::connect(("127.0.0.1", port)).is_err().then_some(())
+            TcpStream::connect(("127.0.0.1", port))
+                .is_err()
+                .then_some(())
         })
         .await;
     }

@@ -59,3 +59,24 @@ pub fn agent_bin() -> Result<PathBuf> {
     }
     bail!("lb-agent not built: run `cargo build -p lb-userspace --bins` or set {AGENT_BIN_ENV}")
 }
+
+pub const LBCTL_BIN_ENV: &str = "LB_LBCTL_BIN";
+
+/// The lbctl binary: `$LB_LBCTL_BIN`, or the one built beside this test executable
+/// (`cargo build -p lb-userspace --bins`, which `cargo xtask test` does first).
+pub fn lbctl_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(LBCTL_BIN_ENV) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("lbctl"))
+        .find(|cand| cand.is_file())
+        .with_context(|| {
+            format!(
+                "lbctl not built: run `cargo build -p lb-userspace --bins` or set {LBCTL_BIN_ENV}"
+            )
+        })
+}

@@ -246,7 +246,7 @@ fn agent_kill_9_and_restart_fail_no_new_connection() {
         return;
     }
     let s = setup("lab-agent-kill");
-    write(&s.manifests, "web.yaml", &web(&[POD1, POD2]));
+    write(&s.manifests, "web.yaml", &web(&[POD1]));
     let first = s.start_agent("agent-1");
     let nodeport = addr(NODE_IP, 30080);
     until_answer(
@@ -265,6 +265,7 @@ fn agent_kill_9_and_restart_fail_no_new_connection() {
         .expect("held connection")
         .name;
 
+    let mut second = None;
     let stop = AtomicBool::new(false);
     let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
     std::thread::scope(|scope| {
@@ -286,16 +287,12 @@ fn agent_kill_9_and_restart_fail_no_new_connection() {
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
         let at_kill = ok.load(Ordering::Relaxed);
-        let _second = s.start_agent("agent-2");
-        // The new agent converges: an edit made now takes effect.
-        write(&s.manifests, "web.yaml", &web(&[POD2]));
-        until_answer(
-            &s.pod1,
-            addr(CLUSTER_IP, 80),
-            false,
-            Some("pod2"),
-            Duration::from_secs(10),
-        );
+        second = Some(s.start_agent("agent-2"));
+        // The new agent converges: an edit made now takes effect (pod2 joins). pod1 stays, so
+        // the held connection keeps its backend.
+        write(&s.manifests, "web.yaml", &web(&[POD1, POD2]));
+        let vip = addr(CLUSTER_IP, 80);
+        until_answer(&s.pod1, vip, false, Some("pod2"), Duration::from_secs(10));
         let after = poll_until(Duration::from_secs(5), || {
             (ok.load(Ordering::Relaxed) >= at_kill + 20).then_some(())
         });
@@ -315,6 +312,41 @@ fn agent_kill_9_and_restart_fail_no_new_connection() {
         .ask(Duration::from_secs(2))
         .expect("the held connection still works");
     assert_eq!(reply.name, held_by, "the held connection kept its backend");
+
+    // SIGTERM leaves everything in place; `lb-agent cleanup` removes it.
+    let mut second = second.expect("second agent");
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(second.pid() as i32, libc::SIGTERM) };
+    let exited = poll_until(Duration::from_secs(5), || second.try_wait().ok().flatten());
+    assert!(
+        exited.is_some_and(|st| st.success()),
+        "agent exits cleanly on SIGTERM: {exited:?}\n{}",
+        second.stderr()
+    );
+    until_answer(
+        &s.client,
+        nodeport,
+        false,
+        Some("pod2"),
+        Duration::from_secs(1),
+    );
+    let pin = s.lab.pin_path("node");
+    let bin = agent_bin().expect("lb-agent");
+    let out = s
+        .node
+        .exec(bin, ["cleanup", "--pin-path", pin.to_str().unwrap()])
+        .expect("lb-agent cleanup");
+    assert!(out.status.success(), "cleanup: {out:?}");
+    assert!(!pin.exists(), "pins removed");
+    // Links are released asynchronously once their last pin goes: poll.
+    until_answer(&s.client, nodeport, false, None, Duration::from_secs(1));
+    until_answer(
+        &s.pod1,
+        addr(CLUSTER_IP, 80),
+        false,
+        None,
+        Duration::from_secs(1),
+    );
 }
 
 #[test]

@@ -60,7 +60,7 @@ spec: {{clusterIP: {ip}, ports: [{{port: 53, protocol: UDP}}]}}
 
 /// The maps as `lbctl services` lines.
 fn dump(maps: &Maps) -> Vec<String> {
-    view::services(maps)
+    view::frontends(maps)
         .expect("read maps")
         .iter()
         .map(|s| {

@@ -25,7 +25,7 @@ pub fn run(args: &Args) -> Result<()> {
         "+nightly clippy -p lb-ebpf --target bpfel-unknown-none -Z build-std=core \
          -- -D warnings -C panic=abort",
     ))?;
-    // The lab tests drive the real lb-agent binary.
+    // The lab tests drive the real lb-agent and lbctl binaries.
     cmd::run(&mut cargo("build -p lb-userspace --bins"))?;
     cmd::run(cargo("test --workspace --exclude lb-ebpf").args(&args.cargo_test_args))
 }

@@ -19,6 +19,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     dataplane::{reconcile::Reconciler, Capacities, Dataplane, Options, XdpRequest},
+    health::HealthServers,
+    metrics::{self, Metrics},
     model::{self, NodeContext, Problem},
     source::{self, manifests::Manifests, Snapshot},
 };
@@ -74,6 +76,9 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
+    // First of all, so a SIGTERM during startup is seen by the loop, not the default action.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let node_name = match &args.node_name {
         Some(n) => n.clone(),
         None => hostname()?,
@@ -85,6 +90,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut dp = Dataplane::open(&opts)?;
     let caps = Capacities::read(dp.layout())?;
     let mut rec = Reconciler::adopt(&dp.maps, caps)?;
+    // kube-proxy's healthz timeout is twice its sync period.
+    let metrics = Metrics::new(Some(dp.layout().clone()), caps, 2 * RESYNC_INTERVAL);
+    tokio::spawn(metrics::serve_retrying(args.metrics_addr, metrics.clone()));
+    let mut health_servers = HealthServers::new(metrics.proxy_health());
     tracing::info!(
         node = %node_name,
         pin_path = %args.pin_path.display(),
@@ -100,15 +109,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         nodeport_addrs: nodeport_addrs(&args, &attachments, &links),
     };
 
-    let mut snapshots = start_source(&args)?;
+    let mut snapshots = start_source(&args, &node.name).await?;
     // Never program from an empty view: after a restart that would wipe working services.
     snapshots
         .changed()
         .await
         .context("the source stopped before its first sync")?;
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     resync.tick().await;
     let mut reported: BTreeSet<Problem> = BTreeSet::new();
@@ -119,6 +126,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         let report = rec.apply(&mut dp.maps, &desired);
         let problems = snap.problems.iter().chain(&desired.problems);
         report_problems(problems, &mut reported);
+        let latency = event_at.elapsed();
+        metrics.record_sync(&report, latency, &desired, rec.programmed(), &reported);
+        health_servers.sync(&desired.health_checks);
         for (svc, map) in &report.refused {
             tracing::error!(service = %svc, map, "service refused: the map is full");
         }
@@ -162,10 +172,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn start_source(args: &RunArgs) -> Result<source::Receiver> {
+async fn start_source(args: &RunArgs, node_name: &str) -> Result<source::Receiver> {
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
     if args.manifests.is_empty() {
-        anyhow::bail!("Kubernetes mode is not available in this build yet: pass --manifests");
+        // Kubernetes mode: the first snapshot comes once every initial list has completed.
+        let client = source::kube::client(args.kubeconfig.as_deref()).await?;
+        tokio::spawn(source::kube::run(client, node_name.to_string(), tx));
+        return Ok(rx);
     }
     let mut files = Manifests::new(args.manifests.clone());
     files.refresh();

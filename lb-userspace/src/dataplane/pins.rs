@@ -47,14 +47,21 @@ impl PinLayout {
     /// Create the directories, refusing a path that is not on bpffs (pins would fail later with
     /// a less helpful error).
     pub fn create(&self) -> Result<()> {
-        for dir in [self.maps_dir(), self.links_dir()] {
-            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        if !on_bpffs(&self.root)? {
+        // Check the deepest directory that exists: under `ip netns exec`, for one, /sys is a
+        // fresh sysfs without /sys/fs/bpf, and creating the root would fail obscurely.
+        let existing = self
+            .root
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(&self.root);
+        if !on_bpffs(existing)? {
             bail!(
                 "{} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf`",
                 self.root.display()
             );
+        }
+        for dir in [self.maps_dir(), self.links_dir()] {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         Ok(())
     }

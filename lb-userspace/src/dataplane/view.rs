@@ -1,5 +1,6 @@
-//! What the maps hold, read back into named, serializable rows: the `lbctl services` JSON
-//! contract (DESIGN.md), also used by tests to compare the maps with what they expect.
+//! What the maps hold, read back into named, serializable rows. [`frontends`] has one row per
+//! kernel frontend entry (address, port, protocol and scope); [`services`] merges the two scopes
+//! into the `lbctl services` JSON contract (DESIGN.md): one entry per frontend.
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
@@ -27,9 +28,9 @@ pub struct BackendView {
     pub terminating: bool,
 }
 
-/// One frontend and the backend set it leads to.
+/// One kernel frontend entry (one scope) and the backend set it leads to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct ServiceView {
+pub struct FrontendRow {
     /// `namespace/name`, or `?` for a set without a name entry.
     pub service: String,
     pub port_name: String,
@@ -42,13 +43,13 @@ pub struct ServiceView {
     pub stats_id: u32,
 }
 
-/// Every frontend with its set, sorted by service, port name and frontend.
-pub fn services(maps: &Maps) -> Result<Vec<ServiceView>> {
-    Ok(services_of(&Programmed::read(maps)?))
+/// Every kernel frontend entry with its set, sorted by service, port name and frontend.
+pub fn frontends(maps: &Maps) -> Result<Vec<FrontendRow>> {
+    Ok(frontends_of(&Programmed::read(maps)?))
 }
 
-pub fn services_of(programmed: &Programmed) -> Vec<ServiceView> {
-    let mut out: Vec<ServiceView> = programmed
+pub fn frontends_of(programmed: &Programmed) -> Vec<FrontendRow> {
+    let mut out: Vec<FrontendRow> = programmed
         .frontends
         .iter()
         .map(|(key, fe)| {
@@ -69,7 +70,7 @@ pub fn services_of(programmed: &Programmed) -> Vec<ServiceView> {
                         .collect()
                 })
                 .unwrap_or_default();
-            ServiceView {
+            FrontendRow {
                 service: name.map_or("?".into(), |k| k.service.to_string()),
                 port_name: name.map(|k| k.port_name.clone()).unwrap_or_default(),
                 frontend: FrontendView {
@@ -94,5 +95,85 @@ pub fn services_of(programmed: &Programmed) -> Vec<ServiceView> {
         })
         .collect();
     out.sort();
+    out
+}
+
+/// A frontend as `lbctl services` shows it: both scopes in one entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceView {
+    pub service: String,
+    pub port_name: String,
+    pub frontend: FrontendKeyView,
+    /// The backends of traffic from outside the node (for a ClusterIP, from anywhere).
+    pub backends: Vec<BackendView>,
+    /// The backends of traffic from pods on this node, when they differ (eTP=Local: pods use
+    /// every endpoint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_backends: Option<Vec<BackendView>>,
+    pub session_affinity_timeout: Option<u32>,
+    /// The service port's policies (not only this frontend's set).
+    pub external_traffic_local: bool,
+    pub internal_traffic_local: bool,
+    /// The set and counters of the external-scope entry.
+    pub service_id: u32,
+    pub stats_id: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FrontendKeyView {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: &'static str,
+    pub kind: &'static str,
+}
+
+/// One entry per frontend (address, port, protocol), sorted like [`frontends`].
+pub fn services(maps: &Maps) -> Result<Vec<ServiceView>> {
+    Ok(services_of(&frontends(maps)?))
+}
+
+pub fn services_of(rows: &[FrontendRow]) -> Vec<ServiceView> {
+    use std::collections::BTreeMap;
+    let mut policies: BTreeMap<(&str, &str), (bool, bool)> = BTreeMap::new();
+    for r in rows {
+        let p = policies.entry((&r.service, &r.port_name)).or_default();
+        p.0 |= r.external_traffic_local;
+        p.1 |= r.internal_traffic_local;
+    }
+    let mut out: Vec<ServiceView> = Vec::new();
+    // Rows sort external before internal for the same service, port name and frontend.
+    for r in rows {
+        let f = &r.frontend;
+        let same = |v: &ServiceView| {
+            v.service == r.service
+                && v.frontend.ip == f.ip
+                && v.frontend.port == f.port
+                && v.frontend.protocol == f.protocol
+        };
+        if let Some(v) = out.iter_mut().rev().find(|v| same(v)) {
+            if v.backends != r.backends {
+                v.pod_backends = Some(r.backends.clone());
+            }
+            continue;
+        }
+        let (ext_local, int_local) = policies[&(r.service.as_str(), r.port_name.as_str())];
+        out.push(ServiceView {
+            service: r.service.clone(),
+            port_name: r.port_name.clone(),
+            frontend: FrontendKeyView {
+                ip: f.ip,
+                port: f.port,
+                protocol: f.protocol,
+                kind: f.kind,
+            },
+            backends: r.backends.clone(),
+            pod_backends: None,
+            session_affinity_timeout: r.session_affinity_timeout,
+            external_traffic_local: ext_local,
+            internal_traffic_local: int_local,
+            service_id: r.service_id,
+            stats_id: r.stats_id,
+        });
+    }
     out
 }

@@ -28,7 +28,7 @@ use ::kube::{
         watcher::{self, watcher, Event},
         WatchStreamExt,
     },
-    Client, Config, Resource, ResourceExt,
+    Client, Config, Resource,
 };
 use anyhow::{Context as _, Result};
 use futures::{stream::BoxStream, StreamExt};
@@ -81,13 +81,13 @@ pub(crate) async fn run_with(client: Client, node_name: &str, tx: Sender, deboun
     let this_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let mut updates = futures::stream::select_all([
         watch(Api::<Service>::all(client.clone()), selected.clone())
-            .map(Update::Service)
+            .map(|u| Update::Service(Box::new(u)))
             .boxed(),
         watch(Api::<EndpointSlice>::all(client.clone()), selected)
-            .map(Update::Slice)
+            .map(|u| Update::Slice(Box::new(u)))
             .boxed(),
         watch(Api::<Node>::all(client), this_node)
-            .map(Update::Node)
+            .map(|u| Update::Node(Box::new(u)))
             .boxed(),
     ]);
     let mut stores = Stores::default();
@@ -152,7 +152,7 @@ where
     let start = move || {
         watcher(api.clone(), config.clone())
             // Only the server needs them; they are most of an object's size.
-            .modify(|obj: &mut K| obj.managed_fields_mut().clear())
+            .modify(|obj: &mut K| obj.meta_mut().managed_fields = None)
             .boxed()
     };
     let first = start();
@@ -179,10 +179,11 @@ fn http_gone(e: &watcher::Error) -> bool {
     )
 }
 
+/// An event of one of the watchers (boxed: the kinds' sizes differ a lot).
 enum Update {
-    Service(watcher::Result<Event<Service>>),
-    Slice(watcher::Result<Event<EndpointSlice>>),
-    Node(watcher::Result<Event<Node>>),
+    Service(Box<watcher::Result<Event<Service>>>),
+    Slice(Box<watcher::Result<Event<EndpointSlice>>>),
+    Node(Box<watcher::Result<Event<Node>>>),
 }
 
 #[derive(Default)]
@@ -196,9 +197,9 @@ impl Stores {
     /// `true` when the stores changed.
     fn apply(&mut self, update: Update) -> bool {
         match update {
-            Update::Service(u) => self.services.apply(u, "Service"),
-            Update::Slice(u) => self.slices.apply(u, "EndpointSlice"),
-            Update::Node(u) => self.nodes.apply(u, "Node"),
+            Update::Service(u) => self.services.apply(*u, "Service"),
+            Update::Slice(u) => self.slices.apply(*u, "EndpointSlice"),
+            Update::Node(u) => self.nodes.apply(*u, "Node"),
         }
     }
 
@@ -226,9 +227,9 @@ impl Stores {
 }
 
 /// One kind's reflector store, and what its watcher has been through.
-struct Reflected<K: Resource + 'static>
+struct Reflected<K: Resource + Clone + 'static>
 where
-    K::DynamicType: Eq + Hash,
+    K::DynamicType: Eq + Hash + Clone,
 {
     writer: Writer<K>,
     reader: Store<K>,
@@ -294,7 +295,7 @@ where
     }
 
     fn failed(&mut self, e: &watcher::Error, kind: &str) {
-        if matches!(e, watcher::Error::WatchError(s) if s.code == 410) {
+        if http_gone(e) || matches!(e, watcher::Error::WatchError(s) if s.code == 410) {
             // Routine: the resource version expired while disconnected (or etcd compacted).
             tracing::info!(kind, "watch expired (410 Gone), relisting");
             return;

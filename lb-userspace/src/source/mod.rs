@@ -1,6 +1,7 @@
 //! Where the objects come from: the Kubernetes API (`kube`) or manifest files (`manifests`).
 //! Both publish whole [`Objects`] snapshots on a watch channel, so bursts of changes coalesce:
 //! the agent always reads the latest snapshot, never a backlog.
+pub mod kube;
 pub mod manifests;
 
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 use anyhow::{bail, Context as _, Result};
 use lb_tests::{
     lab::{poll_until, Lab, Netns},
-    topology::{agent_bin, client, pod},
+    topology::{agent_bin, client, lbctl_bin, pod},
 };
 
 const NODE_NAME: &str = "demo-node";
@@ -86,6 +86,10 @@ fn main() -> Result<()> {
     )?;
     show(&outside, "client → NodePort", NODE_PORT.parse()?, false)?;
 
+    let pin_arg = pin.to_str().context("pin path")?;
+    let table = node.exec(lbctl_bin()?, ["--pin-path", pin_arg, "services"])?;
+    println!("\n$ lbctl --pin-path {pin_arg} services");
+    print!("{}", String::from_utf8_lossy(&table.stdout));
     println!("\nlb-agent log:\n{}", agent.stderr().trim_end());
     if keep {
         lab.keep();

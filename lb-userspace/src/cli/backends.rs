@@ -1,0 +1,86 @@
+//! `lbctl backends`: every backend (`LB4_BACKENDS`) and the service ports whose sets use it.
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use lb_common::{BE_F_LOCAL, BE_F_TERMINATING};
+use serde::Serialize;
+
+use super::{ip_of, port_label, table::Builder};
+use crate::dataplane::{maps::entries, reconcile::Programmed, Maps};
+
+/// A service port, in JSON `{"service": "ns/name", "port_name": ..., "protocol": ...}`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ServicePort {
+    pub service: String,
+    pub port_name: String,
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackendRow {
+    /// The backend id (conntrack and affinity entries name backends by it).
+    pub id: u32,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub local: bool,
+    pub terminating: bool,
+    /// The service ports whose backend sets hold it, sorted; empty for a backend no set uses.
+    pub services: Vec<ServicePort>,
+}
+
+/// Every backend, sorted by address, port and id.
+pub fn rows(maps: &Maps) -> Result<Vec<BackendRow>> {
+    let programmed = Programmed::read(maps)?;
+    let mut users: HashMap<u32, BTreeSet<ServicePort>> = HashMap::new();
+    for set in programmed.sets.values() {
+        let Some(key) = &set.key else { continue };
+        for id in &set.slots {
+            users.entry(*id).or_default().insert(ServicePort {
+                service: key.service.to_string(),
+                port_name: key.port_name.clone(),
+                protocol: key.proto.as_str(),
+            });
+        }
+    }
+    let mut rows: Vec<BackendRow> = entries(&maps.backends)?
+        .into_iter()
+        .map(|(id, b)| BackendRow {
+            id,
+            ip: ip_of(b.addr),
+            port: u16::from_be(b.port),
+            local: b.flags & BE_F_LOCAL != 0,
+            terminating: b.flags & BE_F_TERMINATING != 0,
+            services: users.remove(&id).unwrap_or_default().into_iter().collect(),
+        })
+        .collect();
+    rows.sort_by_key(|r| (r.ip, r.port, r.id));
+    Ok(rows)
+}
+
+pub fn table(rows: &[BackendRow]) -> String {
+    let mut t = Builder::new(&["ID", "BACKEND", "LOCAL", "TERMINATING", "SERVICES"]).right(&[0]);
+    for r in rows {
+        let services: Vec<String> = r
+            .services
+            .iter()
+            .map(|s| format!("{}/{}", port_label(&s.service, &s.port_name), s.protocol))
+            .collect();
+        t.row(vec![
+            r.id.to_string(),
+            format!("{}:{}", r.ip, r.port),
+            yes_no(r.local),
+            yes_no(r.terminating),
+            if services.is_empty() {
+                "-".into()
+            } else {
+                services.join("\n")
+            },
+        ]);
+    }
+    t.render()
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}

@@ -1,0 +1,318 @@
+//! lb-agent's health and metrics endpoints, as Prometheus, kubelet and a cloud load balancer see
+//! them: /healthz, /livez and /metrics on the default --metrics-addr (127.0.0.1:9464 in the node's
+//! namespace), per-frontend packet counters after real traffic, and the kube-proxy compatible
+//! healthCheckNodePort server of a LoadBalancer service with externalTrafficPolicy=Local, which
+//! follows the service's local endpoints and closes when the service goes.
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    lab::{poll_until, require_privileged, ChildGuard, Lab, Netns},
+    topology::{agent_bin, client, pod},
+};
+
+const NODE: &str = "node-a";
+const NODE_IP: &str = "192.0.2.1";
+const CLUSTER_IP: &str = "10.96.0.30";
+const LB_IP: &str = "203.0.113.10";
+const POD1: &str = "10.244.1.5";
+/// An endpoint on another node (never reached: only its count matters here).
+const REMOTE_POD: &str = "10.244.2.9";
+const HC_PORT: u16 = 32000;
+const METRICS: &str = "127.0.0.1:9464";
+
+struct Setup {
+    lab: Lab,
+    node: Netns,
+    client: Netns,
+    manifests: PathBuf,
+    _servers: Vec<ChildGuard>,
+}
+
+fn setup(name: &str) -> Setup {
+    let lab = Lab::new(name).expect("lab");
+    lab.set_echo_bin(env!("CARGO_BIN_EXE_lb-echo"));
+    let node = lab.netns("node").expect("node");
+    node.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
+    let pod1 = pod(&lab, &node, "pod1", POD1, "h1").expect("pod1");
+    let client = client(&lab, &node, "eth1", "192.0.2.1/24", "192.0.2.100/24").expect("client");
+    client
+        .add_route(&format!("{LB_IP}/32"), NODE_IP)
+        .expect("client route to the LoadBalancer IP");
+    let servers = vec![pod1.serve_echo("pod1", 8080, false).expect("echo server")];
+    let manifests = lab.log_dir().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("manifests dir");
+    Setup {
+        lab,
+        node,
+        client,
+        manifests,
+        _servers: servers,
+    }
+}
+
+impl Setup {
+    /// The agent with the default --metrics-addr.
+    fn start_agent(&self, label: &str) -> ChildGuard {
+        let pin = self.lab.pin_path("node");
+        let args = [
+            "run",
+            "--node-name",
+            NODE,
+            "--manifests",
+            self.manifests.to_str().unwrap(),
+            "--ext-iface",
+            "eth1",
+            "--pod-iface",
+            "h*",
+            "--pin-path",
+            pin.to_str().unwrap(),
+        ];
+        let bin = agent_bin().expect("lb-agent binary");
+        self.node.spawn(label, bin, args).expect("start lb-agent")
+    }
+}
+
+/// `shop/lb`: LoadBalancer, externalTrafficPolicy Local, healthCheckNodePort 32000, TCP 80 on
+/// the ingress IP to 8080 of one endpoint on `endpoint_node`.
+fn lb_service(endpoint: &str, endpoint_node: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: lb, namespace: shop}}
+spec:
+  type: LoadBalancer
+  clusterIP: {CLUSTER_IP}
+  externalTrafficPolicy: Local
+  healthCheckNodePort: {HC_PORT}
+  ports:
+  - {{name: http, port: 80, nodePort: 30081}}
+status:
+  loadBalancer:
+    ingress: [{{ip: {LB_IP}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: lb-1
+  namespace: shop
+  labels: {{kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports:
+- {{name: http, port: 8080}}
+endpoints:
+- {{addresses: [{endpoint}], nodeName: {endpoint_node}}}
+"
+    )
+}
+
+/// Replace a file the way editors and kubectl do: write aside, rename over.
+fn write(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write manifest");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename manifest");
+}
+
+#[derive(Debug)]
+struct HttpReply {
+    status: u16,
+    /// Header lines, names lowercased.
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl HttpReply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.0 GET from inside `ns` (curl need not be installed).
+fn http_get(ns: &Netns, addr: &str, path: &str) -> std::io::Result<HttpReply> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    ns.in_netns(move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(request.as_bytes())?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw)?;
+        parse(&raw).ok_or_else(|| std::io::Error::other(format!("bad reply: {raw:?}")))
+    })
+    .map_err(std::io::Error::other)?
+}
+
+fn parse(raw: &str) -> Option<HttpReply> {
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some(HttpReply {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// Polls a GET until `ok` accepts the reply; panics with the last reply (or error) on timeout.
+fn until_reply(
+    ns: &Netns,
+    addr: &str,
+    path: &str,
+    within: Duration,
+    ok: impl Fn(&HttpReply) -> bool,
+) -> HttpReply {
+    let mut last = None;
+    let got = poll_until(within, || match http_get(ns, addr, path) {
+        Ok(r) if ok(&r) => Some(r),
+        other => {
+            last = Some(other);
+            None
+        }
+    });
+    got.unwrap_or_else(|| panic!("GET {addr}{path} from {}: last {last:?}", ns.name()))
+}
+
+/// The value of the /metrics sample whose line starts with `prefix` (name and labels).
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn agent_serves_metrics_and_health_check_node_ports() {
+    if !require_privileged("lab_agent_metrics") {
+        return;
+    }
+    let started = Instant::now();
+    let s = setup("lab-agent-metrics");
+    write(&s.manifests, "lb.yaml", &lb_service(POD1, NODE));
+    let agent = s.start_agent("agent");
+    let t = Duration::from_secs(10);
+
+    // The agent's own endpoints.
+    until_reply(&s.node, METRICS, "/livez", t, |r| r.status == 200);
+    let healthz = until_reply(&s.node, METRICS, "/healthz", t, |r| r.status == 200);
+    assert_eq!(healthz.body, "ok");
+
+    // Traffic through the LoadBalancer IP, counted per frontend.
+    let vip: SocketAddr = format!("{LB_IP}:80").parse().unwrap();
+    let answered = poll_until(t, || {
+        let r = s.client.request(vip, false, Duration::from_millis(300));
+        r.ok().filter(|r| r.name == "pod1")
+    });
+    assert!(
+        answered.is_some(),
+        "{vip} answered by pod1\n{}",
+        agent.stderr()
+    );
+    for _ in 0..4 {
+        s.client
+            .request(vip, false, Duration::from_secs(1))
+            .expect("request through the LoadBalancer IP");
+    }
+    let packets = format!(
+        "lb_frontend_packets_total{{service=\"shop/lb\",port_name=\"http\",\
+         frontend=\"{LB_IP}:80/TCP\",kind=\"LoadBalancer\",scope=\"external\"}} "
+    );
+    let metrics = until_reply(&s.node, METRICS, "/metrics", t, |r| {
+        sample(&r.body, &packets).is_some_and(|n| n >= 5.0)
+    });
+    let m = &metrics.body;
+    assert!(
+        metrics
+            .header("content-type")
+            .is_some_and(|c| c.contains("openmetrics-text")),
+        "{metrics:?}"
+    );
+    // ClusterIP, NodePort on 192.0.2.1 and the LoadBalancer IP, each in two scopes.
+    assert_eq!(sample(m, "lb_frontends "), Some(6.0), "{m}");
+    assert_eq!(
+        sample(m, "lb_syncs_total ").map(|n| n >= 1.0),
+        Some(true),
+        "{m}"
+    );
+    assert_eq!(
+        sample(m, "lb_map_entries{map=\"LB4_FRONTENDS\"} "),
+        Some(6.0),
+        "{m}"
+    );
+    assert!(sample(m, "lb_map_capacity{map=\"LB4_FRONTENDS\"} ").is_some_and(|n| n >= 6.0));
+    assert!(sample(m, "lb_programming_latency_seconds_count ").is_some_and(|n| n >= 1.0));
+    assert!(sample(m, "lb_datapath_events_total{event=\"ct_new\"} ").is_some_and(|n| n >= 5.0));
+    eprintln!(
+        "packets through {LB_IP}:80: {:?}; datapath ct_new: {:?}",
+        sample(m, &packets),
+        sample(m, "lb_datapath_events_total{event=\"ct_new\"} ")
+    );
+
+    // The healthCheckNodePort, from the node and from outside as a load balancer probes it.
+    let hc = format!("{NODE_IP}:{HC_PORT}");
+    let up = until_reply(&s.node, &hc, "/healthz", t, |r| r.status == 200);
+    assert!(up.body.contains("\"localEndpoints\": 1"), "{up:?}");
+    assert!(up.body.contains("\"namespace\": \"shop\""), "{up:?}");
+    assert!(up.body.contains("\"name\": \"lb\""), "{up:?}");
+    assert!(up.body.contains("\"serviceProxyHealthy\": true"), "{up:?}");
+    assert_eq!(up.header("content-type"), Some("application/json"));
+    assert_eq!(up.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(up.header("x-load-balancing-endpoint-weight"), Some("1"));
+    let outside = http_get(&s.client, &hc, "/").expect("probe from the client");
+    assert_eq!(outside.status, 200, "{outside:?}");
+
+    // The only endpoint moves to another node: 503, no local endpoints.
+    let edited = Instant::now();
+    write(&s.manifests, "lb.yaml", &lb_service(REMOTE_POD, "node-b"));
+    let down = until_reply(&s.node, &hc, "/", Duration::from_secs(2), |r| {
+        r.status == 503
+    });
+    eprintln!(
+        "endpoint moved → health check 503 in {:?}",
+        edited.elapsed()
+    );
+    assert!(down.body.contains("\"localEndpoints\": 0"), "{down:?}");
+    assert_eq!(down.header("x-load-balancing-endpoint-weight"), Some("0"));
+
+    // The service goes: its port closes.
+    std::fs::remove_file(s.manifests.join("lb.yaml")).expect("remove lb.yaml");
+    let closed = poll_until(Duration::from_secs(2), || {
+        match http_get(&s.node, &hc, "/") {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => Some(()),
+            _ => None,
+        }
+    });
+    assert!(
+        closed.is_some(),
+        "port {HC_PORT} closed after the service was deleted"
+    );
+    let after = until_reply(&s.node, METRICS, "/metrics", t, |r| {
+        sample(&r.body, "lb_frontends ") == Some(0.0)
+    });
+    assert!(
+        !after.body.contains(&packets),
+        "the frontend's series is gone"
+    );
+    assert_eq!(
+        http_get(&s.node, METRICS, "/healthz")
+            .map(|r| r.status)
+            .ok(),
+        Some(200)
+    );
+    assert!(
+        !agent.stderr().contains("health check port not opened"),
+        "{}",
+        agent.stderr()
+    );
+    eprintln!("lab_agent_metrics took {:?}", started.elapsed());
+}
