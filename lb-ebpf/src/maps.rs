@@ -51,7 +51,7 @@ pub static LB_GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(lb_common::st
 /// the names are large.
 #[map]
 pub static LB_SERVICE_NAMES: HashMap<u32, ServiceName> =
-    HashMap::pinned(capacity::SERVICES, BPF_F_NO_PREALLOC as u32);
+    HashMap::pinned(capacity::SERVICES, BPF_F_NO_PREALLOC);
 
 #[inline(always)]
 pub fn count(stat: u32) {
