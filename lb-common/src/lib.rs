@@ -182,6 +182,20 @@ pub mod timeout {
     pub const TCP_ESTABLISHED: u64 = 86_400;
     pub const TCP_CLOSING: u64 = 10;
     pub const UDP: u64 = 60;
+
+    /// The idle timeout of a flow with these `CT_F_*` flags, in seconds.
+    #[inline(always)]
+    pub const fn idle(proto: u8, flags: u8) -> u64 {
+        if proto != super::PROTO_TCP {
+            UDP
+        } else if flags & super::CT_F_CLOSING != 0 {
+            TCP_CLOSING
+        } else if flags & super::CT_F_ESTABLISHED != 0 {
+            TCP_ESTABLISHED
+        } else {
+            TCP_SYN
+        }
+    }
 }
 
 /// Value of `LB4_CT`: how to rewrite the client's packets of an established flow.

@@ -99,16 +99,7 @@ fn fragment(f: &Flow, scope: u8) -> Action {
 
 #[inline(always)]
 fn idle_timeout(proto: u8, flags: u8) -> u64 {
-    let secs = if proto != PROTO_TCP {
-        timeout::UDP
-    } else if flags & CT_F_CLOSING != 0 {
-        timeout::TCP_CLOSING
-    } else if flags & CT_F_ESTABLISHED != 0 {
-        timeout::TCP_ESTABLISHED
-    } else {
-        timeout::TCP_SYN
-    };
-    secs * NS
+    timeout::idle(proto, flags) * NS
 }
 
 #[inline(always)]

@@ -80,3 +80,35 @@ pub fn lbctl_bin() -> Result<PathBuf> {
             )
         })
 }
+
+/// A ClusterIP frontend for traffic from pods (`vip:port`), leading to backend set `id` with
+/// `backends` (ids already written), rejecting when empty: maps written directly, no agent.
+pub fn program_clusterip(
+    dp: &mut lb::dataplane::Dataplane,
+    id: u32,
+    vip: &str,
+    proto: u8,
+    port: u16,
+    backends: &[u32],
+) -> Result<()> {
+    use lb_common::{Frontend4, Frontend4Key, Service, KIND_CLUSTER_IP, SCOPE_INTERNAL};
+    let svc = Service {
+        verdict: lb_common::VERDICT_REJECT,
+        ..Default::default()
+    };
+    dp.maps.set_service(id, &svc, backends, 0)?;
+    let vip: std::net::Ipv4Addr = vip.parse()?;
+    let key = Frontend4Key {
+        addr: u32::from_ne_bytes(vip.octets()),
+        port: port.to_be(),
+        proto,
+        scope: SCOPE_INTERNAL,
+    };
+    let fe = Frontend4 {
+        service_id: id,
+        stats_id: id,
+        kind: KIND_CLUSTER_IP,
+        _pad: [0; 3],
+    };
+    dp.maps.set_frontend(&key, &fe)
+}

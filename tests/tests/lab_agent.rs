@@ -3,79 +3,39 @@
 //! Edits to the files move traffic within 1 s, a bad manifest leaves the rest working, and a
 //! kill -9 of the agent in the middle of a stream of new connections fails none of them.
 use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lb_tests::{
-    lab::{poll_until, require_privileged, ChildGuard, Lab, Netns},
-    topology::{agent_bin, client, pod},
+    agent_lab::{addr, answer, until_answer, AgentLab, NODE, NODE_IP},
+    lab::{poll_until, require_privileged, ChildGuard},
+    topology::{agent_bin, pod},
 };
 
-const NODE: &str = "node-a";
 const CLUSTER_IP: &str = "10.96.0.10";
-const NODE_IP: &str = "192.0.2.1";
 const POD1: &str = "10.244.1.5";
 const POD2: &str = "10.244.1.7";
 
-struct Setup {
-    lab: Lab,
-    node: Netns,
-    pod1: Netns,
-    pod2: Netns,
-    client: Netns,
-    manifests: PathBuf,
-    _servers: Vec<ChildGuard>,
+fn setup(name: &str) -> AgentLab {
+    let pods = [("pod1", POD1, "h1"), ("pod2", POD2, "h2")];
+    AgentLab::new(name, env!("CARGO_BIN_EXE_lb-echo"), &pods).expect("lab")
 }
 
-fn setup(name: &str) -> Setup {
-    let lab = Lab::new(name).expect("lab");
-    lab.set_echo_bin(env!("CARGO_BIN_EXE_lb-echo"));
-    let node = lab.netns("node").expect("node");
-    node.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
-    let pod1 = pod(&lab, &node, "pod1", POD1, "h1").expect("pod1");
-    let pod2 = pod(&lab, &node, "pod2", POD2, "h2").expect("pod2");
-    let client = client(&lab, &node, "eth1", "192.0.2.1/24", "192.0.2.100/24").expect("client");
-    let mut servers = Vec::new();
-    for (ns, name) in [(&pod1, "pod1"), (&pod2, "pod2")] {
-        for udp in [false, true] {
-            servers.push(ns.serve_echo(name, 8080, udp).expect("echo server"));
-        }
-    }
-    let manifests = lab.log_dir().join("manifests");
-    std::fs::create_dir_all(&manifests).expect("manifests dir");
-    Setup {
-        lab,
-        node,
-        pod1,
-        pod2,
-        client,
-        manifests,
-        _servers: servers,
-    }
-}
-
-impl Setup {
-    fn start_agent(&self, label: &str) -> ChildGuard {
-        let pin = self.lab.pin_path("node");
-        let args = [
-            "run",
-            "--node-name",
-            NODE,
-            "--manifests",
-            self.manifests.to_str().unwrap(),
-            "--ext-iface",
-            "eth1",
-            "--pod-iface",
-            "h*",
-            "--pin-path",
-            pin.to_str().unwrap(),
-        ];
-        let bin = agent_bin().expect("lb-agent binary");
-        self.node.spawn(label, bin, args).expect("start lb-agent")
-    }
+/// A lab with the agent running on `web` → pod1, serving already.
+fn started(name: &str) -> (AgentLab, ChildGuard) {
+    let s = setup(name);
+    s.write("web.yaml", &web(&[POD1]));
+    let agent = s.start_agent("agent").expect("lb-agent");
+    let vip = addr(CLUSTER_IP, 80);
+    until_answer(
+        &s.pods[1],
+        vip,
+        false,
+        Some("pod1"),
+        Duration::from_secs(10),
+    );
+    (s, agent)
 }
 
 /// Service `shop/web`: TCP 80 (NodePort 30080) and UDP 53 on 10.96.0.10, to `backends` on 8080.
@@ -110,57 +70,15 @@ endpoints:
     )
 }
 
-/// Replace a file the way editors and kubectl do: write aside, rename over.
-fn write(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).expect("write manifest");
-    std::fs::rename(&tmp, dir.join(name)).expect("rename manifest");
-}
-
-fn addr(ip: &str, port: u16) -> SocketAddr {
-    format!("{ip}:{port}").parse().unwrap()
-}
-
-/// Which pod answers `to` from `from` (None: no answer).
-fn answer(from: &Netns, to: SocketAddr, udp: bool) -> Option<String> {
-    from.request(to, udp, Duration::from_millis(300))
-        .ok()
-        .map(|r| r.name)
-}
-
-/// Poll until `from` → `to` is answered by `want` (or not answered, for None); the time it took.
-fn until_answer(
-    from: &Netns,
-    to: SocketAddr,
-    udp: bool,
-    want: Option<&str>,
-    within: Duration,
-) -> Duration {
-    let start = Instant::now();
-    let got = poll_until(within, || {
-        (answer(from, to, udp).as_deref() == want).then_some(())
-    });
-    assert!(
-        got.is_some(),
-        "{to} (udp={udp}) from {}: wanted {want:?} within {within:?}, last {:?}",
-        from.name(),
-        answer(from, to, udp)
-    );
-    start.elapsed()
-}
-
 #[test]
 fn agent_follows_manifest_edits_and_survives_bad_ones() {
     if !require_privileged("lab_agent") {
         return;
     }
-    let s = setup("lab-agent-edit");
-    write(&s.manifests, "web.yaml", &web(&[POD1]));
-    let agent = s.start_agent("agent");
+    let (s, agent) = started("lab-agent-edit");
     let vip = addr(CLUSTER_IP, 80);
-    until_answer(&s.pod2, vip, false, Some("pod1"), Duration::from_secs(10));
     until_answer(
-        &s.pod2,
+        &s.pods[1],
         addr(CLUSTER_IP, 53),
         true,
         Some("pod1"),
@@ -175,8 +93,8 @@ fn agent_follows_manifest_edits_and_survives_bad_ones() {
         Duration::from_secs(1),
     );
 
-    write(&s.manifests, "web.yaml", &web(&[POD2]));
-    let took = until_answer(&s.pod1, vip, false, Some("pod2"), Duration::from_secs(1));
+    s.write("web.yaml", &web(&[POD2]));
+    let took = until_answer(&s.pods[0], vip, false, Some("pod2"), Duration::from_secs(1));
     eprintln!("edit → traffic moved in {took:?}");
     until_answer(
         &s.client,
@@ -187,11 +105,7 @@ fn agent_follows_manifest_edits_and_survives_bad_ones() {
     );
 
     // Garbage in one file, an invalid Service beside a valid one in another: the valid ones work.
-    write(
-        &s.manifests,
-        "broken.yaml",
-        "kind: Service\n  metadata: [unclosed\n",
-    );
+    s.write("broken.yaml", "kind: Service\n  metadata: [unclosed\n");
     let api = "apiVersion: v1
 kind: Service
 metadata: {name: bad-port, namespace: shop}
@@ -209,15 +123,15 @@ addressType: IPv4
 ports: [{port: 8080}]
 endpoints: [{addresses: [10.244.1.5], nodeName: node-a}]
 ";
-    write(&s.manifests, "api.yaml", api);
+    s.write("api.yaml", api);
     until_answer(
-        &s.pod2,
+        &s.pods[1],
         addr("10.96.0.20", 80),
         false,
         Some("pod1"),
         Duration::from_secs(1),
     );
-    assert_eq!(answer(&s.pod1, vip, false).as_deref(), Some("pod2"));
+    assert_eq!(answer(&s.pods[0], vip, false).as_deref(), Some("pod2"));
     let logged = poll_until(Duration::from_secs(1), || {
         let err = agent.stderr();
         (err.contains("shop/bad-port")
@@ -233,9 +147,9 @@ endpoints: [{addresses: [10.244.1.5], nodeName: node-a}]
 
     // A file removed: its service goes away.
     std::fs::remove_file(s.manifests.join("web.yaml")).expect("remove web.yaml");
-    until_answer(&s.pod1, vip, false, None, Duration::from_secs(1));
+    until_answer(&s.pods[0], vip, false, None, Duration::from_secs(1));
     assert_eq!(
-        answer(&s.pod2, addr("10.96.0.20", 80), false).as_deref(),
+        answer(&s.pods[1], addr("10.96.0.20", 80), false).as_deref(),
         Some("pod1")
     );
 }
@@ -246,8 +160,8 @@ fn agent_kill_9_and_restart_fail_no_new_connection() {
         return;
     }
     let s = setup("lab-agent-kill");
-    write(&s.manifests, "web.yaml", &web(&[POD1]));
-    let first = s.start_agent("agent-1");
+    s.write("web.yaml", &web(&[POD1]));
+    let first = s.start_agent("agent-1").expect("lb-agent");
     let nodeport = addr(NODE_IP, 30080);
     until_answer(
         &s.client,
@@ -287,12 +201,18 @@ fn agent_kill_9_and_restart_fail_no_new_connection() {
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
         let at_kill = ok.load(Ordering::Relaxed);
-        second = Some(s.start_agent("agent-2"));
+        second = Some(s.start_agent("agent-2").expect("lb-agent"));
         // The new agent converges: an edit made now takes effect (pod2 joins). pod1 stays, so
         // the held connection keeps its backend.
-        write(&s.manifests, "web.yaml", &web(&[POD1, POD2]));
+        s.write("web.yaml", &web(&[POD1, POD2]));
         let vip = addr(CLUSTER_IP, 80);
-        until_answer(&s.pod1, vip, false, Some("pod2"), Duration::from_secs(10));
+        until_answer(
+            &s.pods[0],
+            vip,
+            false,
+            Some("pod2"),
+            Duration::from_secs(10),
+        );
         let after = poll_until(Duration::from_secs(5), || {
             (ok.load(Ordering::Relaxed) >= at_kill + 20).then_some(())
         });
@@ -341,7 +261,7 @@ fn agent_kill_9_and_restart_fail_no_new_connection() {
     // Links are released asynchronously once their last pin goes: poll.
     until_answer(&s.client, nodeport, false, None, Duration::from_secs(1));
     until_answer(
-        &s.pod1,
+        &s.pods[0],
         addr(CLUSTER_IP, 80),
         false,
         None,
@@ -354,11 +274,8 @@ fn agent_attaches_pod_links_created_later_and_lets_go_of_vanished_ones() {
     if !require_privileged("lab_agent") {
         return;
     }
-    let s = setup("lab-agent-links");
-    write(&s.manifests, "web.yaml", &web(&[POD1]));
-    let agent = s.start_agent("agent");
+    let (s, agent) = started("lab-agent-links");
     let vip = addr(CLUSTER_IP, 80);
-    until_answer(&s.pod2, vip, false, Some("pod1"), Duration::from_secs(10));
 
     // A pod created after the agent started: its host-side link matches `h*` and is attached.
     let pod3 = pod(&s.lab, &s.node, "pod3", "10.244.1.9", "h3").expect("pod3");
@@ -374,8 +291,8 @@ fn agent_attaches_pod_links_created_later_and_lets_go_of_vanished_ones() {
         "agent noticed h3 vanish:\n{}",
         agent.stderr()
     );
-    write(&s.manifests, "web.yaml", &web(&[POD2]));
-    until_answer(&s.pod1, vip, false, Some("pod2"), Duration::from_secs(1));
+    s.write("web.yaml", &web(&[POD2]));
+    until_answer(&s.pods[0], vip, false, Some("pod2"), Duration::from_secs(1));
     assert!(
         !agent.stderr().contains("ERROR"),
         "no errors:\n{}",

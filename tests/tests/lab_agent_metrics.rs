@@ -6,17 +6,14 @@
 use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    lab::{poll_until, require_privileged, ChildGuard, Lab, Netns},
-    topology::{agent_bin, client, pod},
+    agent_lab::{AgentLab, NODE, NODE_IP},
+    lab::{poll_until, require_privileged, Netns},
 };
 
-const NODE: &str = "node-a";
-const NODE_IP: &str = "192.0.2.1";
 const CLUSTER_IP: &str = "10.96.0.30";
 const LB_IP: &str = "203.0.113.10";
 const POD1: &str = "10.244.1.5";
@@ -25,56 +22,13 @@ const REMOTE_POD: &str = "10.244.2.9";
 const HC_PORT: u16 = 32000;
 const METRICS: &str = "127.0.0.1:9464";
 
-struct Setup {
-    lab: Lab,
-    node: Netns,
-    client: Netns,
-    manifests: PathBuf,
-    _servers: Vec<ChildGuard>,
-}
-
-fn setup(name: &str) -> Setup {
-    let lab = Lab::new(name).expect("lab");
-    lab.set_echo_bin(env!("CARGO_BIN_EXE_lb-echo"));
-    let node = lab.netns("node").expect("node");
-    node.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
-    let pod1 = pod(&lab, &node, "pod1", POD1, "h1").expect("pod1");
-    let client = client(&lab, &node, "eth1", "192.0.2.1/24", "192.0.2.100/24").expect("client");
-    client
+fn setup(name: &str) -> AgentLab {
+    let pods = [("pod1", POD1, "h1")];
+    let s = AgentLab::new(name, env!("CARGO_BIN_EXE_lb-echo"), &pods).expect("lab");
+    s.client
         .add_route(&format!("{LB_IP}/32"), NODE_IP)
         .expect("client route to the LoadBalancer IP");
-    let servers = vec![pod1.serve_echo("pod1", 8080, false).expect("echo server")];
-    let manifests = lab.log_dir().join("manifests");
-    std::fs::create_dir_all(&manifests).expect("manifests dir");
-    Setup {
-        lab,
-        node,
-        client,
-        manifests,
-        _servers: servers,
-    }
-}
-
-impl Setup {
-    /// The agent with the default --metrics-addr.
-    fn start_agent(&self, label: &str) -> ChildGuard {
-        let pin = self.lab.pin_path("node");
-        let args = [
-            "run",
-            "--node-name",
-            NODE,
-            "--manifests",
-            self.manifests.to_str().unwrap(),
-            "--ext-iface",
-            "eth1",
-            "--pod-iface",
-            "h*",
-            "--pin-path",
-            pin.to_str().unwrap(),
-        ];
-        let bin = agent_bin().expect("lb-agent binary");
-        self.node.spawn(label, bin, args).expect("start lb-agent")
-    }
+    s
 }
 
 /// `shop/lb`: LoadBalancer, externalTrafficPolicy Local, healthCheckNodePort 32000, TCP 80 on
@@ -108,13 +62,6 @@ endpoints:
 - {{addresses: [{endpoint}], nodeName: {endpoint_node}}}
 "
     )
-}
-
-/// Replace a file the way editors and kubectl do: write aside, rename over.
-fn write(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).expect("write manifest");
-    std::fs::rename(&tmp, dir.join(name)).expect("rename manifest");
 }
 
 #[derive(Debug)]
@@ -198,8 +145,8 @@ fn agent_serves_metrics_and_health_check_node_ports() {
     }
     let started = Instant::now();
     let s = setup("lab-agent-metrics");
-    write(&s.manifests, "lb.yaml", &lb_service(POD1, NODE));
-    let agent = s.start_agent("agent");
+    s.write("lb.yaml", &lb_service(POD1, NODE));
+    let agent = s.start_agent("agent").expect("lb-agent");
     let t = Duration::from_secs(10);
 
     // The agent's own endpoints.
@@ -273,7 +220,7 @@ fn agent_serves_metrics_and_health_check_node_ports() {
 
     // The only endpoint moves to another node: 503, no local endpoints.
     let edited = Instant::now();
-    write(&s.manifests, "lb.yaml", &lb_service(REMOTE_POD, "node-b"));
+    s.write("lb.yaml", &lb_service(REMOTE_POD, "node-b"));
     let down = until_reply(&s.node, &hc, "/", Duration::from_secs(2), |r| {
         r.status == 503
     });

@@ -7,11 +7,11 @@ use std::{
 };
 
 use lb::dataplane::{Dataplane, Options};
-use lb_common::{
-    Backend4, Frontend4, Frontend4Key, Service, BE_F_LOCAL, KIND_CLUSTER_IP, PROTO_TCP, PROTO_UDP,
-    SCOPE_INTERNAL, VERDICT_REJECT,
+use lb_common::{Backend4, BE_F_LOCAL, PROTO_TCP, PROTO_UDP};
+use lb_tests::{
+    lab::{require_privileged, Lab, Netns, RequestError},
+    topology::program_clusterip,
 };
-use lb_tests::lab::{require_privileged, Lab, Netns, RequestError};
 
 fn addr(s: &str) -> u32 {
     u32::from_ne_bytes(s.parse::<std::net::Ipv4Addr>().expect("ip").octets())
@@ -22,24 +22,7 @@ fn pod(lab: &Lab, node: &Netns, name: &str, ip: &str, host_if: &str) -> Netns {
 }
 
 fn program(dp: &mut Dataplane, id: u32, proto: u8, port: u16, backends: &[u32]) {
-    let svc = Service {
-        verdict: VERDICT_REJECT,
-        ..Default::default()
-    };
-    dp.maps.set_service(id, &svc, backends, 0).expect("service");
-    let key = Frontend4Key {
-        addr: addr("10.96.0.10"),
-        port: port.to_be(),
-        proto,
-        scope: SCOPE_INTERNAL,
-    };
-    let fe = Frontend4 {
-        service_id: id,
-        stats_id: id,
-        kind: KIND_CLUSTER_IP,
-        _pad: [0; 3],
-    };
-    dp.maps.set_frontend(&key, &fe).expect("frontend");
+    program_clusterip(dp, id, "10.96.0.10", proto, port, backends).expect("program");
 }
 
 #[test]

@@ -8,11 +8,11 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use aya::programs::{loaded_programs, tc::TcAttachType, SchedClassifier};
 use lb::dataplane::{self, Dataplane, Options, TcHook, TcMode, TC_NETLINK_PRIORITY};
-use lb_common::{
-    Backend4, Frontend4, Frontend4Key, Service, BE_F_LOCAL, KIND_CLUSTER_IP, PROTO_TCP,
-    SCOPE_INTERNAL, VERDICT_REJECT,
+use lb_common::{Backend4, BE_F_LOCAL, PROTO_TCP};
+use lb_tests::{
+    lab::{require_privileged, wait_until, Lab, Netns},
+    topology,
 };
-use lb_tests::lab::{require_privileged, wait_until, Lab, Netns};
 
 const T: Duration = Duration::from_secs(2);
 
@@ -129,24 +129,7 @@ fn program_clusterip(dp: &mut Dataplane) {
         _pad: 0,
     };
     dp.maps.set_backend(1, &be).expect("backend");
-    let svc = Service {
-        verdict: VERDICT_REJECT,
-        ..Default::default()
-    };
-    dp.maps.set_service(1, &svc, &[1], 0).expect("service");
-    let key = Frontend4Key {
-        addr: addr("10.96.0.10"),
-        port: 80u16.to_be(),
-        proto: PROTO_TCP,
-        scope: SCOPE_INTERNAL,
-    };
-    let fe = Frontend4 {
-        service_id: 1,
-        stats_id: 1,
-        kind: KIND_CLUSTER_IP,
-        _pad: [0; 3],
-    };
-    dp.maps.set_frontend(&key, &fe).expect("frontend");
+    topology::program_clusterip(dp, 1, "10.96.0.10", PROTO_TCP, 80, &[1]).expect("program");
 }
 
 #[test]

@@ -84,7 +84,7 @@ pub fn rows(maps: &Maps, now_ns: u64, filter: Option<&str>) -> Result<Vec<Conntr
             age_seconds: secs_since(now_ns, ct.created_ns),
             idle_seconds: idle,
             reply_idle_seconds: reply.map(|r| secs_since(now_ns, r.last_seen_ns)),
-            expires_in_seconds: idle_timeout(key.proto, ct.flags).saturating_sub(idle),
+            expires_in_seconds: timeout::idle(key.proto, ct.flags).saturating_sub(idle),
             service: name.map(|n| n.service.to_string()),
             port_name: name.map(|n| n.port_name.clone()),
             service_id: ct.service_id,
@@ -171,19 +171,6 @@ fn flags(flags: u8) -> Vec<&'static str> {
     .filter(|(bit, _)| flags & bit != 0)
     .map(|(_, name)| name)
     .collect()
-}
-
-/// The datapath's idle timeout for a flow in this state, in seconds.
-fn idle_timeout(proto: u8, flags: u8) -> u64 {
-    if proto != PROTO_TCP {
-        timeout::UDP
-    } else if flags & CT_F_CLOSING != 0 {
-        timeout::TCP_CLOSING
-    } else if flags & CT_F_ESTABLISHED != 0 {
-        timeout::TCP_ESTABLISHED
-    } else {
-        timeout::TCP_SYN
-    }
 }
 
 /// `--service ns/name[:port-name]`.

@@ -1,0 +1,126 @@
+//! A node running the real `lb-agent` in manifests mode, as the agent lab tests drive it: routed
+//! pods with echo servers, an outside client on `eth1`, a manifest directory that is edited the
+//! way editors and kubectl do it, and polling helpers for "who answers".
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    lab::{poll_until, ChildGuard, Lab, Netns},
+    topology::{agent_bin, client, pod},
+};
+
+/// The node's name: endpoints with this nodeName are local.
+pub const NODE: &str = "node-a";
+/// The node's address on `eth1`, facing the client (192.0.2.100).
+pub const NODE_IP: &str = "192.0.2.1";
+
+pub struct AgentLab {
+    pub lab: Lab,
+    pub node: Netns,
+    pub client: Netns,
+    /// In the order given to [`AgentLab::new`]; each serves TCP and UDP echo on 8080.
+    pub pods: Vec<Netns>,
+    pub manifests: PathBuf,
+    _servers: Vec<ChildGuard>,
+}
+
+impl AgentLab {
+    /// `pods`: (name, address, host-side interface matching `h*`).
+    pub fn new(test: &str, echo_bin: &str, pods: &[(&str, &str, &str)]) -> Result<Self> {
+        let lab = Lab::new(test)?;
+        lab.set_echo_bin(echo_bin);
+        let node = lab.netns("node")?;
+        node.sysctl("net.ipv4.ip_forward", "1")?;
+        let mut netns = Vec::new();
+        let mut servers = Vec::new();
+        for (name, ip, host_if) in pods {
+            let ns = pod(&lab, &node, name, ip, host_if)?;
+            for udp in [false, true] {
+                servers.push(ns.serve_echo(name, 8080, udp)?);
+            }
+            netns.push(ns);
+        }
+        let client = client(
+            &lab,
+            &node,
+            "eth1",
+            &format!("{NODE_IP}/24"),
+            "192.0.2.100/24",
+        )?;
+        let manifests = lab.log_dir().join("manifests");
+        std::fs::create_dir_all(&manifests).context("manifests dir")?;
+        Ok(AgentLab {
+            lab,
+            node,
+            client,
+            pods: netns,
+            manifests,
+            _servers: servers,
+        })
+    }
+
+    /// `lb-agent run` on the node: manifests mode, `eth1` external, `h*` pod links.
+    pub fn start_agent(&self, label: &str) -> Result<ChildGuard> {
+        let pin = self.lab.pin_path("node");
+        let args = [
+            "run",
+            "--node-name",
+            NODE,
+            "--manifests",
+            self.manifests.to_str().context("manifest path")?,
+            "--ext-iface",
+            "eth1",
+            "--pod-iface",
+            "h*",
+            "--pin-path",
+            pin.to_str().context("pin path")?,
+        ];
+        self.node.spawn(label, agent_bin()?, args)
+    }
+
+    /// Replace a manifest the way editors and kubectl do: write aside, rename over.
+    pub fn write(&self, name: &str, text: &str) {
+        let tmp = self.manifests.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).expect("write manifest");
+        std::fs::rename(&tmp, self.manifests.join(name)).expect("rename manifest");
+    }
+}
+
+/// `ip:port` as a socket address.
+pub fn addr(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().expect("socket address")
+}
+
+/// Which pod answers `to` from `from` (None: no answer).
+pub fn answer(from: &Netns, to: SocketAddr, udp: bool) -> Option<String> {
+    from.request(to, udp, Duration::from_millis(300))
+        .ok()
+        .map(|r| r.name)
+}
+
+/// Poll until `from` → `to` is answered by `want` (or not answered, for None); panics with the
+/// last answer after `within`. Returns how long it took.
+pub fn until_answer(
+    from: &Netns,
+    to: SocketAddr,
+    udp: bool,
+    want: Option<&str>,
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    let got = poll_until(within, || {
+        (answer(from, to, udp).as_deref() == want).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "{to} (udp={udp}) from {}: wanted {want:?} within {within:?}, last {:?}",
+        from.name(),
+        answer(from, to, udp)
+    );
+    start.elapsed()
+}
