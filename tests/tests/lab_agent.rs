@@ -44,6 +44,11 @@ fn web(backends: &[&str]) -> String {
         .iter()
         .map(|ip| format!("- {{addresses: [{ip}], nodeName: {NODE}}}\n"))
         .collect();
+    web_with(&endpoints)
+}
+
+/// `shop/web` with the given `endpoints:` list (YAML lines).
+fn web_with(endpoints: &str) -> String {
     format!(
         "apiVersion: v1
 kind: Service
@@ -297,5 +302,58 @@ fn agent_attaches_pod_links_created_later_and_lets_go_of_vanished_ones() {
         !agent.stderr().contains("ERROR"),
         "no errors:\n{}",
         agent.stderr()
+    );
+}
+
+#[test]
+fn a_terminating_pod_keeps_its_connections_and_takes_no_new_ones() {
+    if !require_privileged("lab_agent") {
+        return;
+    }
+    let s = setup("lab-agent-term");
+    s.write("web.yaml", &web(&[POD1]));
+    let _agent = s.start_agent("agent").expect("lb-agent");
+    let nodeport = addr(NODE_IP, 30080);
+    until_answer(
+        &s.client,
+        nodeport,
+        false,
+        Some("pod1"),
+        Duration::from_secs(10),
+    );
+    let mut held = s
+        .client
+        .echo_conn(nodeport, false, Duration::from_secs(2))
+        .expect("a connection to pod1");
+    assert_eq!(held.ask(Duration::from_secs(2)).expect("held").name, "pod1");
+
+    // A rolling update: pod2 is ready, pod1 is terminating (still serving).
+    let endpoints = format!(
+        "- {{addresses: [{POD1}], nodeName: {NODE}, \
+         conditions: {{ready: false, serving: true, terminating: true}}}}\n\
+         - {{addresses: [{POD2}], nodeName: {NODE}}}\n"
+    );
+    s.write("web.yaml", &web_with(&endpoints));
+    let moved = poll_until(Duration::from_secs(2), || {
+        (0..8)
+            .all(|_| answer(&s.client, nodeport, false).as_deref() == Some("pod2"))
+            .then_some(())
+    });
+    assert!(moved.is_some(), "new connections go to the ready pod only");
+    let reply = held.ask(Duration::from_secs(2));
+    assert_eq!(
+        reply.map(|r| r.name).ok().as_deref(),
+        Some("pod1"),
+        "the established connection stays on the terminating pod"
+    );
+
+    // The pod gone from the slice: its connections may go (kube-proxy's would time out).
+    s.write("web.yaml", &web(&[POD2]));
+    until_answer(
+        &s.client,
+        nodeport,
+        false,
+        Some("pod2"),
+        Duration::from_secs(1),
     );
 }

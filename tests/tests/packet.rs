@@ -29,6 +29,9 @@ const TC_ACT_REDIRECT: u32 = 7;
 
 const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
 const NODE2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x20];
+/// A node behind the second interface, eth1 (192.0.3.0/24, pods 10.244.3.0/24).
+const NODE3_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x30];
+const XDP_REDIRECT: u32 = 4;
 const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
 
 fn ip(s: &str) -> u32 {
@@ -44,6 +47,7 @@ struct Node {
     dp: Dataplane,
     eth0: u32,
     eth0_mac: [u8; 6],
+    eth1_mac: [u8; 6],
 }
 
 /// A service: frontends, one backend set, backends by id.
@@ -156,11 +160,18 @@ fn with_node(test: &str, f: impl FnOnce(&mut Node) + Send + 'static) {
         "ip neigh replace 192.0.2.20 lladdr 02:00:00:00:00:20 nud permanent dev eth0",
         "ip route add 198.51.100.0/24 via 192.0.2.1",
         "ip route add 10.244.2.0/24 via 192.0.2.20",
+        "ip link add eth1 type veth peer name peer1",
+        "ip link set eth1 up",
+        "ip link set peer1 up",
+        "ip addr add 192.0.3.10/24 dev eth1",
+        "ip neigh replace 192.0.3.30 lladdr 02:00:00:00:00:30 nud permanent dev eth1",
+        "ip route add 10.244.3.0/24 via 192.0.3.30",
     ] {
         ns.sh(cmd).expect("namespace setup");
     }
     let pin = lab.pin_path("pkt");
     let eth0_mac = ns.mac("eth0").expect("eth0 mac");
+    let eth1_mac = ns.mac("eth1").expect("eth1 mac");
     ns.enter(move || {
         let opts = Options {
             pin_path: pin.clone(),
@@ -172,11 +183,20 @@ fn with_node(test: &str, f: impl FnOnce(&mut Node) + Send + 'static) {
         };
         let dp = Dataplane::open(&opts).expect("load dataplane");
         let eth0 = lb::dataplane::ifindex("eth0").expect("eth0");
-        let mut node = Node { dp, eth0, eth0_mac };
-        node.dp
-            .maps
-            .set_node_addr(eth0, "192.0.2.10".parse().unwrap())
-            .expect("node addr");
+        let eth1 = lb::dataplane::ifindex("eth1").expect("eth1");
+        let mut node = Node {
+            dp,
+            eth0,
+            eth0_mac,
+            eth1_mac,
+        };
+        for (ifindex, addr) in [(eth0, "192.0.2.10"), (eth1, "192.0.3.10")] {
+            let addr = addr.parse().unwrap();
+            node.dp
+                .maps
+                .set_node_addr(ifindex, addr)
+                .expect("node addr");
+        }
         f(&mut node);
     })
     .expect("test body");
@@ -512,6 +532,29 @@ fn fixture_snat_to_remote_backend_and_unsnat() {
             .get(&tuple(&syn2), 0)
             .expect("conntrack entry");
         assert_ne!(ct2.snat_port, ct.snat_port, "SNAT ports never collide");
+    });
+}
+
+#[test]
+fn fixture_snat_out_of_another_interface_is_redirected() {
+    with_node("pkt-snat-nic", |node| {
+        web(node, &[(1, "10.244.3.9", 8080, 0)]);
+        let syn = Pkt::new("198.51.100.7:42000", "192.0.2.10:30080", SYN);
+        let (verdict, out) = node.xdp(&syn.build());
+        assert_eq!(verdict, XDP_REDIRECT, "the route leaves through eth1");
+        let ct = node.dp.maps.ct.get(&tuple(&syn), 0).expect("conntrack");
+        let snat_port = u16::from_be(ct.snat_port);
+        let mut want = syn
+            .nat(&format!("192.0.3.10:{snat_port}"), "10.244.3.9:8080")
+            .macs(NODE_MAC, NODE3_MAC)
+            .build();
+        want[6..12].copy_from_slice(&node.eth1_mac);
+        assert_eq!(
+            hex(&out),
+            hex(&want),
+            "SNAT to eth1's address, MACs of eth1's next hop"
+        );
+        assert_checksums(&out);
     });
 }
 

@@ -224,18 +224,22 @@ impl Maps {
         Ok(self.frontend_stats.set(stats_id, zero, 0)?)
     }
 
-    /// Forget every session-affinity entry of these services (they were deleted).
-    pub fn purge_affinity(&mut self, services: &std::collections::HashSet<u32>) -> Result<usize> {
-        let stale: Vec<AffinityKey4> = self
+    /// Forget the session-affinity entries `stale` picks (their set or backend went away).
+    pub fn purge_affinity(
+        &mut self,
+        stale: impl Fn(&AffinityKey4, &Affinity) -> bool,
+    ) -> Result<usize> {
+        let doomed: Vec<AffinityKey4> = self
             .affinity
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| services.contains(&k.service_id))
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(k, a)| stale(k, a))
+            .map(|(k, _)| k)
             .collect();
-        for key in &stale {
+        for key in &doomed {
             ignore_missing(self.affinity.remove(key))?;
         }
-        Ok(stale.len())
+        Ok(doomed.len())
     }
 
     /// The backend ids of a service, in slot order.

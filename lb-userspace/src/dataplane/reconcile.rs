@@ -156,6 +156,7 @@ impl Reconciler {
                 plan.keep_current(service);
             }
         }
+        plan.retain();
         plan.target
     }
 }
@@ -299,20 +300,7 @@ impl<'a> Planner<'a> {
                 id
             }
         };
-        let mut flags = 0;
-        if b.local {
-            flags |= BE_F_LOCAL;
-        }
-        if b.terminating {
-            flags |= BE_F_TERMINATING;
-        }
-        let value = Backend4 {
-            addr: addr.0,
-            port: addr.1,
-            flags,
-            _pad: 0,
-        };
-        self.target.backends.insert(id, value);
+        self.target.backends.insert(id, backend_value(addr, b));
         id
     }
 
@@ -333,6 +321,21 @@ impl<'a> Planner<'a> {
             _pad: [0; 3],
         };
         self.target.frontends.insert(kernel_key, value);
+    }
+
+    /// Backends of endpoints still listed but in no set (terminating, not ready) stay while
+    /// they have an id: established connections to them keep going. No new ids: nothing
+    /// can be connected to a backend that was never programmed.
+    fn retain(&mut self) {
+        for b in self.desired.retained.values() {
+            let addr = (be_addr(b.ip), b.port.to_be());
+            let Some(id) = self.backend_ids.get(&addr).copied() else {
+                continue;
+            };
+            if !self.target.backends.contains_key(&id) {
+                self.target.backends.insert(id, backend_value(addr, b));
+            }
+        }
     }
 
     /// A refused service keeps whatever the maps already hold for it.
@@ -389,6 +392,22 @@ fn set_range(service: &ObjectRef) -> std::ops::RangeInclusive<SetKey> {
     // Port names are at most 15 bytes of [a-z0-9-]: U+10FFFF sorts after all of them.
     key(String::new(), Protocol::Tcp, Policy::Cluster)
         ..=key("\u{10FFFF}".into(), Protocol::Udp, Policy::Local)
+}
+
+fn backend_value(addr: (u32, u16), b: &crate::model::Backend) -> Backend4 {
+    let mut flags = 0;
+    if b.local {
+        flags |= BE_F_LOCAL;
+    }
+    if b.terminating {
+        flags |= BE_F_TERMINATING;
+    }
+    Backend4 {
+        addr: addr.0,
+        port: addr.1,
+        flags,
+        _pad: 0,
+    }
 }
 
 fn be_addr(ip: Ipv4Addr) -> u32 {
@@ -461,72 +480,52 @@ fn copy_padded(dst: &mut [u8], src: &[u8]) {
 }
 
 fn write_diff(maps: &mut Maps, cur: &Programmed, target: &Programmed, report: &mut Report) {
-    let mut fail = |what: anyhow::Error| report.errors.push(format!("{what:#}"));
-    // 1. What goes away, from the top.
-    let mut removed_fe = 0;
+    let mut errors = Vec::new();
+    let mut fail = |what: anyhow::Error| errors.push(format!("{what:#}"));
+    // 1. Frontends that go away: nothing reaches their sets through them any more.
     for key in cur
         .frontends
         .keys()
         .filter(|k| !target.frontends.contains_key(k))
     {
         match maps.remove_frontend(key) {
-            Ok(()) => removed_fe += 1,
+            Ok(()) => report.frontends_removed += 1,
             Err(e) => fail(e),
         }
     }
-    let gone: HashSet<u32> = cur
-        .sets
-        .keys()
-        .filter(|id| !target.sets.contains_key(id))
-        .copied()
-        .collect();
-    let mut removed_sets = 0;
-    for id in &gone {
-        match maps.remove_named_service(*id) {
-            Ok(()) => removed_sets += 1,
-            Err(e) => fail(e),
-        }
-    }
-    if !gone.is_empty() {
-        if let Err(e) = maps.purge_affinity(&gone) {
-            fail(e);
-        }
-    }
-    // 2. What is new or changed, from the bottom.
-    let mut written_be = 0;
+    // 2. New and changed backends, before any slot names them.
+    let mut failed_backends = HashSet::new();
     for (id, be) in &target.backends {
         if cur.backends.get(id) != Some(be) {
             match maps.set_backend(*id, be) {
-                Ok(()) => written_be += 1,
-                Err(e) => fail(e),
+                Ok(()) => report.backends_written += 1,
+                Err(e) => {
+                    failed_backends.insert(*id);
+                    fail(e)
+                }
             }
         }
     }
-    let mut written_sets = 0;
+    // 3. New and changed sets (slots before the count), unless a backend they need is missing.
     let mut failed_sets = HashSet::new();
     for (id, set) in &target.sets {
         let old = cur.sets.get(id);
         if old == Some(set) {
             continue;
         }
-        let result = (|| {
-            if old.map(|o| &o.key) != Some(&set.key) {
-                if let Some(key) = &set.key {
-                    maps.set_service_name(*id, &service_name_of(key))?;
-                }
-            }
-            let previous = old.map_or(0, |o| o.slots.len() as u32);
-            maps.set_service(*id, &set.service, &set.slots, previous)
-        })();
-        match result {
-            Ok(()) => written_sets += 1,
+        if set.slots.iter().any(|b| failed_backends.contains(b)) {
+            failed_sets.insert(*id);
+            continue;
+        }
+        match write_set(maps, *id, old, set) {
+            Ok(()) => report.sets_written += 1,
             Err(e) => {
                 failed_sets.insert(*id);
                 fail(e)
             }
         }
     }
-    let mut written_fe = 0;
+    // 4. New and changed frontends, now that their sets are complete.
     for (key, fe) in &target.frontends {
         let old = cur.frontends.get(key);
         if old == Some(fe) || failed_sets.contains(&fe.service_id) {
@@ -540,26 +539,75 @@ fn write_diff(maps: &mut Maps, cur: &Programmed, target: &Programmed, report: &m
             maps.set_frontend(key, fe)
         })();
         match result {
-            Ok(()) => written_fe += 1,
+            Ok(()) => report.frontends_written += 1,
             Err(e) => fail(e),
         }
     }
-    // 3. Backends no set points to any more.
-    let mut removed_be = 0;
+    // 5. Sets no frontend points to any more, and the affinity entries of what went away.
+    let gone: Vec<u32> = cur
+        .sets
+        .keys()
+        .filter(|id| !target.sets.contains_key(id))
+        .copied()
+        .collect();
+    for id in &gone {
+        match maps.remove_named_service(*id) {
+            Ok(()) => report.sets_removed += 1,
+            Err(e) => fail(e),
+        }
+    }
+    let stale = stale_affinities(cur, target);
+    if !stale.is_empty() {
+        if let Err(e) = maps.purge_affinity(|k, a| stale.contains(&(k.service_id, a.backend_id))) {
+            fail(e);
+        }
+    }
+    // 6. Backends nothing refers to any more.
     for id in cur
         .backends
         .keys()
         .filter(|id| !target.backends.contains_key(id))
     {
         match maps.remove_backend(*id) {
-            Ok(()) => removed_be += 1,
+            Ok(()) => report.backends_removed += 1,
             Err(e) => fail(e),
         }
     }
-    report.frontends_removed = removed_fe;
-    report.sets_removed = removed_sets;
-    report.backends_written = written_be;
-    report.sets_written = written_sets;
-    report.frontends_written = written_fe;
-    report.backends_removed = removed_be;
+    report.errors.extend(errors);
+}
+
+fn write_set(
+    maps: &mut Maps,
+    id: u32,
+    old: Option<&ProgrammedSet>,
+    set: &ProgrammedSet,
+) -> Result<()> {
+    if old.map(|o| &o.key) != Some(&set.key) {
+        if let Some(key) = &set.key {
+            maps.set_service_name(id, &service_name_of(key))?;
+        }
+    }
+    let previous = old.map_or(0, |o| o.slots.len() as u32);
+    maps.set_service(id, &set.service, &set.slots, previous)
+}
+
+/// (set, backend) pairs whose session-affinity entries must go: every pair of a removed set,
+/// and a backend that left a set (a client must not stick to it through that service).
+fn stale_affinities(cur: &Programmed, target: &Programmed) -> HashSet<(u32, u32)> {
+    let mut stale = HashSet::new();
+    for (id, old) in &cur.sets {
+        let new: HashSet<u32> = target
+            .sets
+            .get(id)
+            .map(|s| s.slots.iter().copied().collect())
+            .unwrap_or_default();
+        // A removed set has no new slots: all its pairs are stale.
+        stale.extend(
+            old.slots
+                .iter()
+                .filter(|b| !new.contains(b))
+                .map(|b| (*id, *b)),
+        );
+    }
+    stale
 }

@@ -49,6 +49,20 @@ fn dump(d: &Desired) -> String {
             );
         }
     }
+    let in_sets: std::collections::BTreeSet<_> = d
+        .sets
+        .values()
+        .flat_map(|s| s.backends.iter().map(|b| (b.ip, b.port)))
+        .collect();
+    for (key, b) in d.retained.iter().filter(|(k, _)| !in_sets.contains(k)) {
+        let _ = writeln!(
+            out,
+            "kept {}:{} (established connections only){}",
+            key.0,
+            key.1,
+            if b.terminating { " terminating" } else { "" }
+        );
+    }
     for (port, hc) in &d.health_checks {
         let _ = writeln!(
             out,

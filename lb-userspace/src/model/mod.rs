@@ -265,6 +265,10 @@ pub struct Desired {
     pub sets: BTreeMap<SetKey, BackendSet>,
     /// By healthCheckNodePort.
     pub health_checks: BTreeMap<u16, HealthCheck>,
+    /// Every endpoint still listed in a slice of a proxied service, usable or not: their
+    /// backends stay in the maps (without slots) so established connections to a terminating
+    /// or not-ready pod keep going, as kube-proxy's conntrack entries do.
+    pub retained: BTreeMap<(Ipv4Addr, u16), Backend>,
     pub problems: Vec<Problem>,
 }
 
@@ -322,6 +326,9 @@ fn add_service(
             proto: port.proto,
         };
         let list = eps.and_then(|e| e.get(&key)).map(Vec::as_slice);
+        for e in list.unwrap_or_default() {
+            out.retained.insert((e.ip, e.port), backend_of(e));
+        }
         let policy = spec.port_policy();
         let cat = categorize_endpoints(list.unwrap_or_default(), &policy, &node.name, zone);
         let set_key = |policy| SetKey {
@@ -428,16 +435,17 @@ fn policy_of(local: bool) -> Policy {
     }
 }
 
+fn backend_of(e: &Endpoint) -> Backend {
+    Backend {
+        ip: e.ip,
+        port: e.port,
+        local: e.local,
+        terminating: e.terminating,
+    }
+}
+
 fn backends(eps: &[Endpoint]) -> Vec<Backend> {
-    let mut out: Vec<Backend> = eps
-        .iter()
-        .map(|e| Backend {
-            ip: e.ip,
-            port: e.port,
-            local: e.local,
-            terminating: e.terminating,
-        })
-        .collect();
+    let mut out: Vec<Backend> = eps.iter().map(backend_of).collect();
     out.sort();
     out
 }
