@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped whenever a map's layout or meaning changes; pinned maps of another version are refused.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -245,8 +245,11 @@ pub struct AffinityKey4 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Affinity {
     pub backend_id: u32,
-    pub _pad: u32,
+    /// The backend as it was chosen: an id reused for another endpoint is not followed.
+    pub backend_addr: u32,
     pub last_used_ns: u64,
+    pub backend_port: u16,
+    pub _pad: [u8; 6],
 }
 
 /// Value of `LB_CONFIG[0]`: node-wide settings.

@@ -301,8 +301,10 @@ fn select(service_id: u32, svc: &Service, client: u32, now: u64) -> Option<(u32,
     if affinity {
         let entry = Affinity {
             backend_id: id,
-            _pad: 0,
+            backend_addr: be.addr,
             last_used_ns: now,
+            backend_port: be.port,
+            _pad: [0; 6],
         };
         // Failing to record affinity only loses stickiness, never the flow.
         let _ = LB4_AFFINITY.insert(&aff_key, &entry, 0);
@@ -320,7 +322,8 @@ fn sticky(key: &AffinityKey4, svc: &Service, now: u64) -> Option<(u32, Backend4)
     }
     // SAFETY: read-only use of the map value within this run.
     let be = *unsafe { LB4_BACKENDS.get(entry.backend_id) }?;
-    if be.flags & BE_F_TERMINATING != 0 {
+    let same = be.addr == entry.backend_addr && be.port == entry.backend_port;
+    if !same || be.flags & BE_F_TERMINATING != 0 {
         return None;
     }
     entry.last_used_ns = now;

@@ -313,8 +313,10 @@ fn program(dp: &mut Dataplane) -> Ids {
             },
             Affinity {
                 backend_id,
-                _pad: 0,
+                backend_addr: wire("10.244.1.10"),
                 last_used_ns: now - ago * NS,
+                backend_port: 53u16.to_be(),
+                _pad: [0; 6],
             },
         )
     };
@@ -843,7 +845,7 @@ fn lbctl_errors_say_what_to_do() {
     let (code, msg) = failure(&empty, &["services", "-o", "json"]);
     assert_eq!(code, 1);
     assert!(
-        msg.contains("holds no lb maps") && msg.contains("/v1"),
+        msg.contains("holds no lb maps") && msg.contains(&format!("/v{}", lb_common::ABI_VERSION)),
         "{msg}"
     );
 

@@ -14,7 +14,7 @@ use lb::dataplane::{Dataplane, Options, PROG_TC_POD, PROG_XDP_EXT};
 use lb_common::{
     map_names, Backend4, Frontend4, Frontend4Key, Service, BE_F_LOCAL, BE_F_TERMINATING,
     KIND_CLUSTER_IP, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SVC_F_EXT_LOCAL, VERDICT_DROP, VERDICT_REJECT,
+    SVC_F_AFFINITY, SVC_F_EXT_LOCAL, VERDICT_DROP, VERDICT_REJECT,
 };
 use lb_tests::{
     lab::{require_privileged, Lab},
@@ -555,6 +555,61 @@ fn fixture_snat_out_of_another_interface_is_redirected() {
             "SNAT to eth1's address, MACs of eth1's next hop"
         );
         assert_checksums(&out);
+    });
+}
+
+#[test]
+fn fixture_affinity_sticks_and_never_follows_a_reused_backend_id() {
+    with_node("pkt-affinity", |node| {
+        let svc = |backends| Svc {
+            id: 1,
+            frontends: &[(CLUSTER_IP, 80, SCOPE_INTERNAL, KIND_CLUSTER_IP)],
+            proto: PROTO_TCP,
+            backends,
+            flags: SVC_F_AFFINITY,
+            verdict: VERDICT_REJECT,
+        };
+        let both = [
+            (1, "10.244.1.7", 8080, BE_F_LOCAL),
+            (2, "10.244.1.8", 8080, BE_F_LOCAL),
+        ];
+        node.program(&svc(&both));
+        let mut value = node.dp.maps.services.get(&1, 0).expect("service");
+        value.affinity_timeout = 60;
+        node.dp.maps.services.insert(1, value, 0).expect("timeout");
+        let dest = |node: &Node, sport: u16| {
+            let syn = Pkt::new(&format!("10.244.1.5:{sport}"), "10.96.0.10:80", SYN);
+            let (_, out) = node.tc(&syn.build());
+            let ip = etherparse::SlicedPacket::from_ethernet(&out).expect("parse");
+            match ip.net {
+                Some(etherparse::NetSlice::Ipv4(v4)) => v4.header().destination_addr(),
+                other => panic!("not IPv4: {other:?}"),
+            }
+        };
+        let first = dest(node, 40000);
+        for sport in 40001..40010 {
+            assert_eq!(dest(node, sport), first, "new flows of the client stick");
+        }
+        // The chosen pod goes and its id is reused for a pod of another service: the affinity
+        // entry must not lead there.
+        let (gone, stays) = if first.to_string() == "10.244.1.7" {
+            (both[0], both[1])
+        } else {
+            (both[1], both[0])
+        };
+        node.program(&svc(&[stays]));
+        let reused = Backend4 {
+            addr: ip("10.244.9.9"),
+            port: port(8080),
+            flags: 0,
+            _pad: 0,
+        };
+        node.dp.maps.set_backend(gone.0, &reused).expect("reuse id");
+        assert_eq!(
+            dest(node, 40100).to_string(),
+            stays.1,
+            "not the reused id's pod"
+        );
     });
 }
 

@@ -60,6 +60,18 @@ impl Programmed {
             };
             sets.insert(id, set);
         }
+        // A name whose set is gone (deleted by hand, or a crash between the two removals) still
+        // reserves its id for its key, so the set comes back under the same id.
+        for (id, name) in &names {
+            if !sets.contains_key(id) {
+                let set = ProgrammedSet {
+                    key: set_key_of(name),
+                    service: Service::default(),
+                    slots: Vec::new(),
+                };
+                sets.insert(*id, set);
+            }
+        }
         Ok(Programmed {
             frontends: entries(&maps.frontends)?.into_iter().collect(),
             sets,
@@ -112,10 +124,23 @@ struct Cursors {
 impl Reconciler {
     /// Start from what the maps hold (a previous agent's work is adopted, not redone).
     pub fn adopt(maps: &Maps, caps: Capacities) -> Result<Self> {
+        let current = Programmed::read(maps)?;
+        // Continue after the highest ids in use: an id freed just before a restart is not
+        // handed out again at once (stale references to it may still be around).
+        let cursors = Cursors {
+            set: current.sets.keys().max().copied().unwrap_or(0),
+            backend: current.backends.keys().max().copied().unwrap_or(0),
+            stats: current
+                .frontends
+                .values()
+                .map(|f| f.stats_id)
+                .max()
+                .unwrap_or(0),
+        };
         Ok(Reconciler {
             caps,
-            current: Programmed::read(maps)?,
-            cursors: Cursors::default(),
+            current,
+            cursors,
         })
     }
 
@@ -190,8 +215,8 @@ impl<'a> Planner<'a> {
             .iter()
             .map(|(id, b)| ((b.addr, b.port), *id))
             .collect();
-        let sets_used = rec.current.sets.keys().copied().collect();
-        let backends_used = rec.current.backends.keys().copied().collect();
+        let sets_used = rec.current.sets.keys().copied().chain([0]).collect();
+        let backends_used = rec.current.backends.keys().copied().chain([0]).collect();
         let stats_used = rec.current.frontends.values().map(|f| f.stats_id).collect();
         let mut by_service: BTreeMap<_, Vec<_>> = BTreeMap::new();
         for (key, fe) in &desired.frontends {
@@ -368,11 +393,12 @@ impl<'a> Planner<'a> {
 /// Set and backend ids: any u32 would do; this keeps them readable.
 const ID_LIMIT: u32 = 1 << 30;
 
-/// The first free id after the cursor (wrapping below `limit`, never 0), marked used.
+/// The first free id after the cursor (wrapping below `limit`), marked used. Set and backend ids
+/// never get 0 because it is marked used from the start (a zeroed entry then never names one).
 fn alloc(cursor: &mut u32, limit: u32, used: &mut HashSet<u32>) -> u32 {
     let mut id = *cursor;
     for _ in 0..limit {
-        id = if id + 1 >= limit { 1 } else { id + 1 };
+        id = if id + 1 >= limit { 0 } else { id + 1 };
         if used.insert(id) {
             *cursor = id;
             return id;
