@@ -16,7 +16,8 @@ pub struct Attachments {
     xdp: XdpRequest,
     /// ifindex → name of what is attached now.
     attached: BTreeMap<u32, String>,
-    /// ifindexes whose attach failed, not retried until the link changes.
+    /// ifindexes whose attach failed: not retried on every link event (errors would pile up),
+    /// only after [`Attachments::forget_failures`] (the periodic resync) or once the link is gone.
     failed: BTreeSet<u32>,
 }
 
@@ -102,6 +103,10 @@ impl Attachments {
         if let Err(e) = result {
             tracing::error!(iface = %link.name, "node address: {e:#}");
         }
+    }
+
+    pub fn forget_failures(&mut self) {
+        self.failed.clear();
     }
 
     /// IPv4 addresses of the external interfaces present now.

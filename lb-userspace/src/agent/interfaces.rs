@@ -65,10 +65,16 @@ pub async fn scan(handle: &Handle) -> Result<BTreeMap<u32, Link>> {
     }
     let mut dump = handle.address().get().execute();
     while let Some(msg) = dump.try_next().await.context("listing addresses")? {
-        let addr = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(std::net::IpAddr::V4(v4))
-            | AddressAttribute::Address(std::net::IpAddr::V4(v4)) => Some(*v4),
+        // IFA_LOCAL is this end's address; IFA_ADDRESS is the peer's on point-to-point links.
+        let local = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(std::net::IpAddr::V4(v4)) => Some(*v4),
             _ => None,
+        });
+        let addr = local.or_else(|| {
+            msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(std::net::IpAddr::V4(v4)) => Some(*v4),
+                _ => None,
+            })
         });
         if let (Some(addr), Some(link)) = (addr, links.get_mut(&msg.header.index)) {
             if !link.addrs.contains(&addr) {

@@ -55,7 +55,7 @@ pub struct RunArgs {
     #[arg(long = "manifests", value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
     /// Kubeconfig for Kubernetes mode (default: in-cluster config or $KUBECONFIG).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "manifests")]
     pub kubeconfig: Option<PathBuf>,
     /// Interface where north-south traffic arrives (repeatable).
     #[arg(long = "ext-iface", value_name = "IFACE")]
@@ -111,10 +111,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let mut snapshots = start_source(&args, &node.name).await?;
     // Never program from an empty view: after a restart that would wipe working services.
-    snapshots
-        .changed()
-        .await
-        .context("the source stopped before its first sync")?;
+    tokio::select! {
+        r = snapshots.changed() => r.context("the source stopped before its first sync")?,
+        _ = sigterm.recv() => return Ok(stopped()),
+        _ = sigint.recv() => return Ok(stopped()),
+    }
 
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     resync.tick().await;
@@ -150,26 +151,44 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 }
             }
             Some(()) = link_events.recv() => {
-                match interfaces::scan(&handle).await {
-                    Ok(links) => {
-                        attachments.sync(&mut dp, &links, false);
-                        node.nodeport_addrs = nodeport_addrs(&args, &attachments, &links);
-                    }
-                    Err(e) => tracing::warn!("rescanning interfaces: {e:#}"),
-                }
+                rescan(&handle, &mut attachments, &mut dp, &args, &mut node).await;
             }
             _ = resync.tick() => {
                 if let Err(e) = rec.resync(&dp.maps) {
                     tracing::warn!("re-reading the maps: {e:#}");
                 }
+                // Attachments that failed get another try.
+                attachments.forget_failures();
+                rescan(&handle, &mut attachments, &mut dp, &args, &mut node).await;
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
         event_at = Instant::now();
     }
-    tracing::info!("stopping; programs and maps stay in place");
+    stopped();
     Ok(())
+}
+
+/// Look at the links again: attach to new ones, let go of vanished ones, follow addresses.
+async fn rescan(
+    handle: &rtnetlink::Handle,
+    attachments: &mut Attachments,
+    dp: &mut Dataplane,
+    args: &RunArgs,
+    node: &mut NodeContext,
+) {
+    match interfaces::scan(handle).await {
+        Ok(links) => {
+            attachments.sync(dp, &links, false);
+            node.nodeport_addrs = nodeport_addrs(args, attachments, &links);
+        }
+        Err(e) => tracing::warn!("rescanning interfaces: {e:#}"),
+    }
+}
+
+fn stopped() {
+    tracing::info!("stopping; programs and maps stay in place");
 }
 
 async fn start_source(args: &RunArgs, node_name: &str) -> Result<source::Receiver> {
@@ -180,11 +199,8 @@ async fn start_source(args: &RunArgs, node_name: &str) -> Result<source::Receive
         tokio::spawn(source::kube::run(client, node_name.to_string(), tx));
         return Ok(rx);
     }
-    let mut files = Manifests::new(args.manifests.clone());
-    files.refresh();
-    // The first snapshot is sent even when empty, so the agent knows the files were read.
-    tx.send_replace(Arc::new(files.snapshot()));
-    tokio::spawn(files.run(tx));
+    // The first snapshot comes once every root exists and every file parses.
+    tokio::spawn(Manifests::new(args.manifests.clone()).run(tx));
     Ok(rx)
 }
 

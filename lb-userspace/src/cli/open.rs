@@ -211,7 +211,8 @@ mod tests {
         fs::create_dir(scratch.0.join("v7")).unwrap();
         let msg = message(&scratch.0);
         assert!(
-            msg.contains("another lb version (v7, v999)") && msg.contains("reads only v1"),
+            msg.contains("another lb version (v7, v999)")
+                && msg.contains(&format!("reads only v{ABI_VERSION}")),
             "{msg}"
         );
         // Ours beside them, but not on bpffs.

@@ -150,7 +150,7 @@ pub fn services_of(rows: &[FrontendRow]) -> Vec<ServiceView> {
                 && v.frontend.port == f.port
                 && v.frontend.protocol == f.protocol
         };
-        if let Some(v) = out.iter_mut().rev().find(|v| same(v)) {
+        if let Some(v) = out.last_mut().filter(|v| same(v)) {
             if v.backends != r.backends {
                 v.pod_backends = Some(r.backends.clone());
             }

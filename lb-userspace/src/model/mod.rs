@@ -301,6 +301,7 @@ pub fn desired(objects: &Objects, node: &NodeContext) -> Desired {
             }
         };
         let eps = endpoints.get(name);
+        out.problems.extend(spec.warnings.iter().cloned());
         add_service(&mut out, &spec, eps, node, &zone);
     }
     out

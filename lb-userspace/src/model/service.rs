@@ -30,6 +30,8 @@ pub struct ServiceSpec {
     pub internal_local: bool,
     pub affinity_timeout: Option<u32>,
     pub health_check_node_port: Option<u16>,
+    /// What was left out of a service that is otherwise proxied.
+    pub warnings: Vec<Problem>,
 }
 
 impl ServiceSpec {
@@ -95,8 +97,15 @@ impl ServiceSpec {
                 None | Some(0) => None,
                 Some(n) => port_number(n, &field("nodePort"), &mut problem),
             };
+            let name = p.name.clone().unwrap_or_default();
+            // IANA_SVC_NAME: lb stores at most 15 bytes of it (LB_SERVICE_NAMES).
+            if name.len() > 15 {
+                problem(
+                    field("name"),
+                    format!("{name:?} is longer than 15 characters"),
+                );
+            }
             if let Some(port) = port {
-                let name = p.name.clone().unwrap_or_default();
                 ports.push(ServicePortSpec {
                     name,
                     proto,
@@ -149,6 +158,20 @@ impl ServiceSpec {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let mut warnings = Vec::new();
+        let ranges = spec
+            .load_balancer_source_ranges
+            .as_deref()
+            .unwrap_or_default();
+        if !ranges.is_empty() && !load_balancer_ips.is_empty() {
+            // Serving the IPs without the ranges would open them to every client.
+            warnings.push(Problem {
+                object: format!("Service {name}"),
+                field: "spec.loadBalancerSourceRanges".into(),
+                message: "not supported yet: the LoadBalancer IPs are not served".into(),
+            });
+            load_balancer_ips.clear();
+        }
         let mut spec = ServiceSpec {
             name: name.clone(),
             cluster_ips,
@@ -159,6 +182,7 @@ impl ServiceSpec {
             internal_local,
             affinity_timeout,
             health_check_node_port,
+            warnings,
         };
         // eTP only means something for a service reachable from outside (kube-proxy's
         // ExternalPolicyLocal).

@@ -30,15 +30,38 @@ struct Stamp {
 
 #[derive(Default)]
 struct FileState {
+    /// The stamp of the version read.
     stamp: Option<Stamp>,
-    /// The objects of the last version that parsed.
+    /// The stamp at the last look (read or not).
+    seen: Option<Stamp>,
+    /// Some version parsed; `objects` are the last one that did.
+    parsed: bool,
     objects: Vec<Object>,
     problems: Vec<Problem>,
+}
+
+impl FileState {
+    fn read(&mut self, path: &Path) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => match parse(&text, &path.display().to_string()) {
+                Ok((objects, problems)) => {
+                    self.objects = objects;
+                    self.problems = problems;
+                    self.parsed = true;
+                }
+                Err(problem) => self.problems = vec![problem],
+            },
+            Err(e) => self.problems = vec![file_problem(path, e.to_string())],
+        }
+    }
 }
 
 pub struct Manifests {
     roots: Vec<PathBuf>,
     files: BTreeMap<PathBuf, FileState>,
+    /// Roots that are missing or unreadable, from the last look.
+    listing_problems: Vec<Problem>,
+    looked: bool,
 }
 
 impl Manifests {
@@ -46,40 +69,58 @@ impl Manifests {
         Manifests {
             roots,
             files: BTreeMap::new(),
+            listing_problems: Vec::new(),
+            looked: false,
         }
     }
 
-    /// Look at the files again; `true` when anything changed.
+    /// Look at the files again; `true` when anything changed. A changed file is read once its
+    /// stamp has held for one poll, so a file being written in place (`cat >`, an editor that
+    /// truncates) is not read half-written; the first look reads everything at once.
     pub fn refresh(&mut self) -> bool {
-        let mut listing_problems = Vec::new();
-        let present = self.list(&mut listing_problems);
+        let first = !self.looked;
+        self.looked = true;
+        self.listing_problems.clear();
+        let present = self.list();
         let before = self.files.len();
         self.files.retain(|path, _| present.contains_key(path));
         let mut changed = before != self.files.len();
         for (path, stamp) in present {
             let state = self.files.entry(path.clone()).or_default();
-            if state.stamp == Some(stamp) {
+            let settled = first || state.seen == Some(stamp);
+            state.seen = Some(stamp);
+            if state.stamp == Some(stamp) || !settled {
                 continue;
             }
             state.stamp = Some(stamp);
             changed = true;
-            match std::fs::read_to_string(&path) {
-                Ok(text) => match parse(&text, &path.display().to_string()) {
-                    Ok((objects, problems)) => {
-                        state.objects = objects;
-                        state.problems = problems;
-                    }
-                    Err(problem) => state.problems = vec![problem],
-                },
-                Err(e) => state.problems = vec![file_problem(&path, e.to_string())],
-            }
+            state.read(&path);
         }
         changed
+    }
+
+    /// Whether the files can be trusted to describe everything: every root exists and every
+    /// file parses (or parsed before). Until then the agent must not program from them: a
+    /// missing mount or a broken file after a restart would otherwise wipe working services.
+    pub fn complete(&self) -> Result<(), String> {
+        if let Some(p) = self.listing_problems.first() {
+            return Err(p.to_string());
+        }
+        match self.files.iter().find(|(_, f)| !f.parsed) {
+            Some((path, f)) => Err(f
+                .problems
+                .first()
+                .map_or(format!("{} not read yet", path.display()), |p| {
+                    p.to_string()
+                })),
+            None => Ok(()),
+        }
     }
 
     /// Every object of every file (a later file wins a name clash) and every problem.
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = Snapshot::default();
+        snap.problems.extend(self.listing_problems.iter().cloned());
         for (path, state) in &self.files {
             snap.problems.extend(state.problems.iter().cloned());
             for obj in &state.objects {
@@ -98,7 +139,8 @@ impl Manifests {
     }
 
     /// The manifest files now present, with their stamps.
-    fn list(&self, problems: &mut Vec<Problem>) -> BTreeMap<PathBuf, Stamp> {
+    fn list(&mut self) -> BTreeMap<PathBuf, Stamp> {
+        let problems = &mut self.listing_problems;
         let mut out = BTreeMap::new();
         for root in &self.roots {
             match std::fs::metadata(root) {
@@ -118,20 +160,38 @@ impl Manifests {
                 Ok(m) => {
                     out.insert(root.clone(), stamp(&m));
                 }
-                // A file given by name may come later; say nothing until it does.
-                Err(_) => {}
+                Err(e) => problems.push(file_problem(root, e.to_string())),
             }
         }
         out
     }
 
-    /// Poll forever, publishing a snapshot whenever the files change.
+    /// Poll forever, publishing a snapshot whenever the files change; the first one only once
+    /// the files are [complete](Manifests::complete), saying every few seconds what is missing.
     pub async fn run(mut self, tx: Sender) {
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut published = false;
+        let mut last_complaint: Option<std::time::Instant> = None;
         loop {
             tick.tick().await;
-            if self.refresh() {
+            let changed = self.refresh();
+            if !published {
+                match self.complete() {
+                    Ok(()) => {
+                        tx.send_replace(Arc::new(self.snapshot()));
+                        published = true;
+                    }
+                    Err(why) => {
+                        if last_complaint.is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY) {
+                            tracing::warn!("not programming until the manifests are whole: {why}");
+                            last_complaint = Some(std::time::Instant::now());
+                        }
+                    }
+                }
+                continue;
+            }
+            if changed {
                 let snap = self.snapshot();
                 tx.send_if_modified(|cur| {
                     let differs = **cur != snap;
@@ -144,6 +204,8 @@ impl Manifests {
         }
     }
 }
+
+const COMPLAIN_EVERY: Duration = Duration::from_secs(5);
 
 fn is_manifest(path: &Path) -> bool {
     let hidden = path
@@ -363,6 +425,10 @@ mod tests {
         assert_eq!(m.snapshot().objects.services.len(), 1);
         assert!(!m.refresh(), "unchanged files are not re-read");
         std::fs::write(&file, "{{{ broken").unwrap();
+        assert!(
+            !m.refresh(),
+            "a changed file waits one look for its writer to finish"
+        );
         assert!(m.refresh());
         let snap = m.snapshot();
         assert_eq!(snap.objects.services.len(), 1, "last good version kept");
@@ -373,6 +439,26 @@ mod tests {
             m.snapshot().objects.services.is_empty(),
             "a deleted file's objects go"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn incomplete_manifests_are_not_trusted() {
+        let dir = std::env::temp_dir().join(format!("lb-manifests-c-{}", std::process::id()));
+        let mut m = Manifests::new(vec![dir.clone()]);
+        m.refresh();
+        let why = m.complete().unwrap_err();
+        assert!(why.contains("No such file"), "a missing root: {why}");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.yaml"), "{{{ broken").unwrap();
+        m.refresh();
+        assert!(m.complete().unwrap_err().contains("not read yet"));
+        m.refresh();
+        assert!(m.complete().unwrap_err().contains("not valid YAML"));
+        std::fs::write(dir.join("a.yaml"), SVC).unwrap();
+        m.refresh();
+        m.refresh();
+        assert_eq!(m.complete(), Ok(()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

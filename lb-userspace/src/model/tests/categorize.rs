@@ -566,6 +566,7 @@ fn service_spec(port: &SvcPort) -> ServiceSpec {
         internal_local: port.internal_policy_local,
         affinity_timeout: None,
         health_check_node_port: None,
+        warnings: Vec::new(),
     }
 }
 
