@@ -113,8 +113,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Never program from an empty view: after a restart that would wipe working services.
     tokio::select! {
         r = snapshots.changed() => r.context("the source stopped before its first sync")?,
-        _ = sigterm.recv() => return Ok(stopped()),
-        _ = sigint.recv() => return Ok(stopped()),
+        _ = sigterm.recv() => return stopped(),
+        _ = sigint.recv() => return stopped(),
     }
 
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
@@ -166,8 +166,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
         event_at = Instant::now();
     }
-    stopped();
-    Ok(())
+    stopped()
 }
 
 /// Look at the links again: attach to new ones, let go of vanished ones, follow addresses.
@@ -187,8 +186,9 @@ async fn rescan(
     }
 }
 
-fn stopped() {
+fn stopped() -> Result<()> {
     tracing::info!("stopping; programs and maps stay in place");
+    Ok(())
 }
 
 async fn start_source(args: &RunArgs, node_name: &str) -> Result<source::Receiver> {

@@ -357,9 +357,10 @@ impl<'a> Planner<'a> {
             let Some(id) = self.backend_ids.get(&addr).copied() else {
                 continue;
             };
-            if !self.target.backends.contains_key(&id) {
-                self.target.backends.insert(id, backend_value(addr, b));
-            }
+            self.target
+                .backends
+                .entry(id)
+                .or_insert_with(|| backend_value(addr, b));
         }
     }
 
