@@ -196,6 +196,9 @@ struct Planner<'a> {
     sets_used: HashSet<u32>,
     backends_used: HashSet<u32>,
     stats_used: HashSet<u32>,
+    /// Sets and backends this plan adds (not in the maps yet).
+    fresh_sets: usize,
+    fresh_backends: usize,
     target: Programmed,
     slots: u64,
     by_service: BTreeMap<&'a ObjectRef, Vec<(&'a FrontendKey, &'a SetKey)>>,
@@ -233,6 +236,8 @@ impl<'a> Planner<'a> {
             sets_used,
             backends_used,
             stats_used,
+            fresh_sets: 0,
+            fresh_backends: 0,
             target: Programmed::default(),
             slots: 0,
             by_service,
@@ -254,7 +259,13 @@ impl<'a> Planner<'a> {
         if self.target.frontends.len() + frontends.len() > caps.frontends as usize {
             return Err(lb_common::map_names::FRONTENDS4);
         }
-        if self.target.sets.len() + sets.len() > caps.services as usize {
+        // Old sets go only after the new ones are in (step 5 of write_diff): count both.
+        let fresh_sets = sets
+            .iter()
+            .filter(|(k, _)| !self.set_ids.contains_key(*k))
+            .count();
+        let peak_sets = self.rec.current.sets.len() + self.fresh_sets + fresh_sets;
+        if peak_sets > caps.services as usize {
             return Err(lb_common::map_names::SERVICES);
         }
         if self.slots + slots > caps.slots as u64 {
@@ -279,24 +290,21 @@ impl<'a> Planner<'a> {
             .is_some_and(|id| self.target.backends.contains_key(id))
     }
 
-    /// Backends in the maps at the peak of the update: the current ones and the new ones.
+    /// Backends in the maps at the peak of the update: every current one (removals come last),
+    /// those this plan added so far, and this service's new ones.
     fn backend_count_with(&self, new: &BTreeSet<(u32, u16)>) -> usize {
         let fresh = new
             .iter()
             .filter(|b| !self.backend_ids.contains_key(*b))
             .count();
-        self.rec
-            .current
-            .backends
-            .len()
-            .max(self.target.backends.len())
-            + fresh
+        self.rec.current.backends.len() + self.fresh_backends + fresh
     }
 
     fn add_set(&mut self, key: &SetKey, set: &BackendSet) {
         let id = match self.set_ids.get(key) {
             Some(id) => *id,
             None => {
+                self.fresh_sets += 1;
                 let id = alloc(&mut self.rec.cursors.set, ID_LIMIT, &mut self.sets_used);
                 self.set_ids.insert(key.clone(), id);
                 id
@@ -316,6 +324,7 @@ impl<'a> Planner<'a> {
         let id = match self.backend_ids.get(&addr) {
             Some(id) => *id,
             None => {
+                self.fresh_backends += 1;
                 let id = alloc(
                     &mut self.rec.cursors.backend,
                     ID_LIMIT,
