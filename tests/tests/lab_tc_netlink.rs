@@ -7,10 +7,10 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use aya::programs::{loaded_programs, tc::TcAttachType, SchedClassifier};
-use lb::dataplane::{self, Dataplane, Options, TcHook, TcMode, TC_NETLINK_PRIORITY};
+use lb::dataplane::{self, Dataplane, Options, TcHook, TcMode, XdpRequest, TC_NETLINK_PRIORITY};
 use lb_common::{Backend4, BE_F_LOCAL, PROTO_TCP};
 use lb_tests::{
-    lab::{require_privileged, wait_until, Lab, Netns},
+    lab::{poll_until, require_privileged, wait_until, Lab, Netns},
     topology,
 };
 
@@ -315,4 +315,52 @@ fn auto_and_tcx_modes_take_over_the_netlink_filter_and_detach_removes_it() {
         .expect("in node netns")
         .expect("cleanup");
     assert!(!pin.exists());
+}
+
+/// `--xdp-mode` changed across restarts: the external interface ends up with exactly the program
+/// asked for, never the previous agent's left running beside it.
+#[test]
+fn switching_xdp_mode_leaves_one_program_on_the_external_interface() {
+    if !require_privileged("lab_tc_netlink::switching_xdp_mode") {
+        return;
+    }
+    let lab = Lab::new("lab-xdpmode").expect("lab");
+    let node = lab.netns("node").expect("node");
+    let peer = lab.netns("peer").expect("peer");
+    lab.veth(&node, "eth0", &peer, "eth0").expect("veth");
+    let pin = lab.pin_path("node");
+    let ifindex = node.ifindex("eth0").expect("ifindex");
+    let layout = dataplane::PinLayout::new(&pin);
+    let pins = || {
+        ["xdp", "tc-ext"]
+            .into_iter()
+            .filter(|h| layout.link(ifindex, h).exists())
+            .collect::<Vec<_>>()
+    };
+    for (mode, want) in [
+        (XdpRequest::Native, vec!["xdp"]),
+        (XdpRequest::Off, vec!["tc-ext"]),
+        (XdpRequest::Generic, vec!["xdp"]),
+    ] {
+        node.in_netns(|| {
+            let mut dp = Dataplane::open(&options(&pin)).expect("dataplane");
+            dp.attach_ext("eth0", mode).expect("attach");
+        })
+        .expect("in node netns");
+        assert_eq!(pins(), want, "after a restart with {mode:?}");
+        // The kernel releases an unpinned link asynchronously: poll.
+        let xdp_on_link = || {
+            node.run("ip -d link show eth0")
+                .expect("ip link")
+                .contains("xdp")
+        };
+        let settled = poll_until(Duration::from_secs(2), || {
+            (xdp_on_link() == (want == ["xdp"])).then_some(())
+        });
+        assert!(
+            settled.is_some(),
+            "{mode:?}: XDP on the link: {}",
+            xdp_on_link()
+        );
+    }
 }

@@ -493,13 +493,20 @@ impl Links {
     /// Remove an interface's attachments: unpin its links (the last reference goes, the program
     /// detaches) and delete lb's netlink filters.
     pub fn detach(&mut self, ifindex: u32) -> Result<()> {
-        for hook in [XDP_PIN, TcHook::Ext.pin_name(), TcHook::Pod.pin_name()] {
-            remove_if_exists(&self.layout.link(ifindex, hook))?;
-        }
+        self.detach_xdp(ifindex)?;
         for hook in [TcHook::Ext, TcHook::Pod] {
-            detach_netlink(&self.layout, ifindex, hook)?;
+            self.detach_tc(ifindex, hook)?;
         }
         Ok(())
+    }
+
+    pub fn detach_xdp(&mut self, ifindex: u32) -> Result<()> {
+        remove_if_exists(&self.layout.link(ifindex, XDP_PIN))
+    }
+
+    pub fn detach_tc(&mut self, ifindex: u32, hook: TcHook) -> Result<()> {
+        remove_if_exists(&self.layout.link(ifindex, hook.pin_name()))?;
+        detach_netlink(&self.layout, ifindex, hook)
     }
 
     /// How lb's TC program for `hook` is attached to the interface, by what is pinned.

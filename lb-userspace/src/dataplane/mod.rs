@@ -136,10 +136,15 @@ impl Dataplane {
             let prog = tc_mut(&mut self.ebpf, PROG_TC_EXT)?;
             let used = self.links.attach_tc(prog, iface, ifindex, TcHook::Ext)?;
             tracing::debug!("{iface}: {PROG_TC_EXT} attached ({used:?})");
+            // A previous agent may have run with XDP here: its program must not keep running.
+            self.links.detach_xdp(ifindex)?;
             return Ok(XdpModeUsed::Off);
         }
         let prog = xdp_mut(&mut self.ebpf, PROG_XDP_EXT)?;
-        self.links.attach_xdp(prog, iface, ifindex, xdp)
+        let used = self.links.attach_xdp(prog, iface, ifindex, xdp)?;
+        // ... or with --xdp-mode off: its TC program goes, XDP does the work now.
+        self.links.detach_tc(ifindex, TcHook::Ext)?;
+        Ok(used)
     }
 
     /// Attach the pod-side program to a host-side pod interface (TC ingress = pod egress).
