@@ -218,10 +218,5 @@ pub(crate) fn ip_of(addr: u32) -> Ipv4Addr {
 }
 
 pub(crate) fn protocol_name(proto: u8) -> &'static str {
-    match proto {
-        lb_common::PROTO_TCP => "TCP",
-        lb_common::PROTO_UDP => "UDP",
-        lb_common::PROTO_ICMP => "ICMP",
-        _ => "?",
-    }
+    crate::model::Protocol::from_number(proto).map_or("?", crate::model::Protocol::as_str)
 }

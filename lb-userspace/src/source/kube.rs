@@ -131,13 +131,7 @@ fn publish(tx: &Sender, snap: Snapshot, first: bool) {
         tx.send_replace(Arc::new(snap));
         return;
     }
-    tx.send_if_modified(|cur| {
-        let differs = **cur != snap;
-        if differs {
-            *cur = Arc::new(snap);
-        }
-        differs
-    });
+    super::publish_if_changed(tx, snap);
 }
 
 /// A self-healing watch with the default backoff between failed attempts.

@@ -192,14 +192,7 @@ impl Manifests {
                 continue;
             }
             if changed {
-                let snap = self.snapshot();
-                tx.send_if_modified(|cur| {
-                    let differs = **cur != snap;
-                    if differs {
-                        *cur = Arc::new(snap);
-                    }
-                    differs
-                });
+                super::publish_if_changed(&tx, self.snapshot());
             }
         }
     }

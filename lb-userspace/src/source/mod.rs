@@ -24,6 +24,17 @@ pub struct Snapshot {
 pub type Sender = tokio::sync::watch::Sender<Arc<Snapshot>>;
 pub type Receiver = tokio::sync::watch::Receiver<Arc<Snapshot>>;
 
+/// Publish `snap` unless it equals what the agent has: no wake-up, no resync for nothing.
+pub fn publish_if_changed(tx: &Sender, snap: Snapshot) {
+    tx.send_if_modified(|cur| {
+        let differs = **cur != snap;
+        if differs {
+            *cur = Arc::new(snap);
+        }
+        differs
+    });
+}
+
 /// One object lb cares about.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
