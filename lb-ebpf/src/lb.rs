@@ -107,6 +107,31 @@ fn alive(ct: &Ct4, proto: u8, now: u64) -> bool {
     now.saturating_sub(ct.last_seen_ns) < idle_timeout(proto, ct.flags)
 }
 
+/// Whether the backend's side of the flow was seen within the idle timeout: a server that
+/// talks alone (UDP streaming, long downloads) keeps its flow although the client is quiet.
+/// Only looked at when the client side has expired.
+#[inline(always)]
+fn replies_alive(ct: &Ct4, f: &Flow, now: u64) -> bool {
+    let (daddr, dport) = if ct.flags & CT_F_SNAT != 0 {
+        (ct.snat_addr, ct.snat_port)
+    } else {
+        (f.saddr, f.sport)
+    };
+    let key = Tuple4 {
+        saddr: ct.backend_addr,
+        daddr,
+        sport: ct.backend_port,
+        dport,
+        proto: f.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: read-only use of the map value within this run.
+    match unsafe { LB4_RNAT.get(&key) } {
+        Some(rn) => now.saturating_sub(rn.last_seen_ns) < idle_timeout(f.proto, ct.flags),
+        None => false,
+    }
+}
+
 #[inline(always)]
 fn tcp_state(flags: u8, tcp_flags: u8) -> u8 {
     let mut flags = flags;
@@ -134,7 +159,7 @@ fn action_for(flags: u8, backend: u32) -> Action {
 /// backend still exists (terminating backends keep their flows). Otherwise None: a new flow.
 #[inline(always)]
 fn established<P: Packet>(p: &mut P, f: &Flow, ct: &mut Ct4, now: u64) -> Option<Action> {
-    if !alive(ct, f.proto, now) {
+    if !alive(ct, f.proto, now) && !replies_alive(ct, f, now) {
         return None;
     }
     // SAFETY: read-only use of the map value within this run.

@@ -578,13 +578,7 @@ fn fixture_affinity_sticks_and_never_follows_a_reused_backend_id() {
         value.affinity_timeout = 60;
         node.dp.maps.services.insert(1, value, 0).expect("timeout");
         let dest = |node: &Node, sport: u16| {
-            let syn = Pkt::new(&format!("10.244.1.5:{sport}"), "10.96.0.10:80", SYN);
-            let (_, out) = node.tc(&syn.build());
-            let ip = etherparse::SlicedPacket::from_ethernet(&out).expect("parse");
-            match ip.net {
-                Some(etherparse::NetSlice::Ipv4(v4)) => v4.header().destination_addr(),
-                other => panic!("not IPv4: {other:?}"),
-            }
+            dest_of(node, &format!("10.244.1.5:{sport}"), "10.96.0.10:80", SYN)
         };
         let first = dest(node, 40000);
         for sport in 40001..40010 {
@@ -610,6 +604,132 @@ fn fixture_affinity_sticks_and_never_follows_a_reused_backend_id() {
             stays.1,
             "not the reused id's pod"
         );
+    });
+}
+
+/// Where the pod-side program sends a packet from `src` to `dst` (its destination after DNAT).
+fn dest_of(node: &Node, src: &str, dst: &str, l4: L4) -> std::net::Ipv4Addr {
+    let (_, out) = node.tc(&Pkt::new(src, dst, l4).build());
+    let sliced = etherparse::SlicedPacket::from_ethernet(&out).expect("parse");
+    let dest = match sliced.net {
+        Some(etherparse::NetSlice::Ipv4(v4)) => v4.header().destination_addr(),
+        other => panic!("not IPv4: {other:?}"),
+    };
+    dest
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn fixture_affinity_spreads_clients_and_replaces_a_removed_backend() {
+    with_node("pkt-affinity-spread", |node| {
+        let both = [
+            (1, "10.244.1.7", 8080, BE_F_LOCAL),
+            (2, "10.244.1.8", 8080, BE_F_LOCAL),
+        ];
+        let svc = |backends| Svc {
+            id: 1,
+            frontends: &[(CLUSTER_IP, 80, SCOPE_INTERNAL, KIND_CLUSTER_IP)],
+            proto: PROTO_TCP,
+            backends,
+            flags: SVC_F_AFFINITY,
+            verdict: VERDICT_REJECT,
+        };
+        node.program(&svc(&both));
+        let mut value = node.dp.maps.services.get(&1, 0).expect("service");
+        value.affinity_timeout = 60;
+        node.dp.maps.services.insert(1, value, 0).expect("timeout");
+        let chosen: std::collections::BTreeSet<_> = (20..40)
+            .map(|host| {
+                dest_of(
+                    node,
+                    &format!("10.244.1.{host}:40000"),
+                    "10.96.0.10:80",
+                    SYN,
+                )
+            })
+            .collect();
+        assert_eq!(chosen.len(), 2, "20 clients spread over both backends");
+
+        let first = dest_of(node, "10.244.1.99:40000", "10.96.0.10:80", SYN);
+        let (gone, stays) = if first.to_string() == both[0].1 {
+            (both[0], both[1])
+        } else {
+            (both[1], both[0])
+        };
+        node.program(&svc(&[stays]));
+        node.dp.maps.remove_backend(gone.0).expect("remove backend");
+        let next = dest_of(node, "10.244.1.99:40001", "10.96.0.10:80", SYN);
+        assert_eq!(
+            next.to_string(),
+            stays.1,
+            "a removed backend is not followed"
+        );
+        let key = lb_common::AffinityKey4 {
+            service_id: 1,
+            client: ip("10.244.1.99"),
+        };
+        let entry = node.dp.maps.affinity.get(&key, 0).expect("affinity entry");
+        assert_eq!(entry.backend_id, stays.0, "the entry was replaced");
+    });
+}
+
+#[test]
+fn fixture_a_flow_lives_while_either_side_talks() {
+    with_node("pkt-ct-replies", |node| {
+        let both = [
+            (1, "10.244.1.7", 8080, BE_F_LOCAL),
+            (2, "10.244.1.8", 8080, BE_F_LOCAL),
+        ];
+        let svc = |backends| Svc {
+            id: 1,
+            frontends: &[(CLUSTER_IP, 53, SCOPE_INTERNAL, KIND_CLUSTER_IP)],
+            proto: PROTO_UDP,
+            backends,
+            flags: 0,
+            verdict: VERDICT_REJECT,
+        };
+        node.program(&svc(&both));
+        let (client, vip) = ("10.244.1.5:5353", "10.96.0.10:53");
+        let first = dest_of(node, client, vip, UDP);
+        let (chosen, other) = if first.to_string() == both[0].1 {
+            (both[0], both[1])
+        } else {
+            (both[1], both[0])
+        };
+        // New flows would now go to `other` only; `chosen` stays a backend (still listed).
+        node.program(&svc(&[other]));
+        let ct_key = tuple(&Pkt::new(client, vip, UDP));
+        let rn_key = tuple(&Pkt::new(&format!("{}:8080", chosen.1), client, UDP));
+        let age = |node: &mut Node, ct_too: bool, rn_too: bool| {
+            let old = monotonic_ns() - 120 * 1_000_000_000;
+            let maps = &mut node.dp.maps;
+            if ct_too {
+                let mut ct = maps.ct.get(&ct_key, 0).expect("ct");
+                ct.last_seen_ns = old;
+                maps.ct.insert(ct_key, ct, 0).expect("age ct");
+            }
+            if rn_too {
+                let mut rn = maps.rnat.get(&rn_key, 0).expect("rnat");
+                rn.last_seen_ns = old;
+                maps.rnat.insert(rn_key, rn, 0).expect("age rnat");
+            }
+        };
+        // The client was quiet for 2 minutes but the server kept talking: same backend.
+        age(node, true, false);
+        assert_eq!(dest_of(node, client, vip, UDP).to_string(), chosen.1);
+        // Both sides quiet beyond the UDP timeout: a new flow, to the only backend left.
+        age(node, true, true);
+        assert_eq!(dest_of(node, client, vip, UDP).to_string(), other.1);
     });
 }
 
