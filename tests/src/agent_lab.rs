@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     lab::{poll_until, ChildGuard, Lab, Netns},
-    topology::{agent_bin, client, pod},
+    topology::{agent_bin, client, lbctl_bin, pod},
 };
 
 /// The node's name: endpoints with this nodeName are local.
@@ -88,6 +88,21 @@ impl AgentLab {
         let tmp = self.manifests.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text).expect("write manifest");
         std::fs::rename(&tmp, self.manifests.join(name)).expect("rename manifest");
+    }
+
+    /// `lbctl -o json ARGS` on the node's pins, parsed: what the maps hold now (read only; for
+    /// waiting until the agent has applied an edit).
+    pub fn lbctl_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let pin = self.lab.pin_path("node");
+        let mut all = vec![
+            "--pin-path",
+            pin.to_str().context("pin path")?,
+            "-o",
+            "json",
+        ];
+        all.extend_from_slice(args);
+        let out = self.node.exec(lbctl_bin()?, all)?;
+        serde_json::from_slice(&out.stdout).context("lbctl output is not JSON")
     }
 }
 
