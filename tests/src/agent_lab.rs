@@ -139,3 +139,43 @@ pub fn until_answer(
     );
     start.elapsed()
 }
+
+/// The ClusterIP of [`web_manifest`]'s service.
+pub const CLUSTER_IP: &str = "10.96.0.10";
+
+/// Service `shop/web`: TCP 80 (NodePort 30080) and UDP 53 on [`CLUSTER_IP`], to port 8080 of the
+/// `endpoints:` list given as YAML lines; `spec_extra` adds lines to its spec (indented by two).
+pub fn web_manifest(spec_extra: &str, endpoints: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec:
+  type: NodePort
+  clusterIP: {CLUSTER_IP}
+  {spec_extra}
+  ports:
+  - {{name: http, port: 80, targetPort: 8080, nodePort: 30080}}
+  - {{name: dns, port: 53, targetPort: 8080, protocol: UDP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: shop
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports:
+- {{name: http, port: 8080}}
+- {{name: dns, port: 8080, protocol: UDP}}
+endpoints:
+{endpoints}"
+    )
+}
+
+/// `endpoints:` lines for ready pods at `ips` on this node.
+pub fn local_endpoints(ips: &[&str]) -> String {
+    ips.iter()
+        .map(|ip| format!("- {{addresses: [{ip}], nodeName: {NODE}}}\n"))
+        .collect()
+}

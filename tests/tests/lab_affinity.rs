@@ -21,12 +21,11 @@ use std::{
 };
 
 use lb_tests::{
-    agent_lab::{addr, answer, AgentLab, NODE, NODE_IP},
+    agent_lab::{addr, answer, local_endpoints, web_manifest, AgentLab, CLUSTER_IP, NODE_IP},
     lab::{poll_until, require_privileged, ChildGuard, Netns},
     topology::pod,
 };
 
-const CLUSTER_IP: &str = "10.96.0.10";
 const PODS: [(&str, &str, &str); 3] = [
     ("pod1", "10.244.1.5", "h1"),
     ("pod2", "10.244.1.6", "h2"),
@@ -49,38 +48,9 @@ fn client_ip_for(secs: u32) -> String {
     )
 }
 
-/// `shop/web` with `affinity` (spec lines) and the endpoints `backends` (addresses), all on this
-/// node.
+/// `shop/web` with `affinity` (spec lines) and ready endpoints `backends` on this node.
 fn web(affinity: &str, backends: &[&str]) -> String {
-    let endpoints: String = backends
-        .iter()
-        .map(|ip| format!("- {{addresses: [{ip}], nodeName: {NODE}}}\n"))
-        .collect();
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: shop}}
-spec:
-  type: NodePort
-  clusterIP: {CLUSTER_IP}
-  {affinity}
-  ports:
-  - {{name: http, port: 80, targetPort: 8080, nodePort: 30080}}
-  - {{name: dns, port: 53, targetPort: 8080, protocol: UDP}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: shop
-  labels: {{kubernetes.io/service-name: web}}
-addressType: IPv4
-ports:
-- {{name: http, port: 8080}}
-- {{name: dns, port: 8080, protocol: UDP}}
-endpoints:
-{endpoints}"
-    )
+    web_manifest(affinity, &local_endpoints(backends))
 }
 
 fn all_pods() -> Vec<&'static str> {

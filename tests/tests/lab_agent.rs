@@ -8,12 +8,14 @@ use std::{
 };
 
 use lb_tests::{
-    agent_lab::{addr, answer, until_answer, AgentLab, NODE, NODE_IP},
+    agent_lab::{
+        addr, answer, local_endpoints, until_answer, web_manifest, AgentLab, CLUSTER_IP, NODE,
+        NODE_IP,
+    },
     lab::{poll_until, require_privileged, ChildGuard},
     topology::{agent_bin, pod},
 };
 
-const CLUSTER_IP: &str = "10.96.0.10";
 const POD1: &str = "10.244.1.5";
 const POD2: &str = "10.244.1.7";
 
@@ -38,41 +40,14 @@ fn started(name: &str) -> (AgentLab, ChildGuard) {
     (s, agent)
 }
 
-/// Service `shop/web`: TCP 80 (NodePort 30080) and UDP 53 on 10.96.0.10, to `backends` on 8080.
+/// Service `shop/web` to ready `backends` on this node.
 fn web(backends: &[&str]) -> String {
-    let endpoints: String = backends
-        .iter()
-        .map(|ip| format!("- {{addresses: [{ip}], nodeName: {NODE}}}\n"))
-        .collect();
-    web_with(&endpoints)
+    web_manifest("", &local_endpoints(backends))
 }
 
 /// `shop/web` with the given `endpoints:` list (YAML lines).
 fn web_with(endpoints: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: shop}}
-spec:
-  type: NodePort
-  clusterIP: {CLUSTER_IP}
-  ports:
-  - {{name: http, port: 80, nodePort: 30080}}
-  - {{name: dns, port: 53, protocol: UDP}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: shop
-  labels: {{kubernetes.io/service-name: web}}
-addressType: IPv4
-ports:
-- {{name: http, port: 8080}}
-- {{name: dns, port: 8080, protocol: UDP}}
-endpoints:
-{endpoints}"
-    )
+    web_manifest("", endpoints)
 }
 
 #[test]
