@@ -67,6 +67,8 @@ struct Inner {
     backend_sets: Gauge,
     map_entries: Family<OneLabel, Gauge>,
     invalid_objects: Gauge,
+    ct_flows: Family<OneLabel, Gauge>,
+    ct_collected: Counter,
     health: ProxyHealth,
     /// Where the datapath counters are read at scrape time (None: no datapath metrics).
     layout: Option<PinLayout>,
@@ -170,6 +172,19 @@ impl Metrics {
             map_capacity.get_or_create(&[("map", map)]).set(size.into());
             map_entries.get_or_create(&[("map", map)]).set(0);
         }
+        let ct_flows = Family::<OneLabel, Gauge>::default();
+        registry.register(
+            "lb_conntrack_flows",
+            "Live flows in the conntrack table by state (SYN, ESTABLISHED, CLOSING, UDP), at \
+             the last collection",
+            ct_flows.clone(),
+        );
+        let ct_collected = Counter::default();
+        registry.register(
+            "lb_conntrack_collected",
+            "Expired flows the agent removed from the conntrack table (with their reply entries)",
+            ct_collected.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -181,6 +196,8 @@ impl Metrics {
                 backend_sets,
                 map_entries,
                 invalid_objects,
+                ct_flows,
+                ct_collected,
                 health: ProxyHealth::new(health_timeout),
                 layout,
                 state: Mutex::new(RunState::default()),
@@ -191,6 +208,18 @@ impl Metrics {
     /// The agent's health as /healthz reports it (shared with the health check servers).
     pub fn proxy_health(&self) -> ProxyHealth {
         self.inner.health.clone()
+    }
+
+    /// After each conntrack collection.
+    pub fn record_conntrack(&self, c: &crate::dataplane::conntrack::Collected) {
+        for state in ["SYN", "ESTABLISHED", "CLOSING", "UDP"] {
+            let n = c.live.get(state).copied().unwrap_or(0);
+            self.inner
+                .ct_flows
+                .get_or_create(&[("state", state)])
+                .set(n as i64);
+        }
+        self.inner.ct_collected.inc_by(c.removed);
     }
 
     /// After each apply: what it did, how long after the change, the desired state, what the

@@ -18,13 +18,16 @@ use ipnet::Ipv4Net;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    dataplane::{reconcile::Reconciler, Capacities, Dataplane, Options, XdpRequest},
+    dataplane::{conntrack, reconcile::Reconciler, Capacities, Dataplane, Options, XdpRequest},
     health::HealthServers,
     metrics::{self, Metrics},
     model::{self, NodeContext, Problem},
     source::{self, manifests::Manifests, Snapshot},
 };
 use attachments::Attachments;
+
+/// Expired flows are removed (and the conntrack table counted) this often.
+const CT_COLLECT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A full re-read of the maps this often repairs entries changed behind the agent's back.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
@@ -119,6 +122,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     resync.tick().await;
+    let mut ct_collect = tokio::time::interval(CT_COLLECT_INTERVAL);
     let mut reported: BTreeSet<Problem> = BTreeSet::new();
     let mut event_at = Instant::now();
     loop {
@@ -160,6 +164,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 // Attachments that failed get another try.
                 attachments.forget_failures();
                 rescan(&handle, &mut attachments, &mut dp, &args, &mut node).await;
+            }
+            _ = ct_collect.tick() => {
+                match conntrack::collect(&mut dp.maps, conntrack::monotonic_ns()) {
+                    Ok(c) => metrics.record_conntrack(&c),
+                    Err(e) => tracing::warn!("collecting expired flows: {e:#}"),
+                }
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,

@@ -2,14 +2,15 @@
 //! 5-tuple), with their reverse-NAT entries (`LB4_RNAT`, keyed by the reply as the backend sends
 //! it) and the service port that chose the backend.
 use anyhow::{bail, Result};
-use lb_common::{
-    timeout, Ct4, Tuple4, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT,
-    PROTO_TCP,
-};
+use lb_common::{timeout, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT};
 use serde::Serialize;
 
 use super::{port_label, protocol_name, secs_since, table::Builder, units, Endpoint, Names};
-use crate::dataplane::{maps::entries, Maps};
+use crate::dataplane::{
+    conntrack::{reply_key, state},
+    maps::entries,
+    Maps,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BackendRef {
@@ -131,36 +132,6 @@ pub fn table(rows: &[ConntrackRow]) -> String {
     t.render()
 }
 
-/// The `LB4_RNAT` key of a flow's replies: from the backend to the client, or to the SNAT
-/// address and port.
-fn reply_key(key: &Tuple4, ct: &Ct4) -> Tuple4 {
-    let (daddr, dport) = if ct.flags & CT_F_SNAT != 0 {
-        (ct.snat_addr, ct.snat_port)
-    } else {
-        (key.saddr, key.sport)
-    };
-    Tuple4 {
-        saddr: ct.backend_addr,
-        daddr,
-        sport: ct.backend_port,
-        dport,
-        proto: key.proto,
-        _pad: [0; 3],
-    }
-}
-
-fn state(proto: u8, flags: u8) -> Option<&'static str> {
-    if proto != PROTO_TCP {
-        None
-    } else if flags & CT_F_CLOSING != 0 {
-        Some("CLOSING")
-    } else if flags & CT_F_ESTABLISHED != 0 {
-        Some("ESTABLISHED")
-    } else {
-        Some("SYN")
-    }
-}
-
 fn flags(flags: u8) -> Vec<&'static str> {
     [
         (CT_F_EXTERNAL, "external"),
@@ -204,6 +175,7 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lb_common::{CT_F_CLOSING, CT_F_ESTABLISHED, PROTO_TCP};
 
     #[test]
     fn states_and_flags() {

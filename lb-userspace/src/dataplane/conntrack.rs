@@ -1,0 +1,89 @@
+//! The conntrack tables as userspace sees them: flow states, the reply key of a flow, and the
+//! agent's periodic collection of expired flows. The kernel LRU evicts the least recently used
+//! flows when the table is full; expired flows would otherwise sit there (holding SNAT ports)
+//! until evicted, so the agent removes them and reports what the tables hold.
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use lb_common::{timeout, Ct4, Tuple4, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_SNAT, PROTO_TCP};
+
+use super::Maps;
+
+const NS: u64 = 1_000_000_000;
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, which stamps conntrack and
+/// affinity entries.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * NS + ts.tv_nsec as u64
+}
+
+/// A TCP flow's state (None for UDP).
+pub fn state(proto: u8, flags: u8) -> Option<&'static str> {
+    if proto != PROTO_TCP {
+        None
+    } else if flags & CT_F_CLOSING != 0 {
+        Some("CLOSING")
+    } else if flags & CT_F_ESTABLISHED != 0 {
+        Some("ESTABLISHED")
+    } else {
+        Some("SYN")
+    }
+}
+
+/// The `LB4_RNAT` key of a flow's replies: from the backend to the client, or to the SNAT
+/// address and port.
+pub fn reply_key(key: &Tuple4, ct: &Ct4) -> Tuple4 {
+    let (daddr, dport) = if ct.flags & CT_F_SNAT != 0 {
+        (ct.snat_addr, ct.snat_port)
+    } else {
+        (key.saddr, key.sport)
+    };
+    Tuple4 {
+        saddr: ct.backend_addr,
+        daddr,
+        sport: ct.backend_port,
+        dport,
+        proto: key.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// What one collection found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Live flows by state: "SYN", "ESTABLISHED", "CLOSING", "UDP".
+    pub live: BTreeMap<&'static str, u64>,
+    /// Expired flows removed (with their reply entries).
+    pub removed: u64,
+}
+
+/// Remove the flows idle beyond their timeout in both directions (the datapath's own rule), with
+/// their reply entries, and count the rest by state.
+pub fn collect(maps: &mut Maps, now: u64) -> Result<Collected> {
+    let mut out = Collected::default();
+    let flows: Vec<(Tuple4, Ct4)> = maps.ct.iter().filter_map(|e| e.ok()).collect();
+    for (key, ct) in flows {
+        let limit = timeout::idle(key.proto, ct.flags) * NS;
+        let rkey = reply_key(&key, &ct);
+        let reply_seen = maps.rnat.get(&rkey, 0).map(|r| r.last_seen_ns).unwrap_or(0);
+        let idle = now.saturating_sub(ct.last_seen_ns.max(reply_seen));
+        if idle < limit {
+            *out.live
+                .entry(state(key.proto, ct.flags).unwrap_or("UDP"))
+                .or_default() += 1;
+            continue;
+        }
+        // Gone already (evicted, or reclaimed by the datapath): nothing to do.
+        if maps.ct.remove(&key).is_ok() {
+            out.removed += 1;
+        }
+        let _ = maps.rnat.remove(&rkey);
+    }
+    Ok(out)
+}

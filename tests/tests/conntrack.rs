@@ -1,0 +1,111 @@
+//! The agent's conntrack collection against real pinned maps: flows idle beyond their timeout in
+//! both directions go (with their reply entries, freeing SNAT ports), the rest are counted.
+use lb::dataplane::{
+    conntrack::{collect, monotonic_ns, reply_key},
+    Dataplane, Options,
+};
+use lb_common::{
+    Ct4, RevNat4, Tuple4, CT_F_ESTABLISHED, CT_F_EXTERNAL, CT_F_SNAT, PROTO_TCP, PROTO_UDP,
+};
+use lb_tests::lab::{require_privileged, Lab};
+
+const NS: u64 = 1_000_000_000;
+
+fn ip(s: &str) -> u32 {
+    u32::from_ne_bytes(s.parse::<std::net::Ipv4Addr>().unwrap().octets())
+}
+
+fn tuple(src: (&str, u16), dst: (&str, u16), proto: u8) -> Tuple4 {
+    Tuple4 {
+        saddr: ip(src.0),
+        daddr: ip(dst.0),
+        sport: src.1.to_be(),
+        dport: dst.1.to_be(),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+#[test]
+fn expired_flows_are_collected_live_ones_counted() {
+    if !require_privileged("conntrack") {
+        return;
+    }
+    let lab = Lab::new("conntrack").expect("lab");
+    let opts = Options {
+        pin_path: lab.pin_path("node"),
+        capacities: vec![],
+    };
+    let mut dp = Dataplane::open(&opts).expect("dataplane");
+    let now = monotonic_ns();
+    // Every flow has a SNAT port of its own, as the datapath guarantees.
+    let flow = |flags, ct_ago: u64, snat_port: u16| Ct4 {
+        backend_id: 1,
+        backend_addr: ip("10.244.1.7"),
+        backend_port: 8080u16.to_be(),
+        snat_addr: ip("192.0.2.10"),
+        snat_port: snat_port.to_be(),
+        flags,
+        created_ns: now - 300 * NS,
+        last_seen_ns: now - ct_ago * NS,
+        ..Default::default()
+    };
+    let vip = ("10.96.0.10", 80);
+    // (client port, protocol, flags, client side idle, reply side idle or None, expect kept)
+    let cases = [
+        (40001, PROTO_TCP, CT_F_ESTABLISHED, 1, None, true),
+        (
+            40002,
+            PROTO_UDP,
+            CT_F_SNAT | CT_F_EXTERNAL,
+            120,
+            Some(1),
+            true,
+        ),
+        (
+            40003,
+            PROTO_UDP,
+            CT_F_SNAT | CT_F_EXTERNAL,
+            120,
+            Some(120),
+            false,
+        ),
+        (40004, PROTO_TCP, 0, 61, None, false),
+    ];
+    let mut keys = Vec::new();
+    for (port, proto, flags, ago, reply_ago, _) in cases {
+        let key = tuple(("198.51.100.7", port), vip, proto);
+        let ct = flow(flags, ago, 61000 + port % 100);
+        dp.maps.ct.insert(key, ct, 0).expect("ct");
+        let rkey = reply_key(&key, &ct);
+        if let Some(r) = reply_ago {
+            let rn = RevNat4 {
+                last_seen_ns: now - r * NS,
+                ..Default::default()
+            };
+            dp.maps.rnat.insert(rkey, rn, 0).expect("rnat");
+        }
+        keys.push((key, rkey));
+    }
+    let got = collect(&mut dp.maps, monotonic_ns()).expect("collect");
+    assert_eq!(got.removed, 2, "{got:?}");
+    assert_eq!(got.live.get("ESTABLISHED"), Some(&1), "{got:?}");
+    assert_eq!(got.live.get("UDP"), Some(&1), "{got:?}");
+    for ((key, rkey), case) in keys.iter().zip(cases) {
+        let kept = case.5;
+        assert_eq!(
+            dp.maps.ct.get(key, 0).is_ok(),
+            kept,
+            "flow from port {}",
+            case.0
+        );
+        if case.4.is_some() {
+            assert_eq!(
+                dp.maps.rnat.get(rkey, 0).is_ok(),
+                kept,
+                "reply of {}",
+                case.0
+            );
+        }
+    }
+}
