@@ -179,6 +179,14 @@ impl Metrics {
              the last collection",
             ct_flows.clone(),
         );
+        let ct_capacity = Gauge::<i64>::default();
+        ct_capacity.set(caps.ct.into());
+        registry.register(
+            "lb_conntrack_capacity",
+            "Size of the conntrack table: at lb_conntrack_flows' sum it is full and the least \
+             recently used flows are evicted",
+            ct_capacity,
+        );
         let ct_collected = Counter::default();
         registry.register(
             "lb_conntrack_collected",
@@ -468,6 +476,7 @@ mod tests {
         services: 8,
         slots: 32,
         backends: 4,
+        ct: 64,
     };
 
     fn set_key() -> SetKey {
@@ -614,6 +623,21 @@ mod tests {
         }
         assert!(text.contains("# TYPE lb_programming_latency_seconds histogram"));
         assert!(!text.contains("lb_frontend_packets"), "no datapath: {text}");
+
+        let mut collected = crate::dataplane::conntrack::Collected::default();
+        collected.live.insert("ESTABLISHED", 5);
+        collected.removed = 2;
+        m.record_conntrack(&collected);
+        m.record_conntrack(&collected);
+        let text = m.render();
+        for (prefix, want) in [
+            ("lb_conntrack_capacity ", 64.0),
+            ("lb_conntrack_flows{state=\"ESTABLISHED\"} ", 5.0),
+            ("lb_conntrack_flows{state=\"UDP\"} ", 0.0),
+            ("lb_conntrack_collected_total ", 4.0),
+        ] {
+            assert_eq!(sample(&text, prefix), Some(want), "{prefix}\n{text}");
+        }
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct Capacities {
     pub services: u32,
     pub slots: u32,
     pub backends: u32,
+    /// The conntrack table (LRU: when full, the least recently used flow makes room).
+    pub ct: u32,
 }
 
 impl Capacities {
@@ -53,6 +55,7 @@ impl Capacities {
             services: size(names::SERVICES)?,
             slots: size(names::SLOTS)?,
             backends: size(names::BACKENDS4)?,
+            ct: size(names::CT4)?,
         })
     }
 }
