@@ -558,25 +558,55 @@ fn fixture_snat_out_of_another_interface_is_redirected() {
     });
 }
 
+/// Two local pods for the fixtures that watch which one a flow goes to.
+const TWO_PODS: [(u32, &str, u16, u8); 2] = [
+    (1, "10.244.1.7", 8080, BE_F_LOCAL),
+    (2, "10.244.1.8", 8080, BE_F_LOCAL),
+];
+
+/// A ClusterIP for traffic from pods (`CLUSTER_IP:port`), set 1, over `backends`.
+const CIP_80: [(&str, u16, u8, u8); 1] = [(CLUSTER_IP, 80, SCOPE_INTERNAL, KIND_CLUSTER_IP)];
+const CIP_53: [(&str, u16, u8, u8); 1] = [(CLUSTER_IP, 53, SCOPE_INTERNAL, KIND_CLUSTER_IP)];
+
+fn pod_service<'a>(
+    frontends: &'a [(&'a str, u16, u8, u8)],
+    proto: u8,
+    flags: u8,
+    backends: &'a [(u32, &'a str, u16, u8)],
+) -> Svc<'a> {
+    Svc {
+        id: 1,
+        frontends,
+        proto,
+        backends,
+        flags,
+        verdict: VERDICT_REJECT,
+    }
+}
+
+/// ClusterIP :80 with ClientIP affinity (60 s) over `backends`.
+fn program_sticky(node: &mut Node, backends: &[(u32, &str, u16, u8)]) {
+    node.program(&pod_service(&CIP_80, PROTO_TCP, SVC_F_AFFINITY, backends));
+    let mut value = node.dp.maps.services.get(&1, 0).expect("service");
+    value.affinity_timeout = 60;
+    node.dp.maps.services.insert(1, value, 0).expect("timeout");
+}
+
+/// The pod of `TWO_PODS` a flow went to, and the other one.
+type Pod = (u32, &'static str, u16, u8);
+
+fn chosen_and_other(dest: std::net::Ipv4Addr) -> (Pod, Pod) {
+    if dest.to_string() == TWO_PODS[0].1 {
+        (TWO_PODS[0], TWO_PODS[1])
+    } else {
+        (TWO_PODS[1], TWO_PODS[0])
+    }
+}
+
 #[test]
 fn fixture_affinity_sticks_and_never_follows_a_reused_backend_id() {
     with_node("pkt-affinity", |node| {
-        let svc = |backends| Svc {
-            id: 1,
-            frontends: &[(CLUSTER_IP, 80, SCOPE_INTERNAL, KIND_CLUSTER_IP)],
-            proto: PROTO_TCP,
-            backends,
-            flags: SVC_F_AFFINITY,
-            verdict: VERDICT_REJECT,
-        };
-        let both = [
-            (1, "10.244.1.7", 8080, BE_F_LOCAL),
-            (2, "10.244.1.8", 8080, BE_F_LOCAL),
-        ];
-        node.program(&svc(&both));
-        let mut value = node.dp.maps.services.get(&1, 0).expect("service");
-        value.affinity_timeout = 60;
-        node.dp.maps.services.insert(1, value, 0).expect("timeout");
+        program_sticky(node, &TWO_PODS);
         let dest = |node: &Node, sport: u16| {
             dest_of(node, &format!("10.244.1.5:{sport}"), "10.96.0.10:80", SYN)
         };
@@ -586,12 +616,8 @@ fn fixture_affinity_sticks_and_never_follows_a_reused_backend_id() {
         }
         // The chosen pod goes and its id is reused for a pod of another service: the affinity
         // entry must not lead there.
-        let (gone, stays) = if first.to_string() == "10.244.1.7" {
-            (both[0], both[1])
-        } else {
-            (both[1], both[0])
-        };
-        node.program(&svc(&[stays]));
+        let (gone, stays) = chosen_and_other(first);
+        program_sticky(node, &[stays]);
         let reused = Backend4 {
             addr: ip("10.244.9.9"),
             port: port(8080),
@@ -618,36 +644,10 @@ fn dest_of(node: &Node, src: &str, dst: &str, l4: L4) -> std::net::Ipv4Addr {
     dest
 }
 
-/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 #[test]
 fn fixture_affinity_spreads_clients_and_replaces_a_removed_backend() {
     with_node("pkt-affinity-spread", |node| {
-        let both = [
-            (1, "10.244.1.7", 8080, BE_F_LOCAL),
-            (2, "10.244.1.8", 8080, BE_F_LOCAL),
-        ];
-        let svc = |backends| Svc {
-            id: 1,
-            frontends: &[(CLUSTER_IP, 80, SCOPE_INTERNAL, KIND_CLUSTER_IP)],
-            proto: PROTO_TCP,
-            backends,
-            flags: SVC_F_AFFINITY,
-            verdict: VERDICT_REJECT,
-        };
-        node.program(&svc(&both));
-        let mut value = node.dp.maps.services.get(&1, 0).expect("service");
-        value.affinity_timeout = 60;
-        node.dp.maps.services.insert(1, value, 0).expect("timeout");
+        program_sticky(node, &TWO_PODS);
         let chosen: std::collections::BTreeSet<_> = (20..40)
             .map(|host| {
                 dest_of(
@@ -661,12 +661,8 @@ fn fixture_affinity_spreads_clients_and_replaces_a_removed_backend() {
         assert_eq!(chosen.len(), 2, "20 clients spread over both backends");
 
         let first = dest_of(node, "10.244.1.99:40000", "10.96.0.10:80", SYN);
-        let (gone, stays) = if first.to_string() == both[0].1 {
-            (both[0], both[1])
-        } else {
-            (both[1], both[0])
-        };
-        node.program(&svc(&[stays]));
+        let (gone, stays) = chosen_and_other(first);
+        program_sticky(node, &[stays]);
         node.dp.maps.remove_backend(gone.0).expect("remove backend");
         let next = dest_of(node, "10.244.1.99:40001", "10.96.0.10:80", SYN);
         assert_eq!(
@@ -686,32 +682,15 @@ fn fixture_affinity_spreads_clients_and_replaces_a_removed_backend() {
 #[test]
 fn fixture_a_flow_lives_while_either_side_talks() {
     with_node("pkt-ct-replies", |node| {
-        let both = [
-            (1, "10.244.1.7", 8080, BE_F_LOCAL),
-            (2, "10.244.1.8", 8080, BE_F_LOCAL),
-        ];
-        let svc = |backends| Svc {
-            id: 1,
-            frontends: &[(CLUSTER_IP, 53, SCOPE_INTERNAL, KIND_CLUSTER_IP)],
-            proto: PROTO_UDP,
-            backends,
-            flags: 0,
-            verdict: VERDICT_REJECT,
-        };
-        node.program(&svc(&both));
+        node.program(&pod_service(&CIP_53, PROTO_UDP, 0, &TWO_PODS));
         let (client, vip) = ("10.244.1.5:5353", "10.96.0.10:53");
-        let first = dest_of(node, client, vip, UDP);
-        let (chosen, other) = if first.to_string() == both[0].1 {
-            (both[0], both[1])
-        } else {
-            (both[1], both[0])
-        };
+        let (chosen, other) = chosen_and_other(dest_of(node, client, vip, UDP));
         // New flows would now go to `other` only; `chosen` stays a backend (still listed).
-        node.program(&svc(&[other]));
+        node.program(&pod_service(&CIP_53, PROTO_UDP, 0, &[other]));
         let ct_key = tuple(&Pkt::new(client, vip, UDP));
         let rn_key = tuple(&Pkt::new(&format!("{}:8080", chosen.1), client, UDP));
         let age = |node: &mut Node, ct_too: bool, rn_too: bool| {
-            let old = monotonic_ns() - 120 * 1_000_000_000;
+            let old = lb::dataplane::conntrack::monotonic_ns() - 120 * 1_000_000_000;
             let maps = &mut node.dp.maps;
             if ct_too {
                 let mut ct = maps.ct.get(&ct_key, 0).expect("ct");
