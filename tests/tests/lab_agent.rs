@@ -3,6 +3,7 @@
 //! Edits to the files move traffic within 1 s, a bad manifest leaves the rest working, and a
 //! kill -9 of the agent in the middle of a stream of new connections fails none of them.
 use std::{
+    net::SocketAddr,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::Duration,
 };
@@ -12,7 +13,7 @@ use lb_tests::{
         addr, answer, local_endpoints, until_answer, web_manifest, AgentLab, CLUSTER_IP, NODE,
         NODE_IP,
     },
-    lab::{poll_until, require_privileged, ChildGuard},
+    lab::{poll_until, require_privileged, ChildGuard, EchoConn},
     topology::{agent_bin, pod},
 };
 
@@ -38,6 +39,24 @@ fn started(name: &str) -> (AgentLab, ChildGuard) {
         Duration::from_secs(10),
     );
     (s, agent)
+}
+
+/// Once the agent serves `nodeport` (to pod1 only), a connection from the client held open,
+/// known to reach pod1.
+fn connection_to_pod1(s: &AgentLab, nodeport: SocketAddr) -> EchoConn {
+    until_answer(
+        &s.client,
+        nodeport,
+        false,
+        Some("pod1"),
+        Duration::from_secs(10),
+    );
+    let mut held = s
+        .client
+        .echo_conn(nodeport, false, Duration::from_secs(2))
+        .expect("a connection to pod1");
+    assert_eq!(held.ask(Duration::from_secs(2)).expect("held").name, "pod1");
+    held
 }
 
 /// Service `shop/web` to ready `backends` on this node.
@@ -143,21 +162,7 @@ fn agent_kill_9_and_restart_fail_no_new_connection() {
     s.write("web.yaml", &web(&[POD1]));
     let first = s.start_agent("agent-1").expect("lb-agent");
     let nodeport = addr(NODE_IP, 30080);
-    until_answer(
-        &s.client,
-        nodeport,
-        false,
-        Some("pod1"),
-        Duration::from_secs(10),
-    );
-    let mut held = s
-        .client
-        .echo_conn(nodeport, false, Duration::from_secs(2))
-        .expect("a connection held across the restart");
-    let held_by = held
-        .ask(Duration::from_secs(2))
-        .expect("held connection")
-        .name;
+    let mut held = connection_to_pod1(&s, nodeport);
 
     let mut second = None;
     let stop = AtomicBool::new(false);
@@ -211,7 +216,7 @@ fn agent_kill_9_and_restart_fail_no_new_connection() {
     let reply = held
         .ask(Duration::from_secs(2))
         .expect("the held connection still works");
-    assert_eq!(reply.name, held_by, "the held connection kept its backend");
+    assert_eq!(reply.name, "pod1", "the held connection kept its backend");
 
     // SIGTERM leaves everything in place; `lb-agent cleanup` removes it.
     let mut second = second.expect("second agent");
@@ -289,18 +294,7 @@ fn a_terminating_pod_keeps_its_connections_and_takes_no_new_ones() {
     s.write("web.yaml", &web(&[POD1]));
     let _agent = s.start_agent("agent").expect("lb-agent");
     let nodeport = addr(NODE_IP, 30080);
-    until_answer(
-        &s.client,
-        nodeport,
-        false,
-        Some("pod1"),
-        Duration::from_secs(10),
-    );
-    let mut held = s
-        .client
-        .echo_conn(nodeport, false, Duration::from_secs(2))
-        .expect("a connection to pod1");
-    assert_eq!(held.ask(Duration::from_secs(2)).expect("held").name, "pod1");
+    let mut held = connection_to_pod1(&s, nodeport);
 
     // A rolling update: pod2 is ready, pod1 is terminating (still serving).
     let endpoints = format!(
