@@ -66,20 +66,22 @@ impl AgentLab {
 
     /// `lb-agent run` on the node: manifests mode, `eth1` external, `h*` pod links.
     pub fn start_agent(&self, label: &str) -> Result<ChildGuard> {
+        self.start_agent_with(label, &["--ext-iface", "eth1", "--pod-iface", "h*"])
+    }
+
+    /// `lb-agent run` on the node in manifests mode with these interface `flags`.
+    pub fn start_agent_with(&self, label: &str, flags: &[&str]) -> Result<ChildGuard> {
         let pin = self.lab.pin_path("node");
-        let args = [
+        let mut args = vec![
             "run",
             "--node-name",
             NODE,
             "--manifests",
             self.manifests.to_str().context("manifest path")?,
-            "--ext-iface",
-            "eth1",
-            "--pod-iface",
-            "h*",
             "--pin-path",
             pin.to_str().context("pin path")?,
         ];
+        args.extend_from_slice(flags);
         self.node.spawn(label, agent_bin()?, args)
     }
 

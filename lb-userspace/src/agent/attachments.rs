@@ -1,21 +1,27 @@
-//! Which interfaces carry lb's programs: the `--ext-iface` ones and those matching a
-//! `--pod-iface` glob, kept in step with the links that exist. A link that vanishes is let go
-//! (the kernel already dropped its attachment; its pin is removed); one that appears is attached.
+//! Which interfaces carry lb's programs (see [`node_local`](super::node_local) for how they are
+//! chosen), kept in step with the links that exist. A link that vanishes is let go (the kernel
+//! already dropped its attachment; its pin is removed); one that appears is attached; one whose
+//! role changes (it became or stopped being the external interface) is re-attached.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use anyhow::{Context as _, Result};
-use glob::Pattern;
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Node;
 
-use super::{interfaces::Link, RunArgs};
+use super::{
+    interfaces::{Host, Link},
+    node_local::{External, Placement, Role},
+    RunArgs,
+};
 use crate::dataplane::{Dataplane, XdpRequest};
 
 pub struct Attachments {
-    ext: BTreeSet<String>,
-    pod: Vec<Pattern>,
+    placement: Placement,
     xdp: XdpRequest,
-    /// ifindex → name of what is attached now.
-    attached: BTreeMap<u32, String>,
+    /// The external interfaces chosen at the last sync (None before the first).
+    ext: Option<External>,
+    /// ifindex → name and role of what is attached now.
+    attached: BTreeMap<u32, (String, Role)>,
     /// ifindexes whose attach failed: not retried on every link event (errors would pile up),
     /// only after [`Attachments::forget_failures`] (the periodic resync) or once the link is gone.
     failed: BTreeSet<u32>,
@@ -23,73 +29,105 @@ pub struct Attachments {
 
 impl Attachments {
     pub fn new(args: &RunArgs) -> Result<Self> {
-        let pod = args
-            .pod_ifaces
-            .iter()
-            .map(|g| Pattern::new(g).with_context(|| format!("--pod-iface {g:?}")))
-            .collect::<Result<_>>()?;
+        let placement = Placement::new(args)?;
+        tracing::info!(interfaces = %placement.pod_description(), "pod interfaces");
         Ok(Attachments {
-            ext: args.ext_ifaces.iter().cloned().collect(),
-            pod,
+            placement,
             xdp: args.xdp_mode.into(),
+            ext: None,
             attached: BTreeMap::new(),
             failed: BTreeSet::new(),
         })
     }
 
-    fn wanted(&self, name: &str) -> bool {
-        self.ext.contains(name) || self.pod.iter().any(|p| p.matches(name))
-    }
-
-    /// Attach to wanted links not yet attached, let go of those gone. `first` also detaches
-    /// what a previous agent attached to links no longer wanted.
-    pub fn sync(&mut self, dp: &mut Dataplane, links: &BTreeMap<u32, Link>, first: bool) {
+    /// Choose the external interfaces for this `node` object and `host`, attach to wanted links
+    /// not yet attached (in their role), let go of those gone; returns the addresses that serve
+    /// NodePorts. `first` also detaches what a previous agent attached to links no longer wanted.
+    pub fn sync(
+        &mut self,
+        dp: &mut Dataplane,
+        host: &Host,
+        node: Option<&Node>,
+        first: bool,
+    ) -> Vec<Ipv4Addr> {
+        let ext = self.choose_external(host, node);
+        let links = &host.links;
+        let wanted: BTreeMap<u32, (String, Role)> = links
+            .values()
+            .filter_map(|l| {
+                Some((
+                    l.index,
+                    (l.name.clone(), self.placement.role(l, links, &ext)?),
+                ))
+            })
+            .collect();
         let stale: Vec<u32> = if first {
             dp.attached()
         } else {
             self.attached.keys().copied().collect()
         };
         for ifindex in stale {
-            let keep = links.get(&ifindex).is_some_and(|l| self.wanted(&l.name));
-            if !keep {
-                let name = self.attached.remove(&ifindex);
-                if let Err(e) = dp.detach(ifindex) {
-                    tracing::debug!(ifindex, "letting go of a vanished link: {e:#}");
-                }
-                let _ = dp.maps.remove_node_addr(ifindex);
-                tracing::info!(ifindex, name = name.as_deref().unwrap_or("?"), "detached");
+            let now = wanted.get(&ifindex);
+            let before = self.attached.get(&ifindex);
+            if now.is_none() || before.is_some_and(|b| Some(b) != now) {
+                self.let_go(dp, ifindex);
             }
         }
         self.failed.retain(|i| links.contains_key(i));
-        for link in links.values() {
-            if !self.wanted(&link.name)
-                || self.attached.get(&link.index) == Some(&link.name)
-                || self.failed.contains(&link.index)
-            {
+        for (&ifindex, (_, role)) in &wanted {
+            let link = &links[&ifindex];
+            if self.attached.contains_key(&ifindex) || self.failed.contains(&ifindex) {
                 continue;
             }
-            match self.attach(dp, link) {
+            match self.attach(dp, link, *role) {
                 Ok(()) => {
-                    self.attached.insert(link.index, link.name.clone());
+                    self.attached.insert(ifindex, (link.name.clone(), *role));
                 }
                 Err(e) => {
                     tracing::error!(iface = %link.name, "attach failed: {e:#}");
-                    self.failed.insert(link.index);
+                    self.failed.insert(ifindex);
                 }
             }
         }
-        for link in links.values().filter(|l| self.ext.contains(&l.name)) {
+        for link in links.values().filter(|l| ext.names.contains(&l.name)) {
             self.set_snat_addr(dp, link);
         }
+        let nodeport_addrs = self.placement.nodeport_addrs(node, links, &ext);
+        self.ext = Some(ext);
+        nodeport_addrs
     }
 
-    fn attach(&self, dp: &mut Dataplane, link: &Link) -> Result<()> {
-        if self.ext.contains(&link.name) {
-            let mode = dp.attach_ext(&link.name, self.xdp)?;
-            tracing::info!(iface = %link.name, ?mode, "attached (external)");
-        } else {
-            dp.attach_pod(&link.name)?;
-            tracing::info!(iface = %link.name, "attached (pod)");
+    /// The external interfaces for now, logged when they change.
+    fn choose_external(&self, host: &Host, node: Option<&Node>) -> External {
+        let ext = self
+            .placement
+            .external(node, &host.links, host.default_route);
+        if self.ext.as_ref() != Some(&ext) {
+            let names: Vec<&str> = ext.names.iter().map(String::as_str).collect();
+            tracing::info!(interfaces = %names.join(", "), how = %ext.how, "external interfaces");
+        }
+        ext
+    }
+
+    fn let_go(&mut self, dp: &mut Dataplane, ifindex: u32) {
+        let name = self.attached.remove(&ifindex).map(|a| a.0);
+        if let Err(e) = dp.detach(ifindex) {
+            tracing::debug!(ifindex, "letting go of a vanished link: {e:#}");
+        }
+        let _ = dp.maps.remove_node_addr(ifindex);
+        tracing::info!(ifindex, name = name.as_deref().unwrap_or("?"), "detached");
+    }
+
+    fn attach(&self, dp: &mut Dataplane, link: &Link, role: Role) -> Result<()> {
+        match role {
+            Role::External => {
+                let mode = dp.attach_ext(&link.name, self.xdp)?;
+                tracing::info!(iface = %link.name, ?mode, "attached (external)");
+            }
+            Role::Pod => {
+                dp.attach_pod(&link.name)?;
+                tracing::info!(iface = %link.name, "attached (pod)");
+            }
         }
         Ok(())
     }
@@ -107,14 +145,5 @@ impl Attachments {
 
     pub fn forget_failures(&mut self) {
         self.failed.clear();
-    }
-
-    /// IPv4 addresses of the external interfaces present now.
-    pub fn ext_addrs(&self, links: &BTreeMap<u32, Link>) -> Vec<Ipv4Addr> {
-        links
-            .values()
-            .filter(|l| self.ext.contains(&l.name))
-            .flat_map(|l| l.addrs.iter().copied())
-            .collect()
     }
 }

@@ -1,4 +1,5 @@
-//! The node's links and IPv4 addresses, from rtnetlink, and notifications when they change.
+//! The node's links, IPv4 addresses and default route, from rtnetlink, and notifications when
+//! they change.
 //!
 //! Level-triggered: any link or address notification just says "look again", and the agent
 //! rescans the whole (small) table. A missed or coalesced notification can't leave it wrong.
@@ -7,10 +8,14 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use anyhow::{Context as _, Result};
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
-    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_LINK},
-    packet_route::{address::AddressAttribute, link::LinkAttribute},
+    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK},
+    packet_route::{
+        address::AddressAttribute,
+        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+        route::{RouteAttribute, RouteHeader},
+    },
     sys::{AsyncSocket, SocketAddr},
-    Handle,
+    Handle, RouteMessageBuilder,
 };
 use tokio::sync::mpsc;
 
@@ -20,17 +25,32 @@ pub struct Link {
     pub name: String,
     /// IPv4 addresses, primary first.
     pub addrs: Vec<Ipv4Addr>,
+    /// The bridge (or bond, VRF) this link is a port of.
+    pub controller: Option<u32>,
+    /// A Linux bridge.
+    pub bridge: bool,
 }
 
-/// A netlink handle for dumps, and a channel that gets a message on every link or address
-/// change.
+/// What a scan finds.
+#[derive(Clone, Debug, Default)]
+pub struct Host {
+    pub links: BTreeMap<u32, Link>,
+    /// The ifindex of the main table's IPv4 default route.
+    pub default_route: Option<u32>,
+}
+
+/// A netlink handle for dumps, and a channel that gets a message on every link, address or
+/// route change.
 pub fn watch() -> Result<(Handle, mpsc::Receiver<()>)> {
     let (mut conn, handle, mut messages) =
         rtnetlink::new_connection().context("opening rtnetlink")?;
     conn.socket_mut()
         .socket_mut()
-        .bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR))
-        .context("subscribing to link and address notifications")?;
+        .bind(&SocketAddr::new(
+            0,
+            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE,
+        ))
+        .context("subscribing to link, address and route notifications")?;
     tokio::spawn(conn);
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
@@ -42,25 +62,13 @@ pub fn watch() -> Result<(Handle, mpsc::Receiver<()>)> {
     Ok((handle, rx))
 }
 
-/// Every link with its IPv4 addresses, by ifindex.
-pub async fn scan(handle: &Handle) -> Result<BTreeMap<u32, Link>> {
+/// Every link with its IPv4 addresses, by ifindex, and the default route.
+pub async fn scan(handle: &Handle) -> Result<Host> {
     let mut links = BTreeMap::new();
     let mut dump = handle.link().get().execute();
     while let Some(msg) = dump.try_next().await.context("listing links")? {
-        let name = msg.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        });
-        let index = msg.header.index;
-        if let Some(name) = name {
-            links.insert(
-                index,
-                Link {
-                    index,
-                    name,
-                    addrs: Vec::new(),
-                },
-            );
+        if let Some(link) = link(&msg) {
+            links.insert(link.index, link);
         }
     }
     let mut dump = handle.address().get().execute();
@@ -82,5 +90,55 @@ pub async fn scan(handle: &Handle) -> Result<BTreeMap<u32, Link>> {
             }
         }
     }
-    Ok(links)
+    let default_route = default_route(handle).await?;
+    Ok(Host {
+        links,
+        default_route,
+    })
+}
+
+fn link(msg: &LinkMessage) -> Option<Link> {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        addrs: Vec::new(),
+        controller: None,
+        bridge: false,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Controller(c) => link.controller = Some(*c),
+            LinkAttribute::LinkInfo(info) => {
+                link.bridge = info
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)))
+            }
+            _ => {}
+        }
+    }
+    (!link.name.is_empty()).then_some(link)
+}
+
+/// The output interface of the main table's IPv4 default route (the first, if several).
+async fn default_route(handle: &Handle) -> Result<Option<u32>> {
+    let mut dump = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(msg) = dump.try_next().await.context("listing routes")? {
+        if msg.header.table != RouteHeader::RT_TABLE_MAIN
+            || msg.header.destination_prefix_length != 0
+        {
+            continue;
+        }
+        let oif = msg.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        });
+        if oif.is_some() {
+            return Ok(oif);
+        }
+    }
+    Ok(None)
 }

@@ -3,10 +3,10 @@
 //! in place: traffic keeps flowing and the next agent adopts them.
 mod attachments;
 pub mod interfaces;
+pub mod node_local;
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -60,13 +60,16 @@ pub struct RunArgs {
     /// Kubeconfig for Kubernetes mode (default: in-cluster config or $KUBECONFIG).
     #[arg(long, value_name = "PATH", conflicts_with = "manifests")]
     pub kubeconfig: Option<PathBuf>,
-    /// Interface where north-south traffic arrives (repeatable).
+    /// Interface where north-south traffic arrives (repeatable). Default: the one holding the
+    /// Node's InternalIP (else ExternalIP), else the one with the IPv4 default route.
     #[arg(long = "ext-iface", value_name = "IFACE")]
     pub ext_ifaces: Vec<String>,
     /// Host-side pod interfaces, as glob patterns (repeatable); later links are attached too.
+    /// Default: veth*, cali*, lxc* and the ports of Linux bridges.
     #[arg(long = "pod-iface", value_name = "GLOB")]
     pub pod_ifaces: Vec<String>,
-    /// Node addresses that serve NodePorts (default: the --ext-iface interfaces' IPv4 addresses).
+    /// Node addresses that serve NodePorts (default: the external interfaces' IPv4 addresses and
+    /// the Node object's addresses this host holds).
     #[arg(long = "nodeport-addresses", value_name = "CIDR")]
     pub nodeport_cidrs: Vec<Ipv4Net>,
     #[arg(long, value_enum, default_value = "native")]
@@ -105,20 +108,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
     );
     let (handle, mut link_events) = interfaces::watch()?;
     let mut attachments = Attachments::new(&args)?;
-    let links = interfaces::scan(&handle).await?;
-    attachments.sync(&mut dp, &links, true);
-    let mut node = NodeContext {
-        name: node_name,
-        nodeport_addrs: nodeport_addrs(&args, &attachments, &links),
-    };
-
-    let mut snapshots = start_source(&args, &node.name).await?;
-    // Never program from an empty view: after a restart that would wipe working services.
+    let mut snapshots = start_source(&args, &node_name).await?;
+    // Never program from an empty view: after a restart that would wipe working services. The
+    // programs a previous agent attached keep working meanwhile.
     tokio::select! {
         r = snapshots.changed() => r.context("the source stopped before its first sync")?,
         _ = sigterm.recv() => return stopped(),
         _ = sigint.recv() => return stopped(),
     }
+    // Attached once the Node object is known (at the loop's first turn): by default it decides
+    // the external interface.
+    let mut host = interfaces::scan(&handle).await?;
+    let mut first = true;
+    let mut node = NodeContext {
+        name: node_name,
+        nodeport_addrs: Vec::new(),
+    };
 
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     resync.tick().await;
@@ -127,6 +132,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut event_at = Instant::now();
     loop {
         let snap: Arc<Snapshot> = snapshots.borrow_and_update().clone();
+        // The Node object may have changed its addresses.
+        let node_obj = snap.objects.nodes.get(&node.name);
+        node.nodeport_addrs = attachments.sync(&mut dp, &host, node_obj, first);
+        first = false;
         let desired = model::desired(&snap.objects, &node);
         let report = rec.apply(&mut dp.maps, &desired);
         let problems = snap.problems.iter().chain(&desired.problems);
@@ -154,16 +163,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     anyhow::bail!("the source stopped");
                 }
             }
-            Some(()) = link_events.recv() => {
-                rescan(&handle, &mut attachments, &mut dp, &args, &mut node).await;
-            }
+            Some(()) = link_events.recv() => rescan(&handle, &mut host).await,
             _ = resync.tick() => {
                 if let Err(e) = rec.resync(&dp.maps) {
                     tracing::warn!("re-reading the maps: {e:#}");
                 }
-                // Attachments that failed get another try.
+                // Attachments that failed get another try (at the top of the loop).
                 attachments.forget_failures();
-                rescan(&handle, &mut attachments, &mut dp, &args, &mut node).await;
+                rescan(&handle, &mut host).await;
             }
             _ = ct_collect.tick() => {
                 match conntrack::collect(&mut dp.maps, conntrack::monotonic_ns()) {
@@ -179,19 +186,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     stopped()
 }
 
-/// Look at the links again: attach to new ones, let go of vanished ones, follow addresses.
-async fn rescan(
-    handle: &rtnetlink::Handle,
-    attachments: &mut Attachments,
-    dp: &mut Dataplane,
-    args: &RunArgs,
-    node: &mut NodeContext,
-) {
+/// Look at the links again; the loop's next turn attaches to new ones, lets go of vanished
+/// ones and follows address changes.
+async fn rescan(handle: &rtnetlink::Handle, host: &mut interfaces::Host) {
     match interfaces::scan(handle).await {
-        Ok(links) => {
-            attachments.sync(dp, &links, false);
-            node.nodeport_addrs = nodeport_addrs(args, attachments, &links);
-        }
+        Ok(h) => *host = h,
         Err(e) => tracing::warn!("rescanning interfaces: {e:#}"),
     }
 }
@@ -212,26 +211,6 @@ async fn start_source(args: &RunArgs, node_name: &str) -> Result<source::Receive
     // The first snapshot comes once every root exists and every file parses.
     tokio::spawn(Manifests::new(args.manifests.clone()).run(tx));
     Ok(rx)
-}
-
-/// `--nodeport-addresses` picks among all node addresses; by default the external interfaces'.
-fn nodeport_addrs(
-    args: &RunArgs,
-    attachments: &Attachments,
-    links: &std::collections::BTreeMap<u32, interfaces::Link>,
-) -> Vec<Ipv4Addr> {
-    let mut out: Vec<Ipv4Addr> = if args.nodeport_cidrs.is_empty() {
-        attachments.ext_addrs(links)
-    } else {
-        links
-            .values()
-            .flat_map(|l| l.addrs.iter().copied())
-            .filter(|a| args.nodeport_cidrs.iter().any(|c| c.contains(a)))
-            .collect()
-    };
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// Log each problem once, when it appears.

@@ -1,0 +1,171 @@
+//! Which links carry lb's programs and which addresses serve NodePorts: given by flags, or,
+//! where the flags leave it open, found on the node itself (its Node object and its links) so
+//! that one DaemonSet spec fits every node. Pure: the agent feeds it scans and Node objects.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use anyhow::{Context as _, Result};
+use glob::Pattern;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+
+use super::{interfaces::Link, RunArgs};
+
+/// Host-side pod interfaces of the common CNIs when `--pod-iface` is absent: veth pairs
+/// (flannel, bridge, kindnet, ptp), Calico's `cali*`, Cilium's `lxc*`. Ports of Linux bridges
+/// are pod interfaces too (bridge CNIs may name their veths anything).
+pub const DEFAULT_POD_GLOBS: [&str; 3] = ["veth*", "cali*", "lxc*"];
+
+/// What lb attaches to a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// XDP: north-south traffic (NodePort, LoadBalancer, externalIP).
+    External,
+    /// TC: traffic from pods (ClusterIP and the rest from inside).
+    Pod,
+}
+
+/// The flags that decide placement, parsed once.
+pub struct Placement {
+    ext: BTreeSet<String>,
+    pod: Vec<Pattern>,
+    /// Only by default: an explicit `--pod-iface` list is taken as complete.
+    bridge_ports: bool,
+    nodeport_cidrs: Vec<Ipv4Net>,
+}
+
+/// The external interfaces chosen now, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct External {
+    pub names: BTreeSet<String>,
+    pub how: String,
+}
+
+impl Placement {
+    pub fn new(args: &RunArgs) -> Result<Self> {
+        let default_globs = DEFAULT_POD_GLOBS.map(String::from);
+        let globs = match args.pod_ifaces.is_empty() {
+            true => &default_globs[..],
+            false => &args.pod_ifaces[..],
+        };
+        let pod = globs
+            .iter()
+            .map(|g| Pattern::new(g).with_context(|| format!("--pod-iface {g:?}")))
+            .collect::<Result<_>>()?;
+        Ok(Placement {
+            ext: args.ext_ifaces.iter().cloned().collect(),
+            pod,
+            bridge_ports: args.pod_ifaces.is_empty(),
+            nodeport_cidrs: args.nodeport_cidrs.clone(),
+        })
+    }
+
+    /// For the start-up log: the pod interface patterns and where they came from.
+    pub fn pod_description(&self) -> String {
+        let globs: Vec<&str> = self.pod.iter().map(Pattern::as_str).collect();
+        match self.bridge_ports {
+            true => format!("{} and Linux bridge ports (default)", globs.join(", ")),
+            false => format!("{} (--pod-iface)", globs.join(", ")),
+        }
+    }
+
+    /// `--ext-iface` if given; else the link holding the Node's InternalIP (then ExternalIP);
+    /// else the link of the IPv4 default route; else none.
+    pub fn external(
+        &self,
+        node: Option<&Node>,
+        links: &BTreeMap<u32, Link>,
+        default_route: Option<u32>,
+    ) -> External {
+        if !self.ext.is_empty() {
+            return External {
+                names: self.ext.clone(),
+                how: "--ext-iface".into(),
+            };
+        }
+        let held = node_addresses(node).into_iter().find_map(|(kind, ip)| {
+            let link = links.values().find(|l| l.addrs.contains(&ip))?;
+            Some((link, format!("holds the Node's {kind} {ip}")))
+        });
+        let routed = || {
+            let link = links.get(&default_route?)?;
+            Some((link, "carries the IPv4 default route".to_string()))
+        };
+        match held.or_else(routed) {
+            Some((link, how)) => External {
+                names: BTreeSet::from([link.name.clone()]),
+                how,
+            },
+            None => External {
+                names: BTreeSet::new(),
+                how: "none found (no Node address on this host, no default route): \
+                      NodePort, LoadBalancer and externalIP traffic is not handled"
+                    .into(),
+            },
+        }
+    }
+
+    /// What `link` gets, given the external interfaces chosen: external wins over pod.
+    pub fn role(&self, link: &Link, links: &BTreeMap<u32, Link>, ext: &External) -> Option<Role> {
+        if ext.names.contains(&link.name) {
+            return Some(Role::External);
+        }
+        if self.pod.iter().any(|p| p.matches(&link.name)) {
+            return Some(Role::Pod);
+        }
+        // A port of a bridge that is itself external (br0 holding the node IP, with eth0 as its
+        // port) faces the outside, not a pod.
+        let bridge = links.get(&link.controller?).filter(|c| c.bridge)?;
+        (self.bridge_ports && !ext.names.contains(&bridge.name)).then_some(Role::Pod)
+    }
+
+    /// `--nodeport-addresses` picks among all the host's addresses; by default NodePorts are
+    /// served on the external interfaces' addresses and on the Node's addresses this host holds.
+    pub fn nodeport_addrs(
+        &self,
+        node: Option<&Node>,
+        links: &BTreeMap<u32, Link>,
+        ext: &External,
+    ) -> Vec<Ipv4Addr> {
+        let local = links.values().flat_map(|l| l.addrs.iter().copied());
+        let mut out: Vec<Ipv4Addr> = if self.nodeport_cidrs.is_empty() {
+            let node_ips: Vec<Ipv4Addr> = node_addresses(node).into_iter().map(|a| a.1).collect();
+            let ext_addrs = links
+                .values()
+                .filter(|l| ext.names.contains(&l.name))
+                .flat_map(|l| l.addrs.iter().copied());
+            local
+                .filter(|a| node_ips.contains(a))
+                .chain(ext_addrs)
+                .collect()
+        } else {
+            local
+                .filter(|a| self.nodeport_cidrs.iter().any(|c| c.contains(a)))
+                .collect()
+        };
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// The Node's IPv4 InternalIPs, then its ExternalIPs, in status order.
+fn node_addresses(node: Option<&Node>) -> Vec<(&'static str, Ipv4Addr)> {
+    let addrs = node
+        .and_then(|n| n.status.as_ref()?.addresses.as_deref())
+        .unwrap_or_default();
+    ["InternalIP", "ExternalIP"]
+        .into_iter()
+        .flat_map(|kind| {
+            addrs
+                .iter()
+                .filter(move |a| a.type_ == kind)
+                .filter_map(move |a| Some((kind, a.address.parse().ok()?)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
