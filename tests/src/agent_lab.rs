@@ -3,7 +3,7 @@
 //! way editors and kubectl do it, and polling helpers for "who answers".
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -87,25 +87,34 @@ impl AgentLab {
 
     /// Replace a manifest the way editors and kubectl do: write aside, rename over.
     pub fn write(&self, name: &str, text: &str) {
-        let tmp = self.manifests.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).expect("write manifest");
-        std::fs::rename(&tmp, self.manifests.join(name)).expect("rename manifest");
+        write_manifest(&self.manifests, name, text);
     }
 
     /// `lbctl -o json ARGS` on the node's pins, parsed: what the maps hold now (read only; for
     /// waiting until the agent has applied an edit).
     pub fn lbctl_json(&self, args: &[&str]) -> Result<serde_json::Value> {
-        let pin = self.lab.pin_path("node");
-        let mut all = vec![
-            "--pin-path",
-            pin.to_str().context("pin path")?,
-            "-o",
-            "json",
-        ];
-        all.extend_from_slice(args);
-        let out = self.node.exec(lbctl_bin()?, all)?;
-        serde_json::from_slice(&out.stdout).context("lbctl output is not JSON")
+        lbctl_json(&self.node, &self.lab.pin_path("node"), args)
     }
+}
+
+/// Replace manifest `name` in `dir` the way editors and kubectl do: write aside, rename over.
+pub fn write_manifest(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write manifest");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename manifest");
+}
+
+/// `lbctl --pin-path PIN -o json ARGS` in `node`, parsed.
+pub fn lbctl_json(node: &Netns, pin: &Path, args: &[&str]) -> Result<serde_json::Value> {
+    let mut all = vec![
+        "--pin-path",
+        pin.to_str().context("pin path")?,
+        "-o",
+        "json",
+    ];
+    all.extend_from_slice(args);
+    let out = node.exec(lbctl_bin()?, all)?;
+    serde_json::from_slice(&out.stdout).context("lbctl output is not JSON")
 }
 
 /// `ip:port` as a socket address.

@@ -11,15 +11,27 @@ pub const POD_GATEWAY: &str = "10.244.1.1";
 
 /// A pod namespace with `ip`/32 on its eth0, reached from `node` through `host_if`.
 pub fn pod(lab: &Lab, node: &Netns, name: &str, ip: &str, host_if: &str) -> Result<Netns> {
+    pod_via(lab, node, name, ip, POD_GATEWAY, host_if)
+}
+
+/// [`pod`] with the node-side gateway address `gw` (each node its own, in multi-node labs).
+pub fn pod_via(
+    lab: &Lab,
+    node: &Netns,
+    name: &str,
+    ip: &str,
+    gw: &str,
+    host_if: &str,
+) -> Result<Netns> {
     let ns = lab.netns(name)?;
     lab.veth(&ns, "eth0", node, host_if)?;
     ns.sh(&format!(
-        "ip addr add {ip}/32 dev eth0 && ip route add {POD_GATEWAY} dev eth0 && \
-         ip route add default via {POD_GATEWAY}"
+        "ip addr add {ip}/32 dev eth0 && ip route add {gw} dev eth0 && \
+         ip route add default via {gw}"
     ))
     .context("pod addressing")?;
     node.sh(&format!(
-        "ip addr add {POD_GATEWAY}/32 dev {host_if} && ip route add {ip}/32 dev {host_if}"
+        "ip addr add {gw}/32 dev {host_if} && ip route add {ip}/32 dev {host_if}"
     ))
     .context("node route to pod")?;
     Ok(ns)

@@ -73,21 +73,10 @@ fn proto_name(udp: bool) -> &'static str {
     }
 }
 
-/// A pod: its own namespace, `eth0` with a /32, and a host-side veth on `node` with a /32 route
-/// (as Calico does); `gw` is the node's address on the host side.
+/// A pod behind a host-side veth on `node` with a /32 route (as Calico does); `gw` is the
+/// node's address on the host side.
 fn pod(lab: &Lab, node: &Netns, name: &str, ip: &str, gw: &str, host_if: &str) -> Netns {
-    let ns = lab.netns(name).expect("pod netns");
-    lab.veth(&ns, "eth0", node, host_if).expect("pod veth");
-    ns.sh(&format!(
-        "ip addr add {ip}/32 dev eth0 && ip route add {gw} dev eth0 && \
-         ip route add default via {gw}"
-    ))
-    .expect("pod addressing");
-    node.sh(&format!(
-        "ip addr add {gw}/32 dev {host_if} && ip route add {ip}/32 dev {host_if}"
-    ))
-    .expect("node route to pod");
-    ns
+    lb_tests::topology::pod_via(lab, node, name, ip, gw, host_if).expect("pod")
 }
 
 /// The lab of one test: the topology of the module documentation, with node1 programmed.

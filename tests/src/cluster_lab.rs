@@ -1,0 +1,402 @@
+//! A two-node cluster in network namespaces, each node running the real `lb-agent` on one shared
+//! manifest directory (the lab's "API server"), for the Kubernetes e2e Service scenarios:
+//!
+//! ```text
+//!  client 192.0.2.100 ──┐                      (lan: one bridge)
+//!                       ├── node-a eth0 192.0.2.10   pods a1 10.244.1.5, a2 10.244.1.6
+//!                       └── node-b eth0 192.0.2.20   pods b1 10.244.2.5, b2 10.244.2.6
+//! ```
+//! Pods sit behind host-side veths `h1`, `h2` with /32 routes; the nodes route each other's pod
+//! CIDR. Every pod runs lb-echo on TCP and UDP 8080 (answering with its name) and on TCP 8081
+//! (answering `NAME/8081`). Agents run with `--xdp-mode generic` (native XDP on veth needs an
+//! XDP program on the peer, see lab_nodeport), `eth0` external and `h*` pods.
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    agent_lab::{lbctl_json, write_manifest},
+    lab::{ChildGuard, Lab, Netns},
+    topology::{agent_bin, pod_via},
+};
+
+pub const CLIENT_IP: &str = "192.0.2.100";
+/// The namespace of the scenarios' objects.
+pub const NS: &str = "e2e";
+
+pub struct Pod {
+    pub name: &'static str,
+    pub ip: &'static str,
+    pub ns: Netns,
+}
+
+pub struct Node {
+    pub name: &'static str,
+    pub ip: &'static str,
+    pub ns: Netns,
+    pub pods: Vec<Pod>,
+    pin: PathBuf,
+}
+
+impl Node {
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name} on {}", self.name))
+    }
+
+    /// `lbctl -o json ARGS` on this node's pins, parsed.
+    pub fn lbctl_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        lbctl_json(&self.ns, &self.pin, args)
+    }
+}
+
+/// Node name, address, pod CIDR gateway, pods (name, address).
+type NodePlan = (
+    &'static str,
+    &'static str,
+    &'static str,
+    [(&'static str, &'static str); 2],
+);
+
+const PLAN: [NodePlan; 2] = [
+    (
+        "node-a",
+        "192.0.2.10",
+        "10.244.1.1",
+        [("a1", "10.244.1.5"), ("a2", "10.244.1.6")],
+    ),
+    (
+        "node-b",
+        "192.0.2.20",
+        "10.244.2.1",
+        [("b1", "10.244.2.5"), ("b2", "10.244.2.6")],
+    ),
+];
+
+pub struct Cluster {
+    // Field order is drop order: processes before the lab that owns their namespaces.
+    agents: Vec<ChildGuard>,
+    _servers: Vec<ChildGuard>,
+    pub client: Netns,
+    pub nodes: Vec<Node>,
+    pub manifests: PathBuf,
+    pub lab: Lab,
+}
+
+impl Cluster {
+    /// Builds the topology above and writes `objects` (file name, YAML) before starting both
+    /// agents, so they start from the scenario's first state.
+    pub fn start(test: &str, echo_bin: &str, objects: &[(&str, &str)]) -> Result<Cluster> {
+        let lab = Lab::new(test)?;
+        lab.set_echo_bin(echo_bin);
+        let lan = lab.netns("lan")?;
+        let client = lab.netns("client")?;
+        lab.veth(&client, "eth0", &lan, "c")?;
+        client.add_addr("eth0", &format!("{CLIENT_IP}/24"))?;
+        client.tx_offload_off("eth0")?;
+        let mut ports = vec!["c".to_string()];
+        let mut nodes = Vec::new();
+        let mut servers = Vec::new();
+        for (i, (name, ip, gw, pods)) in PLAN.into_iter().enumerate() {
+            let port = format!("n{i}");
+            let node = node(&lab, &lan, &port, name, ip)?;
+            let mut node_pods = Vec::new();
+            for (j, (pod_name, pod_ip)) in pods.into_iter().enumerate() {
+                let ns = pod_via(&lab, &node.ns, pod_name, pod_ip, gw, &format!("h{}", j + 1))?;
+                ns.tx_offload_off("eth0")?;
+                servers.push(ns.serve_echo(pod_name, 8080, false)?);
+                servers.push(ns.serve_echo(pod_name, 8080, true)?);
+                servers.push(ns.serve_echo(&format!("{pod_name}/8081"), 8081, false)?);
+                node_pods.push(Pod {
+                    name: pod_name,
+                    ip: pod_ip,
+                    ns,
+                });
+            }
+            ports.push(port);
+            nodes.push(Node {
+                pods: node_pods,
+                ..node
+            });
+        }
+        let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+        lab.bridge(&lan, "br0", &ports)?;
+        route_pod_cidrs(&nodes)?;
+        let manifests = lab.log_dir().join("manifests");
+        std::fs::create_dir_all(&manifests).context("manifests dir")?;
+        for (name, text) in objects {
+            write_manifest(&manifests, name, text);
+        }
+        let agents = nodes
+            .iter()
+            .map(|n| start_agent(n, &manifests))
+            .collect::<Result<_>>()?;
+        Ok(Cluster {
+            agents,
+            _servers: servers,
+            client,
+            nodes,
+            manifests,
+            lab,
+        })
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.nodes
+            .iter()
+            .flat_map(|n| &n.pods)
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// Replace (or create) manifest `name`, as `kubectl apply` changes the API server.
+    pub fn write(&self, name: &str, text: &str) {
+        write_manifest(&self.manifests, name, text);
+    }
+
+    /// Delete manifest `name`, as `kubectl delete` would the objects in it.
+    pub fn delete(&self, name: &str) {
+        std::fs::remove_file(self.manifests.join(name)).expect("remove manifest");
+    }
+
+    /// Both agents' logs, for failure messages.
+    pub fn agent_logs(&self) -> String {
+        self.agents
+            .iter()
+            .map(|a| format!("--- {} ---\n{}", a.label(), a.stderr()))
+            .collect()
+    }
+}
+
+/// A node namespace on bridge port `port` of `lan`, forwarding, its neighbours resolved.
+fn node(lab: &Lab, lan: &Netns, port: &str, name: &'static str, ip: &'static str) -> Result<Node> {
+    let ns = lab.netns(name)?;
+    lab.veth(&ns, "eth0", lan, port)?;
+    ns.add_addr("eth0", &format!("{ip}/24"))?;
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    // XDP on a veth sees CHECKSUM_PARTIAL packets from senders with TX offload on (DESIGN.md).
+    ns.tx_offload_off("eth0")?;
+    lan.tx_offload_off(port)?;
+    Ok(Node {
+        name,
+        ip,
+        ns,
+        pods: Vec::new(),
+        pin: lab.pin_path(name),
+    })
+}
+
+/// Each node routes the other's pod CIDR through it, and has its neighbours resolved: XDP
+/// forwards only to resolved next hops (README, datapath), as a cluster's busy nodes have them.
+fn route_pod_cidrs(nodes: &[Node]) -> Result<()> {
+    for node in nodes {
+        for other in nodes.iter().filter(|o| o.name != node.name) {
+            let octets = other.pods[0].ip.parse::<Ipv4Addr>()?.octets();
+            let cidr = format!("{}.{}.{}.0/24", octets[0], octets[1], octets[2]);
+            node.ns.add_route(&cidr, other.ip)?;
+        }
+        for neighbour in nodes
+            .iter()
+            .map(|n| n.ip)
+            .chain([CLIENT_IP])
+            .filter(|ip| *ip != node.ip)
+        {
+            node.ns
+                .exec("ping", ["-c1", "-W2", neighbour])
+                .with_context(|| format!("{} reaches {neighbour}", node.name))?;
+        }
+    }
+    Ok(())
+}
+
+fn start_agent(node: &Node, manifests: &std::path::Path) -> Result<ChildGuard> {
+    let args = [
+        "run",
+        "--node-name",
+        node.name,
+        "--manifests",
+        manifests.to_str().context("manifest path")?,
+        "--ext-iface",
+        "eth0",
+        "--pod-iface",
+        "h*",
+        "--xdp-mode",
+        "generic",
+        "--pin-path",
+        node.pin.to_str().context("pin path")?,
+    ];
+    node.ns
+        .spawn(&format!("agent-{}", node.name), agent_bin()?, args)
+}
+
+/// The timeout of one request when an answer is expected.
+pub const ASK: Duration = Duration::from_secs(2);
+/// How long an agent may take to apply an edit (the contract says 1 s) plus slack for slow
+/// machines (TCG virtual machines).
+pub const APPLY: Duration = Duration::from_secs(10);
+
+/// A ready endpoint at `ip` on `node`, as an `endpoints:` list item.
+pub fn ready(ip: &str, node: &str) -> String {
+    format!("- {{addresses: [{ip}], nodeName: {node}}}\n")
+}
+
+/// A terminating endpoint that still serves (a pod in its grace period).
+pub fn terminating(ip: &str, node: &str) -> String {
+    format!(
+        "- {{addresses: [{ip}], nodeName: {node}, \
+         conditions: {{ready: false, serving: true, terminating: true}}}}\n"
+    )
+}
+
+/// Service `e2e/NAME` with `spec` (YAML lines of the spec, indented by two) and extra
+/// `metadata` fields (a flow mapping's inner text, may be empty).
+pub fn service(name: &str, metadata: &str, spec: &str) -> String {
+    let sep = if metadata.is_empty() { "" } else { ", " };
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {NS}{sep}{metadata}}}
+spec:
+{spec}"
+    )
+}
+
+/// EndpointSlice `e2e/SLICE` of service NAME with `ports` (flow-sequence text) and `endpoints`
+/// (list items from [`ready`] / [`terminating`]; empty for none).
+pub fn slice(service: &str, slice: &str, ports: &str, endpoints: &str) -> String {
+    let endpoints = if endpoints.is_empty() {
+        "endpoints: []\n".to_string()
+    } else {
+        format!("endpoints:\n{endpoints}")
+    };
+    format!(
+        "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {slice}
+  namespace: {NS}
+  labels: {{kubernetes.io/service-name: {service}}}
+addressType: IPv4
+ports: {ports}
+{endpoints}"
+    )
+}
+
+/// Polls `lbctl services` on `node` until the frontend `ip:port/protocol` leads to exactly the
+/// backends at `want` (addresses; empty: the frontend exists with no backends), or, with `want`
+/// None, until no such frontend exists: what the node's maps hold, so traffic checks that follow
+/// are not racing the agent.
+pub fn until_frontend(node: &Node, ip: &str, port: u16, udp: bool, want: Option<&[&str]>) {
+    let proto = if udp { "UDP" } else { "TCP" };
+    let mut last = None;
+    let got = crate::lab::poll_until(APPLY, || {
+        // Fails until the agent has created its maps.
+        let services = match node.lbctl_json(&["services"]) {
+            Ok(s) => s,
+            Err(e) => {
+                last = Some(Err(format!("{e:#}")));
+                return None;
+            }
+        };
+        let mut found: Vec<Vec<String>> = services
+            .as_array()?
+            .iter()
+            .filter(|e| {
+                let f = &e["frontend"];
+                f["ip"] == ip && f["port"] == port && f["protocol"] == proto
+            })
+            .map(|e| {
+                let mut ips: Vec<String> = e["backends"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| Some(b["ip"].as_str()?.to_string()))
+                    .collect();
+                ips.sort();
+                ips
+            })
+            .collect();
+        found.dedup();
+        let ok = match want {
+            None => found.is_empty(),
+            Some(want) => {
+                let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+                want.sort();
+                found == [want]
+            }
+        };
+        last = Some(Ok(found));
+        ok.then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "{}: frontend {ip}:{port}/{proto}: wanted backends {want:?}, last {last:?}",
+        node.name
+    );
+}
+
+/// Sends requests from `from` to `to`, each a new flow, until every pod in `want` has answered;
+/// an answer from anyone else, or a failed request, fails the test. Returns the replies.
+pub fn spread(
+    from: &Netns,
+    to: std::net::SocketAddr,
+    udp: bool,
+    want: &[&str],
+) -> Vec<crate::lab::Reply> {
+    let start = std::time::Instant::now();
+    let mut replies = Vec::new();
+    while !want
+        .iter()
+        .all(|w| replies.iter().any(|r: &crate::lab::Reply| r.name == *w))
+    {
+        assert!(
+            start.elapsed() < APPLY,
+            "{to} (udp={udp}) from {}: only {:?} answered, wanted all of {want:?}",
+            from.name(),
+            replies.iter().map(|r| &r.name).collect::<Vec<_>>()
+        );
+        let reply = from
+            .request(to, udp, ASK)
+            .unwrap_or_else(|e| panic!("{to} (udp={udp}) from {}: {e}", from.name()));
+        assert!(
+            want.contains(&reply.name.as_str()),
+            "{to} (udp={udp}) from {}: answered by {}, wanted one of {want:?}",
+            from.name(),
+            reply.name
+        );
+        replies.push(reply);
+    }
+    replies
+}
+
+/// Polls until a request from `from` to `to` fails with `want` (e.g. refused: the TCP RST or
+/// ICMP port unreachable a user sees as "connection refused").
+pub fn until_error(
+    from: &Netns,
+    to: std::net::SocketAddr,
+    udp: bool,
+    want: crate::lab::RequestError,
+) {
+    let mut last = None;
+    let got = crate::lab::poll_until(APPLY, || {
+        let r = from.request(to, udp, Duration::from_millis(500));
+        let hit = matches!(&r, Err(e) if *e == want);
+        last = Some(r);
+        hit.then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "{to} (udp={udp}) from {}: wanted {want}, last {last:?}",
+        from.name()
+    );
+}
