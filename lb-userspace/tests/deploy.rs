@@ -9,11 +9,13 @@ use std::{
     process::Command,
 };
 
-use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
+use clap::{parser::ValueSource, CommandFactory, FromArgMatches, Parser};
 use k8s_openapi::{
     api::{
         apps::v1::DaemonSet,
-        core::v1::{Container, HTTPGetAction, Namespace, PodSpec, Probe, ServiceAccount},
+        core::v1::{
+            ConfigMap, Container, HTTPGetAction, Namespace, PodSpec, Probe, ServiceAccount,
+        },
         rbac::v1::{ClusterRole, ClusterRoleBinding},
     },
     apimachinery::pkg::util::intstr::IntOrString,
@@ -32,8 +34,9 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// Every object `kubectl kustomize deploy/kubernetes` renders, by kind; any other kind fails.
+/// Every object `kubectl kustomize DIR` renders, by kind; any other kind fails.
 struct Rendered {
+    config_maps: Vec<ConfigMap>,
     namespace: Namespace,
     service_account: ServiceAccount,
     role: ClusterRole,
@@ -41,8 +44,44 @@ struct Rendered {
     daemonset: DaemonSet,
 }
 
+/// The base.
 fn render() -> Rendered {
-    let dir = repo().join("deploy/kubernetes");
+    render_dir("deploy/kubernetes")
+}
+
+fn render_dir(dir: &str) -> Rendered {
+    let docs = rendered_docs(dir);
+    let mut config_maps = Vec::new();
+    let mut namespace = None;
+    let mut service_account = None;
+    let mut role = None;
+    let mut binding = None;
+    let mut daemonset = None;
+    for doc in docs {
+        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+        match kind.as_str() {
+            "ConfigMap" => config_maps.push(serde_json::from_value(doc).expect("ConfigMap")),
+            "Namespace" => once(&mut namespace, doc),
+            "ServiceAccount" => once(&mut service_account, doc),
+            "ClusterRole" => once(&mut role, doc),
+            "ClusterRoleBinding" => once(&mut binding, doc),
+            "DaemonSet" => once(&mut daemonset, doc),
+            other => panic!("unexpected {other} in {dir}"),
+        }
+    }
+    Rendered {
+        config_maps,
+        namespace: namespace.expect("a Namespace"),
+        service_account: service_account.expect("a ServiceAccount"),
+        role: role.expect("a ClusterRole"),
+        binding: binding.expect("a ClusterRoleBinding"),
+        daemonset: daemonset.expect("a DaemonSet"),
+    }
+}
+
+/// `kubectl kustomize DIR` (DIR relative to the repository), one JSON value per document.
+fn rendered_docs(dir: &str) -> Vec<Value> {
+    let dir = repo().join(dir);
     let out = Command::new("kubectl")
         .arg("kustomize")
         .arg(&dir)
@@ -55,30 +94,7 @@ fn render() -> Rendered {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).expect("UTF-8 output");
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("rendered YAML");
-    let mut namespace = None;
-    let mut service_account = None;
-    let mut role = None;
-    let mut binding = None;
-    let mut daemonset = None;
-    for doc in docs {
-        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
-        match kind.as_str() {
-            "Namespace" => once(&mut namespace, doc),
-            "ServiceAccount" => once(&mut service_account, doc),
-            "ClusterRole" => once(&mut role, doc),
-            "ClusterRoleBinding" => once(&mut binding, doc),
-            "DaemonSet" => once(&mut daemonset, doc),
-            other => panic!("unexpected {other} in deploy/kubernetes"),
-        }
-    }
-    Rendered {
-        namespace: namespace.expect("a Namespace"),
-        service_account: service_account.expect("a ServiceAccount"),
-        role: role.expect("a ClusterRole"),
-        binding: binding.expect("a ClusterRoleBinding"),
-        daemonset: daemonset.expect("a DaemonSet"),
-    }
+    serde_saphyr::from_multiple(&text).expect("rendered YAML")
 }
 
 /// Parse `doc` into `slot`, which must still be empty: one object of each kind.
@@ -235,6 +251,36 @@ fn node_name_comes_from_spec_node_name_in_the_agents_env_variable() {
 }
 
 #[test]
+fn the_example_overlay_gives_the_agent_the_api_servers_address() {
+    let base = render();
+    // The base leaves it to the overlay: without one, the kubelet's KUBERNETES_SERVICE_* stay.
+    assert!(base.config_maps.is_empty());
+    let r = render_dir("deploy/examples/overlay");
+    let [cm] = r.config_maps.as_slice() else {
+        panic!("one ConfigMap: {:?}", r.config_maps)
+    };
+    let refs: Vec<_> = r
+        .agent()
+        .env_from
+        .iter()
+        .flatten()
+        .filter_map(|e| e.config_map_ref.as_ref())
+        .collect();
+    assert_eq!(refs.len(), 1, "{refs:?}");
+    assert_eq!(Some(&refs[0].name), cm.metadata.name.as_ref());
+    assert_eq!(cm.metadata.namespace, r.daemonset.metadata.namespace);
+    let data = cm.data.clone().unwrap_or_default();
+    for var in ["KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"] {
+        assert!(data.contains_key(var), "{var}: {data:?}");
+    }
+    assert_ne!(
+        r.agent().image,
+        base.agent().image,
+        "the overlay sets the image"
+    );
+}
+
+#[test]
 fn runs_on_every_node_with_host_networking_and_critical_priority() {
     let r = render();
     let pod = r.pod();
@@ -364,6 +410,43 @@ fn only_the_capabilities_the_agent_needs() {
             "{what}: {list:?}"
         );
     }
+}
+
+#[test]
+fn the_cleanup_daemonset_removes_what_the_agent_pinned() {
+    let agent = render();
+    let docs = rendered_docs("deploy/cleanup");
+    assert_eq!(docs.len(), 1, "only the DaemonSet");
+    let ds: DaemonSet = serde_json::from_value(docs[0].clone()).expect("DaemonSet");
+    let pod = ds.spec.template.spec.as_ref().expect("pod spec");
+    assert_eq!(
+        pod.host_network,
+        Some(true),
+        "links are detached in the host's namespace"
+    );
+    assert_eq!(pod.volumes, agent.pod().volumes);
+    let [init] = pod.init_containers.as_deref().unwrap_or_default() else {
+        panic!("one init container")
+    };
+    let argv: Vec<&String> = init.command.iter().chain(&init.args).flatten().collect();
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let AgentCommand::Cleanup { pin_path } = cli.command else {
+        panic!("{argv:?} is not `lb-agent cleanup`")
+    };
+    assert_eq!(pin_path, agent.run_args().pin_path);
+    assert_eq!(init.volume_mounts, agent.agent().volume_mounts);
+    // No more than the agent has.
+    let caps = |c: &Container| -> BTreeSet<String> {
+        let sc = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.capabilities.as_ref());
+        sc.and_then(|c| c.add.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    };
+    assert!(caps(init).is_subset(&caps(agent.agent())));
 }
 
 #[test]
