@@ -450,6 +450,35 @@ fn the_cleanup_daemonset_removes_what_the_agent_pinned() {
 }
 
 #[test]
+fn every_agent_flag_is_documented_with_its_default_and_env() {
+    let doc = std::fs::read_to_string(repo().join("docs/flags.md")).expect("docs/flags.md");
+    let cmd = Cli::command();
+    for sub in ["run", "cleanup"] {
+        let heading = format!("## `lb-agent {sub}`");
+        let section = doc
+            .split_once(&heading)
+            .map(|(_, rest)| rest.split("\n## ").next().unwrap_or(rest))
+            .unwrap_or_else(|| panic!("docs/flags.md has no {heading}"));
+        let sub = cmd.find_subcommand(sub).expect("subcommand");
+        for arg in sub.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let row = section
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{long}")))
+                .unwrap_or_else(|| panic!("{heading}: no row for --{long}"));
+            for default in arg.get_default_values() {
+                let default = format!("`{}`", default.to_string_lossy());
+                assert!(row.contains(&default), "--{long}: default {default}");
+            }
+            if let Some(env) = arg.get_env() {
+                let env = format!("`{}`", env.to_string_lossy());
+                assert!(row.contains(&env), "--{long}: env {env}");
+            }
+        }
+    }
+}
+
+#[test]
 fn the_image_is_built_by_the_command_ci_runs() {
     let root = repo();
     let read = |p: &str| {
