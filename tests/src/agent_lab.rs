@@ -66,6 +66,20 @@ impl AgentLab {
 
     /// `lb-agent run` on the node: manifests mode, `eth1` external, `h*` pod links.
     pub fn start_agent(&self, label: &str) -> Result<ChildGuard> {
+        self.node.spawn(label, agent_bin()?, self.agent_args()?)
+    }
+
+    /// The same agent started through `wrapper` (a program and its arguments, the agent's
+    /// command line appended), e.g. `setpriv` with fewer capabilities.
+    pub fn start_agent_in(&self, label: &str, wrapper: &[String]) -> Result<ChildGuard> {
+        let (program, wrapper_args) = wrapper.split_first().context("empty wrapper")?;
+        let mut args: Vec<std::ffi::OsString> = wrapper_args.iter().map(Into::into).collect();
+        args.push(agent_bin()?.into());
+        args.extend(self.agent_args()?.into_iter().map(Into::into));
+        self.node.spawn(label, program, args)
+    }
+
+    fn agent_args(&self) -> Result<Vec<String>> {
         let pin = self.lab.pin_path("node");
         let args = [
             "run",
@@ -80,7 +94,7 @@ impl AgentLab {
             "--pin-path",
             pin.to_str().context("pin path")?,
         ];
-        self.node.spawn(label, agent_bin()?, args)
+        Ok(args.iter().map(|a| a.to_string()).collect())
     }
 
     /// Replace a manifest the way editors and kubectl do: write aside, rename over.

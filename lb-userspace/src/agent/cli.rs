@@ -7,6 +7,15 @@ use clap::{Parser, Subcommand};
 
 use super::RunArgs;
 
+/// The capabilities `lb-agent run` needs, without which it fails (as uid 0, all others dropped):
+/// BPF to create maps and load programs, NET_ADMIN to load and attach networking programs,
+/// PERFMON for the verifier to accept the programs' packet pointer arithmetic. The DaemonSet
+/// grants exactly these (tests/deploy.rs) and a lab test runs the agent with only these.
+pub const RUN_CAPABILITIES: &[&str] = &["BPF", "NET_ADMIN", "PERFMON"];
+
+/// What `lb-agent cleanup` needs: detaching links, deleting netlink TC filters.
+pub const CLEANUP_CAPABILITIES: &[&str] = &["BPF", "NET_ADMIN"];
+
 #[derive(Debug, Parser)]
 #[command(
     name = "lb-agent",
