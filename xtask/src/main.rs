@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod dist;
 mod setup;
 mod test;
 
@@ -20,23 +21,27 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and testing lb needs (idempotent).
-    Setup,
+    Setup(setup::Args),
     /// Run setup, then fmt, clippy (userspace and eBPF) and the test suite.
     Test(test::Args),
     /// Build lb and show it balancing a Service in a lab of network namespaces.
     Demo(demo::Args),
     /// Print per-packet cost of the XDP datapath next to a bare XDP program.
     Bench,
+    /// Release-build lb-agent and lbctl into --out DIR: what the container image ships (CI runs
+    /// it too).
+    Dist(dist::Args),
 }
 
 /// Prints the error chain without anyhow's backtrace: the failing command's own output,
 /// just above, is what matters.
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
-        Task::Setup => setup::run(),
+        Task::Setup(args) => setup::run_with(&args),
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Bench => bench::run(),
+        Task::Dist(args) => dist::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
