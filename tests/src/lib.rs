@@ -1,4 +1,5 @@
 pub mod agent_lab;
+pub mod clock;
 pub mod lab;
 pub mod packets;
 pub mod topology;
