@@ -5,6 +5,7 @@ mod cmd;
 mod demo;
 mod setup;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,8 @@ enum Task {
     Demo(demo::Args),
     /// Print per-packet cost of the XDP datapath next to a bare XDP program.
     Bench,
+    /// Run the test suite (privileged tests included) in a VM booting a Debian kernel.
+    VmTest(vm::Args),
 }
 
 /// Prints the error chain without anyhow's backtrace: the failing command's own output,
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Bench => bench::run(),
+        Task::VmTest(args) => vm::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -32,15 +32,16 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn run() -> Result<()> {
     let root = is_root()?;
-    apt_packages(root)?;
+    apt_packages(APT_PACKAGES, root)?;
     rust_toolchains()?;
     bpf_linker()?;
     bpffs(root)
 }
 
-fn apt_packages(root: bool) -> Result<()> {
+/// Installs those of `packages` that dpkg does not list as installed.
+pub fn apt_packages(packages: &[&str], root: bool) -> Result<()> {
     let mut missing = Vec::new();
-    for pkg in APT_PACKAGES {
+    for pkg in packages {
         if dpkg_installed(pkg) {
             ok(&format!("apt package {pkg}"));
         } else {
@@ -66,7 +67,7 @@ fn dpkg_installed(pkg: &str) -> bool {
         .is_some_and(|status| status.contains("ok installed"))
 }
 
-fn apt(args: &str) -> Command {
+pub fn apt(args: &str) -> Command {
     let mut cmd = command("apt-get", args);
     cmd.env("DEBIAN_FRONTEND", "noninteractive");
     cmd
@@ -163,7 +164,7 @@ fn bpffs(root: bool) -> Result<()> {
 }
 
 /// Effective uid from /proc, to avoid a libc dependency for one call.
-fn is_root() -> Result<bool> {
+pub fn is_root() -> Result<bool> {
     let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let uid_line = status
         .lines()
@@ -172,10 +173,10 @@ fn is_root() -> Result<bool> {
     Ok(uid_line.split_whitespace().nth(1) == Some("0"))
 }
 
-fn ok(what: &str) {
+pub fn ok(what: &str) {
     eprintln!("xtask: ok: {what} already present");
 }
 
-fn installing(what: &str) {
+pub fn installing(what: &str) {
     eprintln!("xtask: installing {what}");
 }
