@@ -189,28 +189,44 @@ fn console_lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
-/// Stops vng and what it started (a shell, virtme-run, qemu), deepest first: SIGTERM lets
-/// virtme-run clean up after qemu; SIGKILL whatever is left after 10 s. By pid: they stay in
-/// xtask's process group on purpose, so that Ctrl-C stops qemu too.
+/// Stops the VM: SIGTERM to qemu (the leaf of vng's process tree: vng, a shell, virtme-run,
+/// qemu), after which virtme-run and vng clean up and exit as when the guest powers off;
+/// SIGKILL to whatever of the tree is left after 10 s. By pid: the tree stays in xtask's
+/// process group on purpose, so that Ctrl-C stops qemu too.
 fn stop(child: &mut Child) {
-    for signal in ["-TERM", "-KILL"] {
-        let mut tree = vec![child.id()];
-        let mut i = 0;
-        while i < tree.len() {
-            tree.extend(children(tree[i]));
-            i += 1;
+    let tree = process_tree(child.id());
+    let leaves: Vec<u32> = tree
+        .iter()
+        .copied()
+        .filter(|&pid| children(pid).is_empty())
+        .collect();
+    signal("-TERM", &leaves);
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
         }
-        for pid in tree.iter().rev() {
-            let _ = command("kill", signal).arg(pid.to_string()).status();
-        }
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(200));
-        }
+        thread::sleep(Duration::from_millis(200));
     }
+    signal("-KILL", &process_tree(child.id()));
+}
+
+fn signal(signal: &str, pids: &[u32]) {
+    let _ = command("kill", signal)
+        .args(pids.iter().map(u32::to_string))
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// `root` and its descendants, parents before children.
+fn process_tree(root: u32) -> Vec<u32> {
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        tree.extend(children(tree[i]));
+        i += 1;
+    }
+    tree
 }
 
 /// Processes whose parent is `pid`, from /proc/*/stat.
