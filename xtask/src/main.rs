@@ -6,6 +6,7 @@ mod demo;
 mod dist;
 mod setup;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,8 @@ enum Task {
     /// Release-build lb-agent and lbctl into --out DIR: what the container image ships (CI runs
     /// it too).
     Dist(dist::Args),
+    /// Run the test suite (privileged tests included) in a VM booting a Debian kernel.
+    VmTest(vm::Args),
 }
 
 /// Prints the error chain without anyhow's backtrace: the failing command's own output,
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Task::Demo(args) => demo::run(&args),
         Task::Bench => bench::run(),
         Task::Dist(args) => dist::run(&args),
+        Task::VmTest(args) => vm::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -71,7 +71,8 @@ pub fn build_tools() -> Result<()> {
     bpf_linker()
 }
 
-fn apt_packages(packages: &[&str], root: bool) -> Result<()> {
+/// Installs those of `packages` that dpkg does not list as installed.
+pub fn apt_packages(packages: &[&str], root: bool) -> Result<()> {
     let mut missing = Vec::new();
     for pkg in packages {
         if dpkg_installed(pkg) {
@@ -99,7 +100,7 @@ fn dpkg_installed(pkg: &str) -> bool {
         .is_some_and(|status| status.contains("ok installed"))
 }
 
-fn apt(args: &str) -> Command {
+pub fn apt(args: &str) -> Command {
     let mut cmd = command("apt-get", args);
     cmd.env("DEBIAN_FRONTEND", "noninteractive");
     cmd
@@ -196,7 +197,7 @@ fn bpffs(root: bool) -> Result<()> {
 }
 
 /// Effective uid from /proc, to avoid a libc dependency for one call.
-fn is_root() -> Result<bool> {
+pub fn is_root() -> Result<bool> {
     let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let uid_line = status
         .lines()
@@ -205,10 +206,10 @@ fn is_root() -> Result<bool> {
     Ok(uid_line.split_whitespace().nth(1) == Some("0"))
 }
 
-fn ok(what: &str) {
+pub fn ok(what: &str) {
     eprintln!("xtask: ok: {what} already present");
 }
 
-fn installing(what: &str) {
+pub fn installing(what: &str) {
     eprintln!("xtask: installing {what}");
 }
