@@ -140,9 +140,10 @@ pub fn addr(ip: &str, port: u16) -> SocketAddr {
     format!("{ip}:{port}").parse().expect("socket address")
 }
 
-/// Which pod answers `to` from `from` (None: no answer).
+/// Which pod answers `to` from `from` (None: no answer within 1 s: generous, so a loaded
+/// machine does not turn a slow answer into a missing one).
 pub fn answer(from: &Netns, to: SocketAddr, udp: bool) -> Option<String> {
-    from.request(to, udp, Duration::from_millis(300))
+    from.request(to, udp, Duration::from_secs(1))
         .ok()
         .map(|r| r.name)
 }
