@@ -132,7 +132,10 @@ impl Cluster {
         let agents = nodes
             .iter()
             .map(|n| start_agent(n, &manifests))
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<_>>>()?;
+        for (node, agent) in nodes.iter().zip(&agents) {
+            until_ready(node, agent)?;
+        }
         Ok(Cluster {
             agents,
             _servers: servers,
@@ -237,6 +240,28 @@ fn start_agent(node: &Node, manifests: &std::path::Path) -> Result<ChildGuard> {
     node.ns
         .spawn(&format!("agent-{}", node.name), agent_bin()?, args)
 }
+
+/// Waits until `node`'s agent answers /healthz with 200 (its first sync is in the maps), so a
+/// scenario's deadlines measure applying edits, not creating maps: with several labs at once,
+/// creating the preallocated maps alone can take seconds.
+fn until_ready(node: &Node, agent: &ChildGuard) -> Result<()> {
+    crate::lab::poll_until(STARTUP, || {
+        crate::http::http_get(&node.ns, "127.0.0.1:9464", "/healthz")
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .map(drop)
+    .with_context(|| {
+        format!(
+            "{}'s agent not healthy within {STARTUP:?}:\n{}",
+            node.name,
+            agent.stderr()
+        )
+    })
+}
+
+/// How long an agent may take from start to its first sync applied.
+const STARTUP: Duration = Duration::from_secs(60);
 
 /// The timeout of one request when an answer is expected.
 pub const ASK: Duration = Duration::from_secs(2);
