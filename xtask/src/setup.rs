@@ -18,6 +18,10 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "iputils-ping",
     "procps",
+    // `cargo xtask bench e2e` and its tests load kube-proxy's rulesets with these (Debian 12's
+    // `iptables` is iptables-nft; the package also brings iptables-legacy).
+    "iptables",
+    "nftables",
 ];
 
 /// Stable runs fmt and clippy on userspace; nightly builds and lints lb-ebpf, whose
