@@ -1,4 +1,5 @@
 pub mod agent_lab;
+pub mod bench_e2e;
 pub mod cluster_lab;
 pub mod http;
 pub mod kube_proxy;

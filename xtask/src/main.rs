@@ -25,8 +25,9 @@ enum Task {
     Test(test::Args),
     /// Build lb and show it balancing a Service in a lab of network namespaces.
     Demo(demo::Args),
-    /// Print per-packet cost of the XDP datapath next to a bare XDP program.
-    Bench,
+    /// Print per-packet cost of the XDP datapath next to a bare XDP program; `bench e2e`: the
+    /// end-to-end comparison with kube-proxy's iptables and nftables rulesets.
+    Bench(bench::Args),
 }
 
 /// Prints the error chain without anyhow's backtrace: the failing command's own output,
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
-        Task::Bench => bench::run(),
+        Task::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
