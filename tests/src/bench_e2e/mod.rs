@@ -8,7 +8,7 @@ pub mod traffic;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 
@@ -16,6 +16,7 @@ use crate::kube_proxy;
 use node::{BenchLab, Programs, NODE_IP};
 use report::{Measurement, Output};
 use services::ServiceSet;
+pub use traffic::{Closer, LoadOptions};
 
 /// Who does the service load balancing on the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,15 +62,6 @@ impl std::fmt::Display for Mode {
     }
 }
 
-/// The client's side of one measurement.
-#[derive(Clone, Debug)]
-pub struct LoadOptions {
-    /// Concurrent connection loops.
-    pub conns: usize,
-    pub warmup: Duration,
-    pub duration: Duration,
-}
-
 /// What to measure.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -81,17 +73,24 @@ pub struct Plan {
     pub xdp_mode: String,
 }
 
-/// Runs the plan: per service count, `reps` rounds of every mode in turn (so that a slow moment
-/// of the machine hits all modes alike), each in a fresh lab; every measurement goes to `out` as
-/// it is taken.
+/// Runs the plan: `reps` rounds, each of every service count and every mode in turn, each run in
+/// a fresh lab, so that a busy moment of the machine (it is shared) hits all of them alike rather
+/// than one service count or mode; every measurement goes to `out` as it is taken.
 pub fn run(plan: &Plan, bin: &Path, out: &mut Output) -> Result<Vec<Measurement>> {
+    let sets: Vec<(ServiceSet, Programs)> = plan
+        .services
+        .iter()
+        .map(|&n| {
+            let set = ServiceSet::new(n, &node::pod_ips());
+            let programs = programs(&set);
+            (set, programs)
+        })
+        .collect();
     let mut all = Vec::new();
-    for &n in &plan.services {
-        let set = ServiceSet::new(n, &node::pod_ips());
-        let programs = programs(&set);
-        for rep in 0..plan.reps {
+    for rep in 0..plan.reps {
+        for (set, programs) in &sets {
             for &mode in &plan.modes {
-                for m in run_one(plan, bin, &set, &programs, mode, rep)? {
+                for m in run_one(plan, bin, set, programs, mode, rep)? {
                     eprintln!("{}", m.progress_line());
                     out.record(&m)?;
                     all.push(m);
@@ -131,7 +130,7 @@ fn run_one(
     let svc = set.measured();
     let cluster_ip = SocketAddr::from((svc.cluster_ip, svc.port));
     let node_port = format!("{NODE_IP}:{}", svc.node_port.expect("measured NodePort")).parse()?;
-    let mut lab = BenchLab::build(bin, plan.server_threads)?;
+    let mut lab = BenchLab::build(bin, plan.server_threads, plan.load.closer)?;
     let programmed = lab.program(mode, programs, &plan.xdp_mode, [cluster_ip, node_port])?;
     let paths = [
         ("clusterip", &lab.client_pod, cluster_ip),
@@ -147,6 +146,7 @@ fn run_one(
             path: path.into(),
             rep,
             conns: plan.load.conns,
+            closer: plan.load.closer,
             program_secs: programmed.as_secs_f64(),
             load_avg_1m: load_avg,
             unix_time: SystemTime::now()

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use super::traffic::{self, LoadReport};
-use super::{LoadOptions, Mode};
+use super::traffic::{self, Closer, LoadOptions, LoadReport};
+use super::Mode;
 use crate::lab::{poll_until, ChildGuard, Lab, Netns};
 use crate::topology::{agent_bin, client, pod};
 
@@ -50,6 +50,7 @@ pub struct BenchLab {
     // Field order is drop order: processes before the lab that owns their namespaces.
     agent: Option<ChildGuard>,
     _servers: Vec<ChildGuard>,
+    closer: Closer,
     pub client: Netns,
     pub client_pod: Netns,
     pub node: Netns,
@@ -59,14 +60,14 @@ pub struct BenchLab {
 
 impl BenchLab {
     /// Builds the topology and starts `bin serve` with `server_threads` in every pod.
-    pub fn build(bin: &Path, server_threads: usize) -> Result<BenchLab> {
+    pub fn build(bin: &Path, server_threads: usize, closer: Closer) -> Result<BenchLab> {
         let lab = Lab::new("bench-e2e")?;
         let node = lab.netns("node")?;
         node.sysctl("net.ipv4.ip_forward", "1")?;
         let mut servers = Vec::new();
         for (name, ip, host_if) in PODS {
             let ns = pod(&lab, &node, name, ip, host_if)?;
-            servers.push(start_server(&ns, bin, server_threads)?);
+            servers.push(start_server(&ns, bin, server_threads, closer)?);
         }
         let (name, ip, host_if) = CLIENT_POD;
         let client_pod = pod(&lab, &node, name, ip, host_if)?;
@@ -81,6 +82,7 @@ impl BenchLab {
         Ok(BenchLab {
             agent: None,
             _servers: servers,
+            closer,
             client,
             client_pod,
             node,
@@ -134,6 +136,8 @@ impl BenchLab {
             opts.warmup.as_millis().to_string(),
             "--secs".into(),
             opts.duration.as_secs_f64().to_string(),
+            "--closer".into(),
+            closer_arg(opts.closer).into(),
         ];
         let mut child = from.spawn(&format!("load-{addr}"), &self.bin, &args)?;
         let deadline = opts.warmup + opts.duration + Duration::from_secs(30);
@@ -183,7 +187,9 @@ impl BenchLab {
     fn wait_answered(&self, probes: [SocketAddr; 2], mode: Mode) -> Result<()> {
         for (from, addr) in [(&self.client_pod, probes[0]), (&self.client, probes[1])] {
             let answered = poll_until(Duration::from_secs(10), || {
-                from.in_netns(|| traffic::connection(addr)).ok()?.ok()
+                from.in_netns(|| traffic::connection(addr, self.closer))
+                    .ok()?
+                    .ok()
             });
             if answered.is_none() {
                 let agent = self.agent.as_ref().map(ChildGuard::stderr);
@@ -203,10 +209,19 @@ impl BenchLab {
     }
 }
 
-fn start_server(ns: &Netns, bin: &Path, threads: usize) -> Result<ChildGuard> {
+fn start_server(ns: &Netns, bin: &Path, threads: usize, closer: Closer) -> Result<ChildGuard> {
     let port = super::services::TARGET_PORT.to_string();
     let threads = threads.to_string();
-    let args = ["serve", "--port", &port, "--threads", &threads];
+    let closer = closer_arg(closer);
+    let args = [
+        "serve",
+        "--port",
+        &port,
+        "--threads",
+        &threads,
+        "--closer",
+        closer,
+    ];
     let mut server = ns.spawn("server", bin, args)?;
     let ready = poll_until(Duration::from_secs(10), || {
         if server.stdout().contains(traffic::READY) {
@@ -218,6 +233,14 @@ fn start_server(ns: &Netns, bin: &Path, threads: usize) -> Result<ChildGuard> {
         bail!("server in {} not ready: {}", ns.name(), server.stderr());
     }
     Ok(server)
+}
+
+/// `--closer` as the subcommands take it.
+fn closer_arg(closer: Closer) -> &'static str {
+    match closer {
+        Closer::Server => "server",
+        Closer::Client => "client",
+    }
 }
 
 /// The whole port range and TIME_WAIT reuse, so that ports never limit the connection rate.

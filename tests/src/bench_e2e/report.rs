@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use super::traffic::LoadReport;
+use super::traffic::{Closer, LoadReport};
 
 /// One mode, service count, path and repetition.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -22,6 +22,8 @@ pub struct Measurement {
     pub rep: usize,
     /// Concurrent connection loops of the client.
     pub conns: usize,
+    /// Which side closed connections first.
+    pub closer: Closer,
     /// How long the mode took to program all services and answer (lab already built).
     pub program_secs: f64,
     /// The machine's 1-minute load average when the measurement started.
@@ -247,6 +249,7 @@ mod tests {
             path: path.into(),
             rep: 0,
             conns: 4,
+            closer: Closer::Server,
             program_secs: 0.1,
             load_avg_1m: 0.5,
             unix_time: 0,

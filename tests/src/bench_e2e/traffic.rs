@@ -1,8 +1,7 @@
 //! The benchmark's traffic: a small request/response server and a closed-loop load generator that
 //! opens one TCP connection per request (connect, request, response, close) and times each.
 //!
-//! The server answers and closes first, so TIME_WAIT stays with the pods and the client's ports
-//! are free again at once; a client that closed first would run out of ports at these rates.
+//! Who closes first is a choice ([`Closer`]): the side that does keeps the connection's TIME_WAIT.
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -12,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// What the client sends: one line.
 pub const REQUEST: &[u8] = b"GET /\n";
-/// What the server answers before closing (the size of a small HTTP response's headers).
+/// What the server answers (the size of a small HTTP response's headers).
 pub const RESPONSE: &[u8] =
     b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\nServer: lb-bench-e2e\r\nConnection: close\r\n\r\n";
 /// The server's accept queue. std listens with 128, which bursts of new connections overflow
@@ -34,13 +33,27 @@ pub fn listen(port: u16) -> io::Result<TcpListener> {
     Ok(listener)
 }
 
+/// Which side of a connection closes it first, once the response is through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Closer {
+    /// The server, as an HTTP/1.0 server does: TIME_WAIT stays with the pods. Under kube-proxy
+    /// a NodePort's masquerading (`--random-fully`) then hands the pods new connections on
+    /// 4-tuples they still hold in TIME_WAIT; some SYNs are dropped (PAWS) and retransmitted.
+    Server,
+    /// The client: TIME_WAIT stays with the client, which reuses its ports after 1 s
+    /// (`tcp_tw_reuse`); the pods never see a 4-tuple twice. The benchmark's default: it
+    /// measures the datapaths, not that interaction.
+    Client,
+}
+
 /// Serves `listener` with `threads` threads that each accept, answer and close, one connection
 /// at a time: no thread per connection, whose creation would cost more than the request itself.
-pub fn serve(listener: &TcpListener, threads: usize) -> io::Result<()> {
+pub fn serve(listener: &TcpListener, threads: usize, closer: Closer) -> io::Result<()> {
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             let listener = listener.try_clone()?;
-            Ok(std::thread::spawn(move || accept_loop(&listener)))
+            Ok(std::thread::spawn(move || accept_loop(&listener, closer)))
         })
         .collect::<io::Result<_>>()?;
     for h in handles {
@@ -50,11 +63,11 @@ pub fn serve(listener: &TcpListener, threads: usize) -> io::Result<()> {
     Ok(())
 }
 
-fn accept_loop(listener: &TcpListener) -> io::Result<()> {
+fn accept_loop(listener: &TcpListener, closer: Closer) -> io::Result<()> {
     loop {
         match listener.accept() {
             // A client that went away mid-request is its own problem, not the server's.
-            Ok((stream, _)) => drop(answer(stream)),
+            Ok((stream, _)) => drop(answer(stream, closer)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
             Err(e) => return Err(e),
@@ -62,7 +75,7 @@ fn accept_loop(listener: &TcpListener) -> io::Result<()> {
     }
 }
 
-fn answer(mut stream: TcpStream) -> io::Result<()> {
+fn answer(mut stream: TcpStream, closer: Closer) -> io::Result<()> {
     stream.set_read_timeout(Some(STEP_TIMEOUT))?;
     let mut buf = [0u8; 256];
     let mut got = 0;
@@ -73,7 +86,19 @@ fn answer(mut stream: TcpStream) -> io::Result<()> {
         }
         got += n;
     }
-    stream.write_all(RESPONSE)
+    stream.write_all(RESPONSE)?;
+    if closer == Closer::Client {
+        expect_eof(&mut stream)?;
+    }
+    Ok(())
+}
+
+/// Waits for the peer's FIN (nothing more may come).
+fn expect_eof(stream: &mut TcpStream) -> io::Result<()> {
+    match stream.read(&mut [0u8; 1])? {
+        0 => Ok(()),
+        _ => Err(io::ErrorKind::InvalidData.into()),
+    }
 }
 
 /// How one load run went, as `lb-bench-e2e load` prints it (one JSON line).
@@ -92,14 +117,24 @@ pub struct LoadReport {
     pub p99_us: u64,
 }
 
-/// Runs `conns` connection loops against `addr`: `warmup` unmeasured (conntrack, caches and the
-/// servers' accept queues settle), then `duration` measured.
-pub fn load(addr: SocketAddr, conns: usize, warmup: Duration, duration: Duration) -> LoadReport {
-    let from = Instant::now() + warmup;
-    let until = from + duration;
+/// What the client does: how many closed loops, for how long, and who closes.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub conns: usize,
+    /// Unmeasured: conntrack, caches and the servers' accept queues settle.
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub closer: Closer,
+}
+
+/// Runs `opts.conns` connection loops against `addr`, measuring after the warm-up.
+pub fn load(addr: SocketAddr, opts: &LoadOptions) -> LoadReport {
+    let from = Instant::now() + opts.warmup;
+    let until = from + opts.duration;
+    let closer = opts.closer;
     let per_thread: Vec<(Vec<u32>, u64)> = std::thread::scope(|s| {
-        let loops: Vec<_> = (0..conns)
-            .map(|_| s.spawn(move || connection_loop(addr, from, until)))
+        let loops: Vec<_> = (0..opts.conns)
+            .map(|_| s.spawn(move || connection_loop(addr, closer, from, until)))
             .collect();
         loops
             .into_iter()
@@ -109,7 +144,7 @@ pub fn load(addr: SocketAddr, conns: usize, warmup: Duration, duration: Duration
     let errors = per_thread.iter().map(|(_, e)| e).sum();
     let mut latencies: Vec<u32> = per_thread.into_iter().flat_map(|(l, _)| l).collect();
     latencies.sort_unstable();
-    let secs = duration.as_secs_f64();
+    let secs = opts.duration.as_secs_f64();
     LoadReport {
         completed: latencies.len() as u64,
         errors,
@@ -122,7 +157,12 @@ pub fn load(addr: SocketAddr, conns: usize, warmup: Duration, duration: Duration
 
 /// One closed loop: latencies (µs) of the connections that started at or after `from` and ended
 /// by `until`, and how many of those failed.
-fn connection_loop(addr: SocketAddr, from: Instant, until: Instant) -> (Vec<u32>, u64) {
+fn connection_loop(
+    addr: SocketAddr,
+    closer: Closer,
+    from: Instant,
+    until: Instant,
+) -> (Vec<u32>, u64) {
     let mut latencies = Vec::with_capacity(1 << 16);
     let mut errors = 0;
     loop {
@@ -130,7 +170,7 @@ fn connection_loop(addr: SocketAddr, from: Instant, until: Instant) -> (Vec<u32>
         if start >= until {
             return (latencies, errors);
         }
-        let result = connection(addr);
+        let result = connection(addr, closer);
         let end = Instant::now();
         if start < from || end > until {
             continue;
@@ -143,23 +183,18 @@ fn connection_loop(addr: SocketAddr, from: Instant, until: Instant) -> (Vec<u32>
 }
 
 /// One connection to `addr`: connect, request, the whole response, close.
-pub fn connection(addr: SocketAddr) -> io::Result<()> {
+pub fn connection(addr: SocketAddr, closer: Closer) -> io::Result<()> {
     let mut stream = TcpStream::connect_timeout(&addr, STEP_TIMEOUT)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(STEP_TIMEOUT))?;
     stream.write_all(REQUEST)?;
-    let mut buf = [0u8; 256];
-    let mut got = 0;
-    // The server closes after answering: read to the end.
-    loop {
-        match stream.read(&mut buf[got..])? {
-            0 => break,
-            n if got + n == buf.len() => return Err(io::ErrorKind::InvalidData.into()),
-            n => got += n,
-        }
-    }
-    if &buf[..got] != RESPONSE {
+    let mut buf = [0u8; RESPONSE.len()];
+    stream.read_exact(&mut buf)?;
+    if buf != RESPONSE {
         return Err(io::ErrorKind::InvalidData.into());
+    }
+    if closer == Closer::Server {
+        expect_eof(&mut stream)?;
     }
     Ok(())
 }
@@ -186,23 +221,27 @@ mod tests {
         assert_eq!(percentile(&[], 50.0), 0);
     }
 
-    /// The server and the load generator over loopback: every connection completes.
+    /// The server and the load generator over loopback: every connection completes, whoever
+    /// closes first.
     #[test]
     fn load_against_the_server_completes_connections() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || accept_loop(&listener));
-        let report = load(
-            addr,
-            2,
-            Duration::from_millis(50),
-            Duration::from_millis(300),
-        );
-        assert!(report.completed > 10, "{report:?}");
-        assert_eq!(report.errors, 0, "{report:?}");
-        assert!(
-            report.p50_us > 0 && report.p50_us <= report.p99_us,
-            "{report:?}"
-        );
+        for closer in [Closer::Server, Closer::Client] {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            std::thread::spawn(move || accept_loop(&listener, closer));
+            let opts = LoadOptions {
+                conns: 2,
+                warmup: Duration::from_millis(50),
+                duration: Duration::from_millis(300),
+                closer,
+            };
+            let report = load(addr, &opts);
+            assert!(report.completed > 10, "{closer:?}: {report:?}");
+            assert_eq!(report.errors, 0, "{closer:?}: {report:?}");
+            assert!(
+                report.p50_us > 0 && report.p50_us <= report.p99_us,
+                "{report:?}"
+            );
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use lb_tests::bench_e2e::{
-    self, node, report, services::ServiceSet, traffic, LoadOptions, Mode, Plan,
+    self, node, report, services::ServiceSet, traffic, Closer, LoadOptions, Mode, Plan,
 };
 
 #[derive(Parser)]
@@ -34,6 +34,8 @@ enum Command {
         port: u16,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        #[arg(long, value_enum, default_value_t = Closer::Client)]
+        closer: Closer,
     },
     /// Print what a mode programs for N services: the iptables-restore input, the nft script
     /// (its transactions concatenated) or lb-agent's manifests (its files concatenated).
@@ -53,6 +55,8 @@ enum Command {
         warmup_ms: u64,
         #[arg(long)]
         secs: f64,
+        #[arg(long, value_enum, default_value_t = Closer::Client)]
+        closer: Closer,
     },
 }
 
@@ -76,6 +80,9 @@ struct RunArgs {
     /// Concurrent connection loops of the client.
     #[arg(long, default_value_t = 4)]
     conns: usize,
+    /// Which side closes each connection first (and so holds its TIME_WAIT).
+    #[arg(long, value_enum, default_value_t = Closer::Client)]
+    closer: Closer,
     /// Accepting threads per pod server.
     #[arg(long, default_value_t = 2)]
     server_threads: usize,
@@ -93,10 +100,14 @@ struct RunArgs {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(&args),
-        Command::Serve { port, threads } => {
+        Command::Serve {
+            port,
+            threads,
+            closer,
+        } => {
             let listener = traffic::listen(port).with_context(|| format!("listening on {port}"))?;
             println!("{}", traffic::READY);
-            traffic::serve(&listener, threads).context("serving")
+            traffic::serve(&listener, threads, closer).context("serving")
         }
         Command::Rules { services, mode } => {
             let programs = bench_e2e::programs(&ServiceSet::new(services, &node::pod_ips()));
@@ -112,9 +123,15 @@ fn main() -> Result<()> {
             conns,
             warmup_ms,
             secs,
+            closer,
         } => {
-            let duration = Duration::from_secs_f64(secs);
-            let report = traffic::load(addr, conns, Duration::from_millis(warmup_ms), duration);
+            let opts = LoadOptions {
+                conns,
+                warmup: Duration::from_millis(warmup_ms),
+                duration: Duration::from_secs_f64(secs),
+                closer,
+            };
+            let report = traffic::load(addr, &opts);
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -138,6 +155,7 @@ fn run(args: &RunArgs) -> Result<()> {
             conns: args.conns,
             warmup: Duration::from_millis(args.warmup_ms),
             duration: Duration::from_secs_f64(args.secs),
+            closer: args.closer,
         },
         server_threads: args.server_threads,
         xdp_mode: args.xdp_mode.clone(),
