@@ -180,6 +180,14 @@ impl BenchLab {
         if synced.is_none() {
             bail!("lb-agent did not program the maps: {}", agent.stderr());
         }
+        // Measure the steady state, not the tail of the agent's start (at 10,000 services it
+        // keeps a CPU busy for a while after the first sync): wait until it idles.
+        let idle = poll_until(PROGRAM_TIMEOUT, || {
+            (cpu_ticks_in(agent.pid(), IDLE_WINDOW)? <= 1).then_some(())
+        });
+        if idle.is_none() {
+            bail!("lb-agent never went idle: {}", agent.stderr());
+        }
         self.agent = Some(agent);
         Ok(())
     }
@@ -233,6 +241,25 @@ fn start_server(ns: &Netns, bin: &Path, threads: usize, closer: Closer) -> Resul
         bail!("server in {} not ready: {}", ns.name(), server.stderr());
     }
     Ok(server)
+}
+
+/// How long the agent must stay (nearly) idle before measuring.
+const IDLE_WINDOW: Duration = Duration::from_millis(500);
+
+/// CPU time (user + system, in clock ticks of 10 ms) `pid` used during the next `window`; None
+/// if it is gone.
+fn cpu_ticks_in(pid: u32, window: Duration) -> Option<u64> {
+    let ticks = || -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command (which may hold spaces), from field 3 on: utime and stime are
+        // fields 14 and 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    let before = ticks()?;
+    std::thread::sleep(window);
+    Some(ticks()?.saturating_sub(before))
 }
 
 /// `--closer` as the subcommands take it.

@@ -166,7 +166,7 @@ fn run(args: &RunArgs) -> Result<()> {
     let all = bench_e2e::run(&plan, &bin, &mut out)?;
     let rows = report::summarize(&all);
     println!("\n{}", report::table(&rows));
-    print!("{}", report::targets(&rows));
+    print!("{}", report::targets(&all));
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let meta = serde_json::json!({
         "command": command,
