@@ -18,8 +18,7 @@ pub const ENDPOINTS: usize = 5;
 /// so not all of 10,000 services can have one.
 const NODE_PORT_EVERY: usize = 4;
 const FIRST_NODE_PORT: u16 = 30000;
-/// lb-agent's YAML parser takes at most 1,024 documents per file (serde-saphyr's default budget),
-/// so 10,000 services (20,000 documents) are spread over files.
+/// Services per manifest file: a cluster's manifests come split by team or application.
 pub const SERVICES_PER_FILE: usize = 250;
 
 /// `n` services; the measured one sits in the middle, where it is on average in kube-proxy's
