@@ -21,10 +21,10 @@ pub fn handle_error<P: Packet>(p: &mut P, f: &Flow) -> Action {
             count(stat::ICMP_ERROR_NATED);
             action
         }
-        Ok(None) => Action::Pass,
+        Ok(None) => Action::PASS,
         Err(()) => {
             count(stat::DROP_REWRITE);
-            Action::Drop
+            Action::DROP
         }
     }
 }

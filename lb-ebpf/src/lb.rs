@@ -20,16 +20,45 @@ use crate::{
     reject,
 };
 
-pub enum Action {
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum Verdict {
     /// Not ours, or rewritten for a destination the stack delivers (a local pod).
     Pass,
     Drop,
-    /// Rewritten for a destination outside the node (the new destination address), with a node
-    /// address as its source: XDP transmits it itself when it can, TC redirects it to the next
-    /// hop (the stack would drop it as a martian).
-    Forward(u32),
+    /// Rewritten for a destination outside the node ([`Action::daddr`]), with a node address as
+    /// its source: XDP transmits it itself when it can, TC redirects it to the next hop (the
+    /// stack would drop it as a martian).
+    Forward,
     /// Send back out the interface it came in on, MAC addresses swapped (rejects, hairpin).
     Bounce,
+}
+
+/// A [`Verdict`] and, for `Forward`, the new destination address (0 otherwise).
+///
+/// Not an enum with data: LLVM fills the payload a variant does not use from whatever register
+/// is at hand, and verifiers before Linux 6.14 reject storing a register that was never written
+/// on that path (seen on 6.1 and 6.12: "R2 !read_ok" after a stats-counter lookup, which 6.14+
+/// knows cannot fail for a constant key into an array). Here every field is always set.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Action {
+    pub verdict: Verdict,
+    pub daddr: u32,
+}
+
+impl Action {
+    pub const PASS: Self = Self::new(Verdict::Pass, 0);
+    pub const DROP: Self = Self::new(Verdict::Drop, 0);
+    pub const BOUNCE: Self = Self::new(Verdict::Bounce, 0);
+
+    pub const fn forward(daddr: u32) -> Self {
+        Self::new(Verdict::Forward, daddr)
+    }
+
+    const fn new(verdict: Verdict, daddr: u32) -> Self {
+        Action { verdict, daddr }
+    }
 }
 
 const NS: u64 = 1_000_000_000;
@@ -39,12 +68,12 @@ const SNAT_TRIES: u32 = 16;
 
 pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
     let Some(f) = parse(p) else {
-        return Action::Pass;
+        return Action::PASS;
     };
     match f.proto {
         PROTO_TCP | PROTO_UDP => {}
         PROTO_ICMP => return icmp::handle_error(p, &f),
-        _ => return Action::Pass,
+        _ => return Action::PASS,
     }
     if f.fragment {
         return fragment(&f, scope);
@@ -73,7 +102,7 @@ pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
         // SAFETY: as for conntrack.
         return reply(p, &f, unsafe { &mut *rn }, now);
     }
-    Action::Pass
+    Action::PASS
 }
 
 /// Fragments carry ports in the first piece only, so they cannot be balanced consistently:
@@ -81,7 +110,7 @@ pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
 #[inline(always)]
 fn fragment(f: &Flow, scope: u8) -> Action {
     if f.later_fragment {
-        return Action::Pass;
+        return Action::PASS;
     }
     let fe_key = Frontend4Key {
         addr: f.daddr,
@@ -92,9 +121,9 @@ fn fragment(f: &Flow, scope: u8) -> Action {
     // SAFETY: existence check only.
     if unsafe { LB4_FRONTENDS.get(&fe_key) }.is_some() {
         count(stat::DROP_FRAGMENT);
-        return Action::Drop;
+        return Action::DROP;
     }
-    Action::Pass
+    Action::PASS
 }
 
 #[inline(always)]
@@ -147,11 +176,11 @@ fn tcp_state(flags: u8, tcp_flags: u8) -> u8 {
 #[inline(always)]
 fn action_for(flags: u8, backend: u32) -> Action {
     if flags & CT_F_HAIRPIN != 0 {
-        Action::Bounce
+        Action::BOUNCE
     } else if flags & (CT_F_SNAT | CT_F_EXTERNAL) == CT_F_SNAT | CT_F_EXTERNAL {
-        Action::Forward(backend)
+        Action::forward(backend)
     } else {
-        Action::Pass
+        Action::PASS
     }
 }
 
@@ -189,7 +218,7 @@ fn established<P: Packet>(p: &mut P, f: &Flow, ct: &mut Ct4, now: u64) -> Option
     };
     if rewrite(p, f, saddr, ct.backend_addr, sport, ct.backend_port).is_err() {
         count(stat::DROP_REWRITE);
-        return Some(Action::Drop);
+        return Some(Action::DROP);
     }
     Some(action_for(ct.flags, ct.backend_addr))
 }
@@ -206,14 +235,14 @@ fn new_flow<P: Packet>(
     // SAFETY: read-only use of the map value within this run.
     let Some(svc) = (unsafe { LB_SERVICES.get(fe.service_id) }) else {
         count(stat::DROP_MAP_FULL);
-        return Action::Drop;
+        return Action::DROP;
     };
     if svc.backend_count == 0 {
         return no_backend(p, f, svc.verdict);
     }
     let Some((backend_id, be)) = select(fe.service_id, svc, f.saddr, now) else {
         count(stat::DROP_MAP_FULL);
-        return Action::Drop;
+        return Action::DROP;
     };
     let mut ct = Ct4 {
         backend_id,
@@ -262,21 +291,21 @@ fn new_flow<P: Packet>(
         rn.flags = ct.flags;
         let Some(addr) = snat_addr(p, hairpin, be.addr) else {
             count(stat::DROP_NO_SNAT_ADDR);
-            return Action::Drop;
+            return Action::DROP;
         };
         let Some(port) = snat_port(&reply, addr, &rn, now) else {
             count(stat::DROP_SNAT_EXHAUSTED);
-            return Action::Drop;
+            return Action::DROP;
         };
         ct.snat_addr = addr;
         ct.snat_port = port;
     } else if LB4_RNAT.insert(&reply, &rn, 0).is_err() {
         count(stat::DROP_MAP_FULL);
-        return Action::Drop;
+        return Action::DROP;
     }
     if LB4_CT.insert(key, &ct, 0).is_err() {
         count(stat::DROP_MAP_FULL);
-        return Action::Drop;
+        return Action::DROP;
     }
     count(stat::CT_NEW);
     let (saddr, sport) = if snat {
@@ -286,7 +315,7 @@ fn new_flow<P: Packet>(
     };
     if rewrite(p, f, saddr, be.addr, sport, be.port).is_err() {
         count(stat::DROP_REWRITE);
-        return Action::Drop;
+        return Action::DROP;
     }
     action_for(ct.flags, be.addr)
 }
@@ -295,14 +324,14 @@ fn new_flow<P: Packet>(
 fn no_backend<P: Packet>(p: &mut P, f: &Flow, verdict: u8) -> Action {
     if verdict == VERDICT_DROP {
         count(stat::DROP_NO_LOCAL_BACKEND);
-        return Action::Drop;
+        return Action::DROP;
     }
     count(stat::REJECT_NO_BACKEND);
     match reject::build(p, f) {
-        Ok(()) => Action::Bounce,
+        Ok(()) => Action::BOUNCE,
         Err(()) => {
             count(stat::DROP_REWRITE);
-            Action::Drop
+            Action::DROP
         }
     }
 }
@@ -431,7 +460,7 @@ fn reply<P: Packet>(p: &mut P, f: &Flow, rn: &mut RevNat4, now: u64) -> Action {
     count(stat::RNAT_HIT);
     if rewrite(p, f, rn.saddr, rn.daddr, rn.sport, rn.dport).is_err() {
         count(stat::DROP_REWRITE);
-        return Action::Drop;
+        return Action::DROP;
     }
     reply_action(rn.flags, rn.daddr)
 }
@@ -440,10 +469,10 @@ fn reply<P: Packet>(p: &mut P, f: &Flow, rn: &mut RevNat4, now: u64) -> Action {
 #[inline(always)]
 pub fn reply_action(flags: u8, client: u32) -> Action {
     if flags & CT_F_HAIRPIN != 0 {
-        Action::Bounce
+        Action::BOUNCE
     } else if flags & CT_F_EXTERNAL != 0 {
-        Action::Forward(client)
+        Action::forward(client)
     } else {
-        Action::Pass
+        Action::PASS
     }
 }

@@ -28,24 +28,25 @@ use aya_ebpf::{
 use lb_common::{SCOPE_EXTERNAL, SCOPE_INTERNAL};
 
 use crate::{
-    lb::Action,
+    lb::Verdict,
     packet::{read, Packet, Tc, Xdp},
 };
 
 #[xdp]
 pub fn lb_xdp_ext(ctx: XdpContext) -> u32 {
     let mut p = Xdp(&ctx);
-    match lb::handle(&mut p, SCOPE_EXTERNAL) {
-        Action::Pass => xdp_action::XDP_PASS,
-        Action::Drop => xdp_action::XDP_DROP,
-        Action::Forward(daddr) => match fib::xdp_next_hop(&mut p, daddr) {
+    let action = lb::handle(&mut p, SCOPE_EXTERNAL);
+    match action.verdict {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Forward => match fib::xdp_next_hop(&mut p, action.daddr) {
             0 => xdp_action::XDP_PASS,
             out if out == p.ifindex() => xdp_action::XDP_TX,
             // SAFETY: plain helper call; it returns XDP_REDIRECT, or XDP_ABORTED on failure.
             out => unsafe { gen::bpf_redirect(out, 0) as u32 },
         },
-        Action::Bounce if swap_macs(&mut p) => xdp_action::XDP_TX,
-        Action::Bounce => xdp_action::XDP_DROP,
+        Verdict::Bounce if swap_macs(&mut p) => xdp_action::XDP_TX,
+        Verdict::Bounce => xdp_action::XDP_DROP,
     }
 }
 
@@ -70,18 +71,19 @@ pub fn lb_xdp_floor(_ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn tc(ctx: &TcContext, scope: u8) -> i32 {
     let mut p = Tc(ctx);
-    match lb::handle(&mut p, scope) {
-        Action::Pass => TC_ACT_OK,
-        Action::Forward(daddr) => match fib::redirect_neigh(&mut p, daddr) {
+    let action = lb::handle(&mut p, scope);
+    match action.verdict {
+        Verdict::Pass => TC_ACT_OK,
+        Verdict::Forward => match fib::redirect_neigh(&mut p, action.daddr) {
             Some(verdict) => verdict as i32,
             None => TC_ACT_OK,
         },
-        Action::Drop => TC_ACT_SHOT,
-        Action::Bounce if swap_macs(&mut p) => {
+        Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Bounce if swap_macs(&mut p) => {
             // SAFETY: plain helper call.
             unsafe { gen::bpf_redirect(p.ifindex(), 0) as i32 }
         }
-        Action::Bounce => TC_ACT_SHOT,
+        Verdict::Bounce => TC_ACT_SHOT,
     }
 }
 

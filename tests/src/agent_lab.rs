@@ -14,6 +14,9 @@ use crate::{
     topology::{agent_bin, client, lbctl_bin, pod},
 };
 
+/// The interfaces of [`AgentLab::start_agent`]: `eth1` external, `h*` pod links.
+const LAB_FLAGS: [&str; 4] = ["--ext-iface", "eth1", "--pod-iface", "h*"];
+
 /// The node's name: endpoints with this nodeName are local.
 pub const NODE: &str = "node-a";
 /// The node's address on `eth1`, facing the client (192.0.2.100).
@@ -66,11 +69,26 @@ impl AgentLab {
 
     /// `lb-agent run` on the node: manifests mode, `eth1` external, `h*` pod links.
     pub fn start_agent(&self, label: &str) -> Result<ChildGuard> {
-        self.start_agent_with(label, &["--ext-iface", "eth1", "--pod-iface", "h*"])
+        self.start_agent_with(label, &LAB_FLAGS)
     }
 
     /// `lb-agent run` on the node in manifests mode with these interface `flags`.
     pub fn start_agent_with(&self, label: &str, flags: &[&str]) -> Result<ChildGuard> {
+        self.node
+            .spawn(label, agent_bin()?, self.agent_args(flags)?)
+    }
+
+    /// [`AgentLab::start_agent`] started through `wrapper` (a program and its arguments, the
+    /// agent's command line appended), e.g. `setpriv` with fewer capabilities.
+    pub fn start_agent_in(&self, label: &str, wrapper: &[String]) -> Result<ChildGuard> {
+        let (program, wrapper_args) = wrapper.split_first().context("empty wrapper")?;
+        let mut args: Vec<std::ffi::OsString> = wrapper_args.iter().map(Into::into).collect();
+        args.push(agent_bin()?.into());
+        args.extend(self.agent_args(&LAB_FLAGS)?.into_iter().map(Into::into));
+        self.node.spawn(label, program, args)
+    }
+
+    fn agent_args(&self, flags: &[&str]) -> Result<Vec<String>> {
         let pin = self.lab.pin_path("node");
         let mut args = vec![
             "run",
@@ -82,7 +100,7 @@ impl AgentLab {
             pin.to_str().context("pin path")?,
         ];
         args.extend_from_slice(flags);
-        self.node.spawn(label, agent_bin()?, args)
+        Ok(args.iter().map(|a| a.to_string()).collect())
     }
 
     /// Replace a manifest the way editors and kubectl do: write aside, rename over.
@@ -122,9 +140,10 @@ pub fn addr(ip: &str, port: u16) -> SocketAddr {
     format!("{ip}:{port}").parse().expect("socket address")
 }
 
-/// Which pod answers `to` from `from` (None: no answer).
+/// Which pod answers `to` from `from` (None: no answer within 1 s: generous, so a loaded
+/// machine does not turn a slow answer into a missing one).
 pub fn answer(from: &Netns, to: SocketAddr, udp: bool) -> Option<String> {
-    from.request(to, udp, Duration::from_millis(300))
+    from.request(to, udp, Duration::from_secs(1))
         .ok()
         .map(|r| r.name)
 }

@@ -241,7 +241,7 @@ fn start_agent(node: &Node, manifests: &std::path::Path) -> Result<ChildGuard> {
 /// The timeout of one request when an answer is expected.
 pub const ASK: Duration = Duration::from_secs(2);
 /// How long an agent may take to apply an edit (the contract says 1 s) plus slack for slow
-/// machines (TCG virtual machines).
+/// machines; polls stretch it further by `$LB_TEST_TIME_SCALE` (VMs under emulation).
 pub const APPLY: Duration = Duration::from_secs(10);
 
 /// A ready endpoint at `ip` on `node`, as an `endpoints:` list item.
@@ -360,7 +360,7 @@ pub fn spread(
         .all(|w| replies.iter().any(|r: &crate::lab::Reply| r.name == *w))
     {
         assert!(
-            start.elapsed() < APPLY,
+            start.elapsed() < crate::lab::scaled(APPLY),
             "{to} (udp={udp}) from {}: only {:?} answered, wanted all of {want:?}",
             from.name(),
             replies.iter().map(|r| &r.name).collect::<Vec<_>>()

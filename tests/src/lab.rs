@@ -68,6 +68,10 @@ pub use registry::REGISTRY_DIR;
 pub const ECHO_BIN_ENV: &str = "LB_ECHO_BIN";
 /// When set to `1`, [`require_privileged`] panics instead of skipping.
 pub const REQUIRE_PRIVILEGED_ENV: &str = "LB_REQUIRE_PRIVILEGED";
+/// Stretches every wait of [`poll_until`] and [`wait_until`] by this factor (default 1).
+/// `cargo xtask vm-test` sets it: there, in an emulated VM, everything runs some 10 times
+/// slower (an agent takes 10-20 s to load its programs, not well under 1 s).
+pub const TIME_SCALE_ENV: &str = "LB_TEST_TIME_SCALE";
 /// Timeout for one [`Netns::exec`] (and friends); the command is SIGKILLed after it.
 pub const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long [`Netns::serve_echo`] waits for the server to listen.
@@ -106,6 +110,15 @@ pub fn require_privileged(test: &str) -> bool {
     false
 }
 
+/// `d` stretched by `$LB_TEST_TIME_SCALE` ([`TIME_SCALE_ENV`]).
+pub fn scaled(d: Duration) -> Duration {
+    let scale = std::env::var(TIME_SCALE_ENV)
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(1);
+    d * scale.max(1)
+}
+
 /// Whether `path` is a bpffs mount.
 pub fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
@@ -125,12 +138,13 @@ pub fn is_bpffs(path: &Path) -> bool {
 pub fn wait_until<T>(deadline: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
     match poll_until(deadline, f) {
         Some(v) => v,
-        None => panic!("timed out after {deadline:?} waiting for {what}"),
+        None => panic!("timed out after {:?} waiting for {what}", scaled(deadline)),
     }
 }
 
 /// Like [`wait_until`] but returns `None` on timeout instead of panicking.
 pub fn poll_until<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = scaled(deadline);
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {

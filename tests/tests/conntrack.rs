@@ -1,5 +1,7 @@
 //! The agent's conntrack collection against real pinned maps: flows idle beyond their timeout in
 //! both directions go (with their reply entries, freeing SNAT ports), the rest are counted.
+use std::time::Duration;
+
 use lb::dataplane::{
     conntrack::{collect, monotonic_ns, reply_key},
     Dataplane, Options,
@@ -7,7 +9,10 @@ use lb::dataplane::{
 use lb_common::{
     Ct4, RevNat4, Tuple4, CT_F_ESTABLISHED, CT_F_EXTERNAL, CT_F_SNAT, PROTO_TCP, PROTO_UDP,
 };
-use lb_tests::lab::{require_privileged, Lab};
+use lb_tests::{
+    clock::monotonic_ns_after,
+    lab::{require_privileged, Lab},
+};
 
 const NS: u64 = 1_000_000_000;
 
@@ -37,7 +42,7 @@ fn expired_flows_are_collected_live_ones_counted() {
         capacities: vec![],
     };
     let mut dp = Dataplane::open(&opts).expect("dataplane");
-    let now = monotonic_ns();
+    let now = monotonic_ns_after(Duration::from_secs(300));
     // Every flow has a SNAT port of its own, as the datapath guarantees.
     let flow = |flags, ct_ago: u64, snat_port: u16| Ct4 {
         backend_id: 1,

@@ -449,9 +449,11 @@ fn nodeport_scenarios(test: &str, mode: XdpRequest, want_mode: XdpModeUsed) {
             "{proto}: no endpoints: refused\n{}",
             t.diag()
         );
+        // At once: a drop would take the whole request timeout (2 s). 500 ms leaves room for a
+        // loaded machine (141 ms seen with two other builds running).
         assert!(
-            took < Duration::from_millis(100),
-            "{proto}: refused within 100 ms, took {took:?}"
+            took < Duration::from_millis(500),
+            "{proto}: refused within 500 ms, took {took:?}"
         );
         let rejects = t.counters()["reject_no_backend"];
         assert!(

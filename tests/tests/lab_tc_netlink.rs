@@ -331,15 +331,20 @@ fn switching_xdp_mode_leaves_one_program_on_the_external_interface() {
     let pin = lab.pin_path("node");
     let ifindex = node.ifindex("eth0").expect("ifindex");
     let layout = dataplane::PinLayout::new(&pin);
+    // Off attaches TC: a tcx link, or on kernels without tcx a netlink filter and its record.
+    let tc = match tcx_programs(&node, "eth0") {
+        Some(_) => "tc-ext",
+        None => "tc-ext-nl",
+    };
     let pins = || {
-        ["xdp", "tc-ext"]
+        ["xdp", tc]
             .into_iter()
             .filter(|h| layout.link(ifindex, h).exists())
             .collect::<Vec<_>>()
     };
     for (mode, want) in [
         (XdpRequest::Native, vec!["xdp"]),
-        (XdpRequest::Off, vec!["tc-ext"]),
+        (XdpRequest::Off, vec![tc]),
         (XdpRequest::Generic, vec!["xdp"]),
     ] {
         node.in_netns(|| {

@@ -11,11 +11,11 @@ use std::{
     net::Ipv4Addr,
     path::Path,
     process::{Command, Output, Stdio},
+    time::Duration,
 };
 
 use aya::maps::PerCpuValues;
 use lb::{
-    cli::monotonic_ns,
     dataplane::{maps::entries, reconcile::Reconciler, view, Capacities, Dataplane, Maps, Options},
     model::{desired, NodeContext},
     source::manifests::objects_of,
@@ -25,6 +25,7 @@ use lb_common::{
     CT_F_ESTABLISHED, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, PROTO_TCP, PROTO_UDP,
 };
 use lb_tests::{
+    clock::monotonic_ns_after,
     lab::{require_privileged, Lab},
     topology::lbctl_bin,
 };
@@ -228,7 +229,8 @@ fn program(dp: &mut Dataplane) -> Ids {
     let web_cip_int = row("10.96.0.10", 80, "internal");
     let front_cip_int = row("10.96.0.20", 443, "internal");
     let dns = row("10.96.0.53", 53, "internal");
-    let now = monotonic_ns();
+    // The oldest entry below, an expired affinity entry, was last used 700 s ago.
+    let now = monotonic_ns_after(Duration::from_secs(700));
 
     // An outside client through the NodePort to the remote backend: SNATed, established.
     let flags = CT_F_EXTERNAL | CT_F_SNAT | CT_F_ESTABLISHED;

@@ -6,7 +6,7 @@
 //! FIB lookups behind SNAT and XDP_TX see routes and neighbours the test controls:
 //! node 192.0.2.10/24 on eth0; another node 192.0.2.20 (pods 10.244.2.0/24 behind it); a router
 //! 192.0.2.1 towards clients in 198.51.100.0/24; local pods 10.244.1.0/24.
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
@@ -17,6 +17,7 @@ use lb_common::{
     SVC_F_AFFINITY, SVC_F_EXT_LOCAL, VERDICT_DROP, VERDICT_REJECT,
 };
 use lb_tests::{
+    clock::monotonic_ns_after,
     lab::{require_privileged, Lab},
     packets::{assert_checksums, icmp_error, reject_of, sa, Pkt, ACK, L4, NODE_MAC, SYN, UDP},
 };
@@ -690,7 +691,8 @@ fn fixture_a_flow_lives_while_either_side_talks() {
         let ct_key = tuple(&Pkt::new(client, vip, UDP));
         let rn_key = tuple(&Pkt::new(&format!("{}:8080", chosen.1), client, UDP));
         let age = |node: &mut Node, ct_too: bool, rn_too: bool| {
-            let old = lb::dataplane::conntrack::monotonic_ns() - 120 * 1_000_000_000;
+            let quiet = Duration::from_secs(120);
+            let old = monotonic_ns_after(quiet) - quiet.as_nanos() as u64;
             let maps = &mut node.dp.maps;
             if ct_too {
                 let mut ct = maps.ct.get(&ct_key, 0).expect("ct");

@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: the datapath benchmark (tests/src/bin/lb-bench.rs), in release mode;
 //! `cargo xtask bench e2e [ARGS]`: the end-to-end comparison with kube-proxy's iptables and
-//! nftables rulesets (tests/src/bin/lb-bench-e2e.rs, docs/bench/README.md).
+//! nftables rulesets (tests/src/bin/lb-bench-e2e.rs, docs/bench/README.md);
+//! `cargo xtask bench control [SIZES]`: programming latency, agent memory and CPU
+//! (tests/src/bin/lb-bench-control.rs, docs/bench/control-plane.md).
 
 use anyhow::Result;
 
@@ -22,6 +24,9 @@ enum Kind {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Time to program N services x 10 endpoints from cold and one endpoint change to the maps
+    /// (p50/p99 of 100), the agent's peak RSS and CPU (as root). SIZES: default 1000,10000,50000.
+    Control { sizes: Option<String> },
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -35,6 +40,11 @@ pub fn run(args: &Args) -> Result<()> {
             cmd::run(&mut cargo("build --release --quiet -p lb-userspace --bins"))?;
             let mut bench = cargo("run --release --quiet -p lb-tests --bin lb-bench-e2e -- run");
             cmd::run(bench.args(args))
+        }
+        Some(Kind::Control { sizes }) => {
+            cmd::run(&mut cargo("build --release --quiet -p lb-userspace --bins"))?;
+            let mut bench = cargo("run --release --quiet -p lb-tests --bin lb-bench-control --");
+            cmd::run(bench.args(sizes))
         }
     }
 }

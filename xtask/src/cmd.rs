@@ -42,6 +42,21 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` like [`run`] but returns its stdout (stderr still shows).
+pub fn stdout(cmd: &mut Command) -> Result<String> {
+    let shown = display(cmd);
+    eprintln!("xtask: $ {shown}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    if !out.status.success() {
+        bail!("`{shown}` failed ({})", out.status);
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("`{shown}` printed non-UTF-8"))
+}
+
 /// Runs `cmd` quietly and returns its stdout if it exited 0; `None` if it failed or is missing.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd

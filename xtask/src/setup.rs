@@ -7,22 +7,30 @@ use anyhow::{bail, Context, Result};
 
 use crate::cmd::{self, cargo, command, output};
 
-const APT_PACKAGES: &[&str] = &[
-    // bpf-linker links against Debian's LLVM 22.
+/// bpf-linker links against Debian's LLVM 22.
+const BUILD_APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
-    // The lab tests build network namespaces and veths with these.
+];
+
+/// The lab tests build network namespaces and veths with these; `cargo xtask bench e2e` and
+/// its tests load kube-proxy's rulesets with iptables and nftables (Debian 12's `iptables` is
+/// iptables-nft; the package also brings iptables-legacy).
+const TEST_APT_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "iputils-ping",
     "procps",
-    // `cargo xtask bench e2e` and its tests load kube-proxy's rulesets with these (Debian 12's
-    // `iptables` is iptables-nft; the package also brings iptables-legacy).
     "iptables",
     "nftables",
 ];
+
+/// The deployment test renders deploy/kubernetes with `kubectl kustomize`; Debian 12 ships
+/// kubectl 1.20 in this package (its embedded kustomize is old, and the base is kept within it).
+/// A newer kubectl already on PATH is used as it is.
+const KUBECTL_PACKAGE: &str = "kubernetes-client";
 
 /// Stable runs fmt and clippy on userspace; nightly builds and lints lb-ebpf, whose
 /// `-Z build-std=core` needs rust-src.
@@ -34,17 +42,48 @@ const TOOLCHAINS: &[(&str, &[&str])] = &[
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPFFS: &str = "/sys/fs/bpf";
 
+#[derive(clap::Args)]
+pub struct Args {
+    /// Install only what building needs: no test tools, no bpffs mount (a container image build
+    /// cannot mount one; deploy/image/Dockerfile uses this).
+    #[arg(long)]
+    build_only: bool,
+}
+
+/// `cargo xtask setup [--build-only]`.
+pub fn run_with(args: &Args) -> Result<()> {
+    if args.build_only {
+        build_tools()
+    } else {
+        run()
+    }
+}
+
+/// Everything building and testing lb needs.
 pub fn run() -> Result<()> {
+    build_tools()?;
     let root = is_root()?;
-    apt_packages(root)?;
-    rust_toolchains()?;
-    bpf_linker()?;
+    let mut test_packages = TEST_APT_PACKAGES.to_vec();
+    if output(&mut command("kubectl", "version --client")).is_some() {
+        ok("kubectl");
+    } else {
+        test_packages.push(KUBECTL_PACKAGE);
+    }
+    apt_packages(&test_packages, root)?;
     bpffs(root)
 }
 
-fn apt_packages(root: bool) -> Result<()> {
+/// What a release build needs: LLVM for bpf-linker, the toolchains, bpf-linker.
+pub fn build_tools() -> Result<()> {
+    apt_packages(BUILD_APT_PACKAGES, is_root()?)?;
+    rust_toolchains()?;
+    bpf_linker()
+}
+
+/// Installs those of `packages` that dpkg does not list as installed.
+pub fn apt_packages(packages: &[&str], root: bool) -> Result<()> {
     let mut missing = Vec::new();
-    for pkg in APT_PACKAGES {
+    for pkg in packages {
         if dpkg_installed(pkg) {
             ok(&format!("apt package {pkg}"));
         } else {
@@ -70,7 +109,7 @@ fn dpkg_installed(pkg: &str) -> bool {
         .is_some_and(|status| status.contains("ok installed"))
 }
 
-fn apt(args: &str) -> Command {
+pub fn apt(args: &str) -> Command {
     let mut cmd = command("apt-get", args);
     cmd.env("DEBIAN_FRONTEND", "noninteractive");
     cmd
@@ -167,7 +206,7 @@ fn bpffs(root: bool) -> Result<()> {
 }
 
 /// Effective uid from /proc, to avoid a libc dependency for one call.
-fn is_root() -> Result<bool> {
+pub fn is_root() -> Result<bool> {
     let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let uid_line = status
         .lines()
@@ -176,10 +215,10 @@ fn is_root() -> Result<bool> {
     Ok(uid_line.split_whitespace().nth(1) == Some("0"))
 }
 
-fn ok(what: &str) {
+pub fn ok(what: &str) {
     eprintln!("xtask: ok: {what} already present");
 }
 
-fn installing(what: &str) {
+pub fn installing(what: &str) {
     eprintln!("xtask: installing {what}");
 }

@@ -2,6 +2,7 @@
 //! the maps equal to what the source says until told to stop. Stopping leaves programs and maps
 //! in place: traffic keeps flowing and the next agent adopts them.
 mod attachments;
+pub mod cli;
 pub mod interfaces;
 pub mod node_local;
 

@@ -1,28 +1,13 @@
 //! lb-agent: the node agent. `run` keeps the kernel maps equal to the cluster (or the manifest
 //! files); `cleanup` removes every program, link and map lb left under a pin path.
-use std::{io::IsTerminal, path::PathBuf};
+use std::io::IsTerminal;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
-use lb::agent::{self, RunArgs};
-
-#[derive(Parser)]
-#[command(version, about = "lb node agent: eBPF/XDP service load balancer")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Program and keep programming the dataplane.
-    Run(Box<RunArgs>),
-    /// Detach lb's programs and remove its pinned links and maps.
-    Cleanup {
-        #[arg(long, default_value = lb::dataplane::DEFAULT_PIN_PATH)]
-        pin_path: PathBuf,
-    },
-}
+use clap::Parser;
+use lb::agent::{
+    self,
+    cli::{Cli, Command},
+};
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()

@@ -226,14 +226,29 @@ fn file_problem(path: &Path, message: String) -> Problem {
     }
 }
 
+/// serde-saphyr's default budget (1,024 documents, 250,000 nodes) guards against hostile YAML;
+/// a manifest file is the administrator's and may hold a whole cluster (50,000 services), so the
+/// counts scale with the file's size instead, while the alias-expansion guards stay as they are.
+fn options(text: &str) -> serde_saphyr::Options {
+    let n = text.len();
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: n / 3 + 1,
+            max_nodes: n + 1,
+            max_events: 4 * n + 16,
+        },
+    }
+}
+
 /// Parse one file: `Err` when the file as a whole is unreadable (its last good version stays);
 /// otherwise its objects and the problems of the documents that were skipped.
 pub fn parse(text: &str, origin: &str) -> Result<(Vec<Object>, Vec<Problem>), Problem> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| Problem {
-        object: format!("file {origin}"),
-        field: String::new(),
-        message: format!("not valid YAML or JSON: {e}"),
-    })?;
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, options(text)).map_err(|e| Problem {
+            object: format!("file {origin}"),
+            field: String::new(),
+            message: format!("not valid YAML or JSON: {e}"),
+        })?;
     let mut objects = Vec::new();
     let mut problems = Vec::new();
     for (i, doc) in docs.into_iter().enumerate() {
@@ -370,6 +385,22 @@ mod tests {
             "metadata":{"name":"s","namespace":"ns"},"addressType":"IPv4","endpoints":[]}"#;
         let (objs, _) = parse(json, "f.json").unwrap();
         assert_eq!(names(&objs), ["EndpointSlice ns/s"]);
+    }
+
+    /// A whole cluster in one file: more documents and nodes than serde-saphyr's default budget.
+    #[test]
+    fn large_files_parse() {
+        let yaml: String = (0..20_000)
+            .map(|i| {
+                format!(
+                    "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\n\
+                     spec: {{ports: [{{port: 80, name: a}}, {{port: 81, name: b}}]}}\n"
+                )
+            })
+            .collect();
+        let (objs, problems) = parse(&yaml, "f.yaml").unwrap();
+        assert_eq!(objs.len(), 20_000);
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[test]

@@ -166,10 +166,8 @@ fn poll_until_times_out_near_the_deadline() {
         None
     );
     let took = start.elapsed();
-    assert!(
-        took >= Duration::from_millis(100) && took < Duration::from_secs(1),
-        "{took:?}"
-    );
+    let deadline = scaled(Duration::from_millis(100));
+    assert!(took >= deadline && took < deadline * 10, "{took:?}");
     assert!(polls >= 3, "{polls} polls");
 }
 
@@ -289,11 +287,9 @@ fn closed_ports_are_refused_at_once() {
                 Err(RequestError::Refused),
                 "udp={udp}"
             );
-            assert!(
-                start.elapsed() < Duration::from_millis(100),
-                "{:?}",
-                start.elapsed()
-            );
+            // Refused, not timed out: well under the timeout (an emulated VM, `cargo xtask
+            // vm-test`, takes some 200 ms where a host takes under 1).
+            assert!(start.elapsed() < T / 4, "{:?}", start.elapsed());
         }
     });
 }

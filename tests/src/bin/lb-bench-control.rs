@@ -1,0 +1,271 @@
+//! Control-plane cost for N ClusterIP services of 10 endpoints each:
+//! - in process, the agent's pipeline from a changed view of the cluster to written maps
+//!   (`model::desired` then `Reconciler::apply` on real pinned maps): from cold, and for one
+//!   endpoint changed (p50/p99 over 100 changes);
+//! - the real `lb-agent` in manifests mode, in a lab namespace, started on a manifest of the N
+//!   services: wall time until its first "maps updated" log line (process start, map creation,
+//!   YAML parsing, model, writes), its peak RSS and CPU time by then.
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use lb::{
+    dataplane::{cleanup, reconcile::Reconciler, Capacities, Dataplane, Options},
+    model::{self, NodeContext, ObjectRef, Objects},
+};
+use lb_tests::{
+    lab::{poll_until, Lab},
+    topology::agent_bin,
+};
+
+const ENDPOINTS: usize = 10;
+const CHANGES: usize = 100;
+
+fn main() -> Result<()> {
+    let sizes: Vec<usize> = match std::env::args().nth(1) {
+        Some(list) => list
+            .split(',')
+            .map(|n| n.parse().context("sizes: comma-separated numbers"))
+            .collect::<Result<_>>()?,
+        None => vec![1_000, 10_000, 50_000],
+    };
+    println!("control plane: N ClusterIP services x {ENDPOINTS} endpoints");
+    println!(
+        "{:>7} | {:>9} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>8} {:>8}",
+        "N",
+        "cold ms",
+        "model ms",
+        "apply ms",
+        "chg p50",
+        "chg p99",
+        "agent ms",
+        "RSS MiB",
+        "CPU s"
+    );
+    for n in sizes {
+        let pin = PathBuf::from(format!("/sys/fs/bpf/lb-bench-ctl-{}", std::process::id()));
+        let result = bench(&pin, n);
+        cleanup(&pin).context("removing the bench's pins")?;
+        let r = result?;
+        let a = agent_cold(n)?;
+        println!(
+            "{n:>7} | {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>9.2} | {:>9.0} {:>8.1} {:>8.2}",
+            ms(r.cold_model + r.cold_apply),
+            ms(r.cold_model),
+            ms(r.cold_apply),
+            ms(r.change_p50),
+            ms(r.change_p99),
+            ms(a.ready),
+            a.peak_rss_kib as f64 / 1024.0,
+            a.cpu.as_secs_f64()
+        );
+    }
+    println!("columns: in-process cold (model + apply) and one-endpoint change; real agent cold");
+    println!("command: cargo xtask bench control");
+    Ok(())
+}
+
+struct Run {
+    cold_model: Duration,
+    cold_apply: Duration,
+    change_p50: Duration,
+    change_p99: Duration,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn bench(pin: &std::path::Path, n: usize) -> Result<Run> {
+    let mut objects = cluster(n)?;
+    let node = NodeContext {
+        name: "node-a".into(),
+        nodeport_addrs: vec![Ipv4Addr::new(192, 0, 2, 10)],
+    };
+    let mut dp = Dataplane::open(&Options {
+        pin_path: pin.to_path_buf(),
+        ..Default::default()
+    })?;
+    let caps = Capacities::read(dp.layout())?;
+    let mut rec = Reconciler::adopt(&dp.maps, caps)?;
+    let t = Instant::now();
+    let desired = model::desired(&objects, &node);
+    let cold_model = t.elapsed();
+    let report = rec.apply(&mut dp.maps, &desired);
+    let cold_apply = t.elapsed() - cold_model;
+    anyhow::ensure!(
+        report.errors.is_empty() && report.refused.is_empty(),
+        "cold apply: {:?} {:?}",
+        report.errors,
+        report.refused
+    );
+    let mut changes = Vec::with_capacity(CHANGES);
+    for i in 0..CHANGES {
+        move_endpoint(&mut objects, i * 7919 % n, i)?;
+        let t = Instant::now();
+        let desired = model::desired(&objects, &node);
+        let report = rec.apply(&mut dp.maps, &desired);
+        changes.push(t.elapsed());
+        anyhow::ensure!(report.writes() > 0, "change {i} wrote nothing");
+    }
+    changes.sort();
+    Ok(Run {
+        cold_model,
+        cold_apply,
+        change_p50: changes[CHANGES / 2],
+        change_p99: changes[CHANGES * 99 / 100],
+    })
+}
+
+/// Service `i`'s ClusterIP: 10.96.0.0/12 has room for a million.
+fn cluster_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 10)) + i as u32)
+}
+
+/// Endpoint `j` of service `i` (10.128.0.0/9 holds 8M), on node-a for j even.
+fn endpoint_ip(i: usize, j: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * ENDPOINTS * 4 + j) as u32)
+}
+
+fn cluster(n: usize) -> Result<Objects> {
+    let mut objects = Objects::default();
+    for i in 0..n {
+        let name = format!("svc-{i}");
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "bench"},
+            "spec": {
+                "clusterIP": cluster_ip(i).to_string(),
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+            },
+        }))?;
+        objects.services.insert(ObjectRef::new("bench", &name), svc);
+        let endpoints: Vec<(Ipv4Addr, usize)> =
+            (0..ENDPOINTS).map(|j| (endpoint_ip(i, j), j)).collect();
+        let slice = endpoint_slice(&name, &endpoints)?;
+        objects
+            .slices
+            .insert(ObjectRef::new("bench", &format!("{name}-1")), slice);
+    }
+    Ok(objects)
+}
+
+fn endpoint_slice(service: &str, endpoints: &[(Ipv4Addr, usize)]) -> Result<EndpointSlice> {
+    let eps: Vec<serde_json::Value> = endpoints
+        .iter()
+        .map(|(ip, j)| {
+            let node = if j % 2 == 0 { "node-a" } else { "node-b" };
+            serde_json::json!({"addresses": [ip.to_string()], "nodeName": node})
+        })
+        .collect();
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": format!("{service}-1"),
+            "namespace": "bench",
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": eps,
+    }))?)
+}
+
+/// Replace endpoint 0 of service `i` with a new address (as a pod restarting elsewhere).
+fn move_endpoint(objects: &mut Objects, i: usize, round: usize) -> Result<()> {
+    let name = format!("svc-{i}");
+    let mut endpoints: Vec<(Ipv4Addr, usize)> =
+        (0..ENDPOINTS).map(|j| (endpoint_ip(i, j), j)).collect();
+    endpoints[0].0 = endpoint_ip(i, ENDPOINTS + 1 + round % (3 * ENDPOINTS - 1));
+    let slice = endpoint_slice(&name, &endpoints)?;
+    objects
+        .slices
+        .insert(ObjectRef::new("bench", &format!("{name}-1")), slice);
+    Ok(())
+}
+
+struct AgentRun {
+    ready: Duration,
+    peak_rss_kib: u64,
+    cpu: Duration,
+}
+
+/// The real agent from cold on a manifest of `n` services, in a namespace of its own (no
+/// interfaces to attach: only the control plane is measured).
+fn agent_cold(n: usize) -> Result<AgentRun> {
+    let lab = Lab::new("bench-control")?;
+    let node = lab.netns("node")?;
+    let manifest = lab.log_dir().join("services.yaml");
+    std::fs::write(&manifest, manifest_yaml(&cluster(n)?)?)?;
+    let pin = lab.pin_path("node");
+    let args = [
+        "run",
+        "--node-name",
+        "node-a",
+        "--manifests",
+        manifest.to_str().context("path")?,
+        "--pin-path",
+        pin.to_str().context("path")?,
+    ];
+    let started = Instant::now();
+    let agent = node.spawn("agent", agent_bin()?, args)?;
+    // The first update after start programs everything.
+    poll_until(Duration::from_secs(300), || {
+        agent.stderr().contains("maps updated").then_some(())
+    })
+    .with_context(|| format!("agent never programmed {n} services:\n{}", agent.stderr()))?;
+    let ready = started.elapsed();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))?;
+    let peak_rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmHWM")?;
+    Ok(AgentRun {
+        ready,
+        peak_rss_kib,
+        cpu: cpu_time(agent.pid())?,
+    })
+}
+
+/// User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15).
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let rest = stat.rsplit_once(')').context("stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_millis(ticks * 1000 / hz))
+}
+
+/// The objects as one multi-document manifest (JSON documents are YAML).
+fn manifest_yaml(objects: &Objects) -> Result<String> {
+    let mut out = String::new();
+    let docs = objects
+        .services
+        .values()
+        .map(|s| typed(s, "v1", "Service"))
+        .chain(
+            objects
+                .slices
+                .values()
+                .map(|s| typed(s, "discovery.k8s.io/v1", "EndpointSlice")),
+        );
+    for doc in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_json::to_string(&doc?)?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn typed(obj: &impl serde::Serialize, api_version: &str, kind: &str) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(obj)?;
+    v["apiVersion"] = api_version.into();
+    v["kind"] = kind.into();
+    Ok(v)
+}
