@@ -27,8 +27,9 @@ enum Task {
     Test(test::Args),
     /// Build lb and show it balancing a Service in a lab of network namespaces.
     Demo(demo::Args),
-    /// Print per-packet cost of the XDP datapath next to a bare XDP program.
-    Bench,
+    /// Print per-packet cost of the XDP datapath next to a bare XDP program; `bench e2e`: the
+    /// end-to-end comparison with kube-proxy's iptables and nftables rulesets.
+    Bench(bench::Args),
     /// Release-build lb-agent and lbctl into --out DIR: what the container image ships (CI runs
     /// it too).
     Dist(dist::Args),
@@ -43,7 +44,7 @@ fn main() -> ExitCode {
         Task::Setup(args) => setup::run_with(&args),
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
-        Task::Bench => bench::run(),
+        Task::Bench(args) => bench::run(&args),
         Task::Dist(args) => dist::run(&args),
         Task::VmTest(args) => vm::run(&args),
     };

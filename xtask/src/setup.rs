@@ -15,8 +15,17 @@ const BUILD_APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 
-/// The lab tests build network namespaces and veths with these.
-const TEST_APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "procps"];
+/// The lab tests build network namespaces and veths with these; `cargo xtask bench e2e` and
+/// its tests load kube-proxy's rulesets with iptables and nftables (Debian 12's `iptables` is
+/// iptables-nft; the package also brings iptables-legacy).
+const TEST_APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "iputils-ping",
+    "procps",
+    "iptables",
+    "nftables",
+];
 
 /// The deployment test renders deploy/kubernetes with `kubectl kustomize`; Debian 12 ships
 /// kubectl 1.20 in this package (its embedded kustomize is old, and the base is kept within it).
