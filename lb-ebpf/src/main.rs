@@ -3,7 +3,9 @@
 //! - `lb_tc_ext`: TC ingress on external interfaces when XDP is off or unavailable;
 //! - `lb_tc_pod`: TC ingress on host-side pod interfaces (traffic from pods);
 //!
-//! plus `lb_xdp_floor`, a bare XDP_PASS that benchmarks use as the cost floor.
+//! plus bare programs that benchmarks measure lb against: `lb_xdp_floor` (XDP_PASS, the cost
+//! floor), `lb_xdp_floor_tx` (XDP_TX, the forwarding floor) and `lb_xdp_sink` (XDP_DROP, what
+//! receives forwarded frames at the other end of a veth).
 #![no_std]
 #![no_main]
 // Map keys and values are passed by reference on purpose: the helpers read them from the stack.
@@ -63,6 +65,16 @@ pub fn lb_tc_pod(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn lb_xdp_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn lb_xdp_floor_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+#[xdp]
+pub fn lb_xdp_sink(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
 }
 
 /// TC leaves delivery to local pods to the stack. Bounces are redirected to the ingress device's

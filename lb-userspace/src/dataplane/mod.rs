@@ -28,7 +28,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb
 pub const PROG_XDP_EXT: &str = "lb_xdp_ext";
 pub const PROG_TC_EXT: &str = "lb_tc_ext";
 pub const PROG_TC_POD: &str = "lb_tc_pod";
+/// Bare programs for benchmarks: XDP_PASS, XDP_TX and XDP_DROP (lb-ebpf's main.rs).
 pub const PROG_XDP_FLOOR: &str = "lb_xdp_floor";
+pub const PROG_XDP_FLOOR_TX: &str = "lb_xdp_floor_tx";
+pub const PROG_XDP_SINK: &str = "lb_xdp_sink";
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -71,7 +74,12 @@ impl Dataplane {
             loader.map_max_entries(name, *size);
         }
         let mut ebpf = loader.load(OBJECT).context("loading the lb BPF object")?;
-        for name in [PROG_XDP_EXT, PROG_XDP_FLOOR] {
+        for name in [
+            PROG_XDP_EXT,
+            PROG_XDP_FLOOR,
+            PROG_XDP_FLOOR_TX,
+            PROG_XDP_SINK,
+        ] {
             xdp_mut(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("verifying {name}"))?;
@@ -119,6 +127,11 @@ impl Dataplane {
             .program(name)
             .with_context(|| format!("no program {name}"))?
             .try_into()?)
+    }
+
+    /// A loaded XDP program to attach by hand (benchmarks: a sink at the far end of a veth).
+    pub fn xdp_mut(&mut self, name: &str) -> Result<&mut Xdp> {
+        xdp_mut(&mut self.ebpf, name)
     }
 
     pub fn tc(&self, name: &str) -> Result<&SchedClassifier> {
