@@ -33,7 +33,15 @@ pub mod map_names {
     pub const FRONTEND_STATS: &str = "LB_FRONTEND_STATS";
     pub const GLOBAL_STATS: &str = "LB_GLOBAL_STATS";
     pub const SERVICE_NAMES: &str = "LB_SERVICE_NAMES";
+    /// Benchmarks only, not pinned: see [`super::BENCH_FRAME_LEN`].
+    pub const BENCH_FRAME: &str = "LB_BENCH_FRAME";
 }
+
+/// Length of the headers `lb_xdp_sink` writes back into every frame it receives (Ethernet, IPv4
+/// and TCP without options: all that lb rewrites in what the forwarding benchmark sends). Live-frames test runs
+/// recycle their pages without re-initialising the data, so without this the program under test
+/// would see its own rewritten frame again instead of the original.
+pub const BENCH_FRAME_LEN: usize = 54;
 
 /// Default capacities; userspace may override them at load time.
 pub mod capacity {

@@ -71,3 +71,8 @@ pub fn count_frontend(stats_id: u32, bytes: u64) {
         }
     }
 }
+
+/// Benchmarks only: the frame `lb_xdp_sink` restores (see `BENCH_FRAME_LEN`). Not pinned: the
+/// agent never writes it.
+#[map]
+pub static LB_BENCH_FRAME: Array<[u8; lb_common::BENCH_FRAME_LEN]> = Array::with_max_entries(1, 0);

@@ -134,6 +134,18 @@ impl Dataplane {
         xdp_mut(&mut self.ebpf, name)
     }
 
+    /// Benchmarks only: the frame `lb_xdp_sink` writes back into the frames it receives.
+    pub fn set_bench_frame(&mut self, frame: &[u8; lb_common::BENCH_FRAME_LEN]) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(lb_common::map_names::BENCH_FRAME)
+            .context("no bench frame map")?;
+        let mut array: aya::maps::Array<_, [u8; lb_common::BENCH_FRAME_LEN]> =
+            aya::maps::Array::try_from(map)?;
+        array.set(0, frame, 0)?;
+        Ok(())
+    }
+
     pub fn tc(&self, name: &str) -> Result<&SchedClassifier> {
         Ok(self
             .ebpf

@@ -13,7 +13,7 @@
 //! made:
 //!
 //! ```text
-//!  pod 10.244.1.5 ── h1 ┐ node ┌ eth0 192.0.2.10 ── peer0 (XDP_DROP sink)
+//!  pod 10.244.1.5 ── h1 ┐ node ┌ eth0 192.0.2.10 ── peer0 (lb_xdp_sink)
 //!                       │      │   routes: 10.244.2.0/24 via 192.0.2.20 (another node)
 //! ```
 use std::{
@@ -29,8 +29,8 @@ use lb::dataplane::{
     PROG_XDP_SINK,
 };
 use lb_common::{
-    map_names, Backend4, Frontend4, Frontend4Key, Service, KIND_CLUSTER_IP, KIND_NODE_PORT,
-    PROTO_TCP, SCOPE_EXTERNAL, SCOPE_INTERNAL, VERDICT_REJECT,
+    map_names, Backend4, Frontend4, Frontend4Key, Service, BENCH_FRAME_LEN, KIND_CLUSTER_IP,
+    KIND_NODE_PORT, PROTO_TCP, SCOPE_EXTERNAL, SCOPE_INTERNAL, VERDICT_REJECT,
 };
 use lb_tests::{
     lab::Lab,
@@ -139,13 +139,15 @@ fn per_packet(dp: &Dataplane, eth0: u32, h1: u32) -> Result<()> {
 }
 
 /// Established NodePort frames through lb (DNAT, SNAT, MACs from the FIB, XDP_TX) and through a
-/// bare XDP_TX program, as live frames on eth0, whose peer drops them in its own XDP program.
+/// bare XDP_TX program, as live frames on eth0, whose peer drops them in its own XDP program
+/// after writing the original frame back (the test run recycles pages as they are).
 fn live_frames(dp: &mut Dataplane, eth0: u32) -> Result<()> {
     let sink = dp.xdp_mut(PROG_XDP_SINK)?;
     // veth transmits XDP frames only to a peer that runs XDP itself.
     sink.attach("peer0", XdpMode::Driver)
         .context("attaching the sink to peer0 (native XDP on veth)")?;
     let established = flows(CLIENT, "192.0.2.10:30080").ack;
+    dp.set_bench_frame(established[..BENCH_FRAME_LEN].try_into()?)?;
     let (lb, floor_tx) = (dp.xdp(PROG_XDP_EXT)?, dp.xdp(PROG_XDP_FLOOR_TX)?);
     let verdict = run(lb, &established, Hook::Xdp(eth0))?.return_value;
     ensure!(
