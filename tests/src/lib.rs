@@ -1,5 +1,6 @@
 pub mod agent_lab;
 pub mod bench_e2e;
+pub mod charts;
 pub mod clock;
 pub mod cluster_lab;
 pub mod http;

@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::traffic::{Closer, LoadReport};
+use crate::charts::{self, Panel, Series};
 
 /// One mode, service count, path and repetition.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -259,10 +260,56 @@ impl Output {
         for (path, text) in &files {
             std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         }
+        let chart = self.dir.join(CHART);
+        write_chart(rows, &chart)?;
         let mut paths = vec![self.dir.join("e2e-runs.jsonl")];
         paths.extend(files.into_iter().map(|(p, _)| p));
+        paths.push(chart);
         Ok(paths)
     }
+}
+
+/// The chart's file name in a results directory.
+pub const CHART: &str = "e2e-conns.svg";
+
+/// Connections/s against the number of services, a line per mode, ClusterIP and NodePort side
+/// by side.
+pub fn write_chart(rows: &[Row], path: &Path) -> Result<()> {
+    let panel = |route: &str, title: &str| {
+        let mut series: Vec<Series> = Vec::new();
+        for r in rows.iter().filter(|r| r.path == route) {
+            let point = (r.services as f64, r.conns_per_sec);
+            match series.iter_mut().find(|s| s.label == r.mode) {
+                Some(s) => s.points.push(point),
+                None => series.push(Series {
+                    label: r.mode.clone(),
+                    points: vec![point],
+                }),
+            }
+        }
+        Panel {
+            title: title.to_string(),
+            x_desc: "services (5 endpoints each)",
+            y_desc: "connections/s",
+            log_y: false,
+            series,
+        }
+    };
+    let panels = [
+        panel("clusterip", "ClusterIP, from a pod"),
+        panel("nodeport", "NodePort, from outside"),
+    ];
+    charts::write_svg(path, &panels)
+}
+
+/// The measurements of a results directory's `e2e-runs.jsonl`.
+pub fn read_runs(dir: &Path) -> Result<Vec<Measurement>> {
+    let path = dir.join("e2e-runs.jsonl");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("{}: {l}", path.display())))
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //!     Builds the lab per run, measures, prints a table and writes results to --out.
 //! lb-bench-e2e serve --port PORT --threads N      (in the pods; started by `run`)
 //! lb-bench-e2e load --addr IP:PORT --conns N ...  (in the clients; prints one JSON line)
+//! lb-bench-e2e chart DIR                          (DIR/e2e-conns.svg from DIR/e2e-runs.jsonl)
 //! ```
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run the benchmark (as root).
     Run(RunArgs),
+    /// Draw the chart of a results directory again (DIR/e2e-runs.jsonl -> DIR/e2e-conns.svg).
+    Chart { dir: PathBuf },
     /// Answer requests on PORT (runs in the lab's pods).
     Serve {
         #[arg(long)]
@@ -100,6 +103,10 @@ struct RunArgs {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(&args),
+        Command::Chart { dir } => {
+            let rows = report::summarize(&report::read_runs(&dir)?);
+            report::write_chart(&rows, &dir.join(report::CHART))
+        }
         Command::Serve {
             port,
             threads,
