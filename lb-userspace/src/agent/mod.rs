@@ -134,7 +134,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     loop {
         let snap: Arc<Snapshot> = snapshots.borrow_and_update().clone();
         // The Node object may have changed its addresses.
-        let node_obj = snap.objects.nodes.get(&node.name);
+        let node_obj = snap.objects.nodes.get(&node.name).map(|n| &**n);
         node.nodeport_addrs = attachments.sync(&mut dp, &host, node_obj, first);
         first = false;
         let desired = model::desired(&snap.objects, &node);
