@@ -392,7 +392,8 @@ fn add_service(
         };
         if policy.uses_cluster {
             let eps = cat.cluster.as_deref().unwrap_or_default();
-            out.sets.push((set_key(Policy::Cluster), make_set(eps, false)));
+            out.sets
+                .push((set_key(Policy::Cluster), make_set(eps, false)));
         }
         if policy.uses_local {
             let eps = cat.local.as_deref().unwrap_or_default();

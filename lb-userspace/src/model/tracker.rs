@@ -17,8 +17,8 @@ use std::{
 };
 
 use super::{
-    endpoints, set_range, share_of, zone_of, Desired, FrontendKey, NodeContext, ObjectRef,
-    Objects, Problem, Scope,
+    endpoints, set_range, share_of, zone_of, Desired, FrontendKey, NodeContext, ObjectRef, Objects,
+    Problem, Scope,
 };
 
 /// What one [`Tracker::update`] changed in [`Desired`].
@@ -120,7 +120,9 @@ impl Tracker {
         for name in &dirty {
             self.add(name, objects, &mut changes);
         }
-        changes.services.extend(dirty.into_iter().map(|n| (n, Vec::new())));
+        changes
+            .services
+            .extend(dirty.into_iter().map(|n| (n, Vec::new())));
         for (name, won) in changes.services.iter_mut() {
             let Some(fragment) = self.fragments.get(name) else {
                 continue;
@@ -136,7 +138,10 @@ impl Tracker {
     fn sharing<'a>(&'a self, f: &'a Fragment) -> impl Iterator<Item = &'a ObjectRef> {
         let frontends = f.frontends.iter().flat_map(|k| self.frontends.claimants(k));
         let retained = f.retained.iter().flat_map(|k| self.retained.claimants(k));
-        let health = f.health_check.iter().flat_map(|k| self.health_checks.claimants(k));
+        let health = f
+            .health_check
+            .iter()
+            .flat_map(|k| self.health_checks.claimants(k));
         frontends.chain(retained).chain(health)
     }
 
@@ -146,7 +151,11 @@ impl Tracker {
             return;
         };
         let d = &mut self.desired;
-        let sets: Vec<_> = d.sets.range(set_range(name)).map(|(k, _)| k.clone()).collect();
+        let sets: Vec<_> = d
+            .sets
+            .range(set_range(name))
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in sets {
             d.sets.remove(&key);
         }

@@ -43,8 +43,8 @@ use serde_json::{json, Value};
 use crate::model::{
     desired,
     endpoints::{group_of, merge},
-    Endpoint, NodeContext, ObjectRef, Objects, Policy, Protocol,
-    LABEL_HEADLESS, LABEL_PROXY_NAME, LABEL_SERVICE_NAME,
+    Endpoint, NodeContext, ObjectRef, Objects, Policy, Protocol, LABEL_HEADLESS, LABEL_PROXY_NAME,
+    LABEL_SERVICE_NAME,
 };
 
 use Protocol::{Tcp as TCP, Udp as UDP};

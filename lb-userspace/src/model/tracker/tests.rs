@@ -252,7 +252,9 @@ const CASES: &[Case] = &[
 fn changes() {
     // Different addresses and NodePorts, disjoint endpoints: nothing shared.
     let mut start = Objects::default();
-    for (svc, variant, slice_name, slice_variant) in [("svc-a", 0, "a-1", 0), ("svc-b", 5, "b-1", 3)] {
+    for (svc, variant, slice_name, slice_variant) in
+        [("svc-a", 0, "a-1", 0), ("svc-b", 5, "b-1", 3)]
+    {
         start
             .services
             .insert(ObjectRef::new("ns", svc), service(svc, variant));
@@ -274,6 +276,11 @@ fn changes() {
                 assert_eq!(&fe.set.service, name, "{}: {key:?}", case.name);
             }
         }
-        assert_eq!(tracker.desired(), &desired(&objects, &node), "{}", case.name);
+        assert_eq!(
+            tracker.desired(),
+            &desired(&objects, &node),
+            "{}",
+            case.name
+        );
     }
 }

@@ -410,8 +410,12 @@ impl FakeApi {
                         meta.remove("managedFields");
                     }
                     let typed = match res {
-                        Res::Services => Object::Service(Arc::new(serde_json::from_value(obj).unwrap())),
-                        Res::Slices => Object::Slice(Arc::new(serde_json::from_value(obj).unwrap())),
+                        Res::Services => {
+                            Object::Service(Arc::new(serde_json::from_value(obj).unwrap()))
+                        }
+                        Res::Slices => {
+                            Object::Slice(Arc::new(serde_json::from_value(obj).unwrap()))
+                        }
                         Res::Nodes => Object::Node(Arc::new(serde_json::from_value(obj).unwrap())),
                     };
                     typed.insert_into(&mut objects);
