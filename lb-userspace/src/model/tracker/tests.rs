@@ -55,13 +55,18 @@ fn service(name: &str, variant: u64) -> Arc<Service> {
 fn slice(name: &str, service: &str, variant: u64) -> Arc<EndpointSlice> {
     let endpoints: Vec<_> = (0..1 + variant % 3)
         .map(|j| {
-            let ip = format!("10.244.0.{}", (variant + j) % 6);
-            let node = if (variant + j) % 2 == 0 { "node-a" } else { "node-b" };
+            let k = variant + j;
+            let ip = format!("10.244.0.{}", k % 6);
+            let node = if k.is_multiple_of(2) {
+                "node-a"
+            } else {
+                "node-b"
+            };
             json!({
                 "addresses": [ip],
                 "nodeName": node,
                 "zone": "z1",
-                "conditions": {"ready": (variant + j) % 5 != 0, "terminating": (variant + j) % 5 == 0},
+                "conditions": {"ready": !k.is_multiple_of(5), "terminating": k.is_multiple_of(5)},
             })
         })
         .collect();
