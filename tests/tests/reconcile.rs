@@ -2,10 +2,11 @@
 //! `dataplane::view`, as lbctl shows them), and what a second apply writes.
 use lb::{
     dataplane::{
+        maps::entries,
         reconcile::{Reconciler, Report},
         view, Capacities, Dataplane, Maps, Options,
     },
-    model::{desired, Desired, NodeContext},
+    model::{desired, Desired, NodeContext, Objects, Tracker},
     source::manifests::objects_of,
 };
 use lb_common::map_names;
@@ -238,4 +239,262 @@ fn a_service_that_does_not_fit_is_refused_whole() {
     let r = apply(&mut rec, &mut dp, &want(&swapped));
     assert!(r.refused.is_empty());
     assert!(dump(&dp.maps).iter().any(|l| l.starts_with("shop/dns-b")));
+}
+
+/// A ClusterIP service on UDP 53 with endpoints `(ip, condition)` (condition "" or
+/// "terminating"), all on node-a.
+fn dns(name: &str, ip: &str, endpoints: &[(&str, &str)]) -> String {
+    let eps: String = endpoints
+        .iter()
+        .map(|(ip, cond)| {
+            let cond = match *cond {
+                "terminating" => ", conditions: {ready: false, serving: true, terminating: true}",
+                _ => "",
+            };
+            format!("- {{addresses: [{ip}], nodeName: node-a{cond}}}\n")
+        })
+        .collect();
+    format!(
+        "{}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{port: 5353, protocol: UDP}}]
+endpoints:
+{eps}",
+        other(name, ip)
+    )
+}
+
+/// The backends map as `ip:port flags` lines, ids left out.
+fn backends(maps: &Maps) -> Vec<String> {
+    let mut out: Vec<String> = entries(&maps.backends)
+        .expect("read backends")
+        .into_iter()
+        .map(|(_, b)| {
+            let ip = std::net::Ipv4Addr::from(b.addr.to_ne_bytes());
+            format!("{ip}:{} flags={}", u16::from_be(b.port), b.flags)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Objects parsed from `yaml`, each equal to one in `previous` replaced by it (same Arc), as
+/// the sources do: the tracker then sees only what changed.
+fn objects_after(previous: &Objects, yaml: &str) -> Objects {
+    let mut next = objects_of(yaml).expect("valid manifests");
+    for (key, svc) in next.services.iter_mut() {
+        if let Some(old) = previous.services.get(key).filter(|o| *o == svc) {
+            *svc = old.clone();
+        }
+    }
+    for (key, slice) in next.slices.iter_mut() {
+        if let Some(old) = previous.slices.get(key).filter(|o| *o == slice) {
+            *slice = old.clone();
+        }
+    }
+    next
+}
+
+struct Step {
+    yaml: fn() -> String,
+    /// Services refused at this step.
+    refused: &'static [&'static str],
+    /// Lines of `backends` expected (empty: not checked).
+    backends: &'static [&'static str],
+}
+
+struct Case {
+    name: &'static str,
+    capacities: &'static [(&'static str, u32)],
+    steps: &'static [Step],
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "an endpoint replaced",
+        capacities: &[],
+        steps: &[
+            Step {
+                yaml: || web(&["10.244.1.5", "10.244.1.6"]),
+                refused: &[],
+                backends: &["10.244.1.5:8080 flags=1", "10.244.1.6:8080 flags=1"],
+            },
+            Step {
+                yaml: || web(&["10.244.1.5", "10.244.1.7"]),
+                refused: &[],
+                backends: &["10.244.1.5:8080 flags=1", "10.244.1.7:8080 flags=1"],
+            },
+        ],
+    },
+    Case {
+        name: "a service deleted",
+        capacities: &[],
+        steps: &[
+            Step {
+                yaml: || web(&["10.244.1.5"]) + &dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")]),
+                refused: &[],
+                backends: &["10.244.1.5:8080 flags=1", "10.244.2.1:5353 flags=1"],
+            },
+            Step {
+                yaml: || web(&["10.244.1.5"]),
+                refused: &[],
+                backends: &["10.244.1.5:8080 flags=1"],
+            },
+        ],
+    },
+    Case {
+        name: "a backend shared by two services stays while one names it",
+        capacities: &[],
+        steps: &[
+            Step {
+                yaml: || {
+                    dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")])
+                        + &dns(
+                            "dns-b",
+                            "10.96.0.54",
+                            &[("10.244.2.1", ""), ("10.244.2.2", "")],
+                        )
+                },
+                refused: &[],
+                backends: &["10.244.2.1:5353 flags=1", "10.244.2.2:5353 flags=1"],
+            },
+            Step {
+                yaml: || dns("dns-b", "10.96.0.54", &[("10.244.2.1", "")]),
+                refused: &[],
+                backends: &["10.244.2.1:5353 flags=1"],
+            },
+            Step {
+                yaml: || dns("dns-a", "10.96.0.53", &[("10.244.2.2", "")]),
+                refused: &[],
+                backends: &["10.244.2.2:5353 flags=1"],
+            },
+        ],
+    },
+    Case {
+        name: "a terminating backend stays until its endpoint goes",
+        capacities: &[],
+        steps: &[
+            Step {
+                yaml: || {
+                    dns(
+                        "dns-a",
+                        "10.96.0.53",
+                        &[("10.244.2.1", ""), ("10.244.2.2", "")],
+                    )
+                },
+                refused: &[],
+                backends: &["10.244.2.1:5353 flags=1", "10.244.2.2:5353 flags=1"],
+            },
+            Step {
+                yaml: || {
+                    dns(
+                        "dns-a",
+                        "10.96.0.53",
+                        &[("10.244.2.1", ""), ("10.244.2.2", "terminating")],
+                    )
+                },
+                refused: &[],
+                backends: &["10.244.2.1:5353 flags=1", "10.244.2.2:5353 flags=3"],
+            },
+            Step {
+                yaml: || dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")]),
+                refused: &[],
+                backends: &["10.244.2.1:5353 flags=1"],
+            },
+        ],
+    },
+    Case {
+        name: "a service that does not fit keeps its old entries; programmed ones go first",
+        // web takes 4 frontends, each dns service 2.
+        capacities: &[(map_names::FRONTENDS4, 6)],
+        steps: &[
+            Step {
+                yaml: || web(&["10.244.1.5"]) + &dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")]),
+                refused: &[],
+                backends: &[],
+            },
+            Step {
+                yaml: || {
+                    web(&["10.244.1.6"])
+                        + &dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")])
+                        + &dns("dns-b", "10.96.0.54", &[("10.244.2.2", "")])
+                },
+                refused: &["shop/dns-b"],
+                backends: &["10.244.1.6:8080 flags=1", "10.244.2.1:5353 flags=1"],
+            },
+            Step {
+                // web grows an externalIP (2 frontends more): it no longer fits and keeps its
+                // entries, backend included.
+                yaml: || {
+                    web(&["10.244.1.7"]).replace(
+                        "clusterIP: 10.96.0.10",
+                        "clusterIP: 10.96.0.10\n  externalIPs: [203.0.113.1]",
+                    ) + &dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")])
+                        + &dns("dns-b", "10.96.0.54", &[("10.244.2.2", "")])
+                },
+                // Programmed services are planned first.
+                refused: &["shop/web", "shop/dns-b"],
+                backends: &["10.244.1.6:8080 flags=1", "10.244.2.1:5353 flags=1"],
+            },
+            Step {
+                yaml: || web(&["10.244.1.5"]) + &dns("dns-b", "10.96.0.54", &[("10.244.2.2", "")]),
+                refused: &[],
+                backends: &["10.244.1.5:8080 flags=1", "10.244.2.2:5353 flags=1"],
+            },
+        ],
+    },
+];
+
+/// Each step applied as the agent does (tracker changes, `apply_changes`) to one dataplane and
+/// from scratch (`apply`) to another: both must hold the same, with the same refusals.
+#[test]
+fn incremental_apply_matches_full_apply() {
+    if !require_privileged("reconcile") {
+        return;
+    }
+    let lab = Lab::new("reconcile-incr").expect("lab");
+    for (n, case) in CASES.iter().enumerate() {
+        let caps = case.capacities.to_vec();
+        let mut incr_dp = open(&lab, &format!("incr-{n}"), caps.clone());
+        let mut full_dp = open(&lab, &format!("full-{n}"), caps);
+        let caps = Capacities::read(incr_dp.layout()).expect("capacities");
+        let mut incr = Reconciler::adopt(&incr_dp.maps, caps).expect("adopt");
+        let mut full = Reconciler::adopt(&full_dp.maps, caps).expect("adopt");
+        let mut tracker = Tracker::default();
+        let mut objects = Objects::default();
+        for (i, step) in case.steps.iter().enumerate() {
+            let what = format!("{}, step {i}", case.name);
+            let next = objects_after(&objects, &(step.yaml)());
+            let changes = tracker.update(&objects, &next, &node());
+            objects = next;
+            let r = if i == 0 {
+                incr.apply(&mut incr_dp.maps, tracker.desired())
+            } else {
+                incr.apply_changes(&mut incr_dp.maps, tracker.desired(), &changes)
+            };
+            assert!(r.errors.is_empty(), "{what}: {:?}", r.errors);
+            let refused: Vec<String> = r.refused.iter().map(|(s, _)| s.to_string()).collect();
+            assert_eq!(refused, step.refused, "{what}: refused");
+            let f = apply(&mut full, &mut full_dp, &desired(&objects, &node()));
+            assert_eq!(f.refused, r.refused, "{what}: refused by the full apply");
+            assert_eq!(
+                dump(&incr_dp.maps),
+                dump(&full_dp.maps),
+                "{what}: frontends"
+            );
+            assert_eq!(backends(&incr_dp.maps), backends(&full_dp.maps), "{what}");
+            if !step.backends.is_empty() {
+                assert_eq!(backends(&incr_dp.maps), step.backends, "{what}: backends");
+            }
+            let read = lb::dataplane::reconcile::Programmed::read(&incr_dp.maps).expect("read");
+            assert_eq!(
+                &read,
+                incr.programmed(),
+                "{what}: the reconciler's view of the maps"
+            );
+        }
+    }
 }

@@ -22,7 +22,7 @@ use crate::{
     dataplane::{conntrack, reconcile::Reconciler, Capacities, Dataplane, Options, XdpRequest},
     health::HealthServers,
     metrics::{self, Metrics},
-    model::{self, NodeContext, Problem},
+    model::{NodeContext, Problem, Tracker},
     source::{self, manifests::Manifests, Snapshot},
 };
 use attachments::Attachments;
@@ -131,18 +131,30 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut ct_collect = tokio::time::interval(CT_COLLECT_INTERVAL);
     let mut reported: BTreeSet<Problem> = BTreeSet::new();
     let mut event_at = Instant::now();
+    let mut tracker = Tracker::default();
+    // The snapshot the tracker has seen.
+    let mut seen = Arc::new(Snapshot::default());
+    // Plan the whole maps (cold start, after re-reading them) rather than the changes only.
+    let mut whole = true;
     loop {
         let snap: Arc<Snapshot> = snapshots.borrow_and_update().clone();
         // The Node object may have changed its addresses.
-        let node_obj = snap.objects.nodes.get(&node.name);
+        let node_obj = snap.objects.nodes.get(&node.name).map(|n| &**n);
         node.nodeport_addrs = attachments.sync(&mut dp, &host, node_obj, first);
         first = false;
-        let desired = model::desired(&snap.objects, &node);
-        let report = rec.apply(&mut dp.maps, &desired);
+        let changes = tracker.update(&seen.objects, &snap.objects, &node);
+        seen = snap.clone();
+        let desired = tracker.desired();
+        let report = if whole || changes.node {
+            whole = false;
+            rec.apply(&mut dp.maps, desired)
+        } else {
+            rec.apply_changes(&mut dp.maps, desired, &changes)
+        };
         let problems = snap.problems.iter().chain(&desired.problems);
         report_problems(problems, &mut reported);
         let latency = event_at.elapsed();
-        metrics.record_sync(&report, latency, &desired, rec.programmed(), &reported);
+        metrics.record_sync(&report, latency, desired, rec.programmed(), &reported);
         health_servers.sync(&desired.health_checks);
         for (svc, map) in &report.refused {
             tracing::error!(service = %svc, map, "service refused: the map is full");
@@ -166,8 +178,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
             }
             Some(()) = link_events.recv() => rescan(&handle, &mut host).await,
             _ = resync.tick() => {
-                if let Err(e) = rec.resync(&dp.maps) {
-                    tracing::warn!("re-reading the maps: {e:#}");
+                match rec.resync(&dp.maps) {
+                    Ok(()) => whole = true,
+                    Err(e) => tracing::warn!("re-reading the maps: {e:#}"),
                 }
                 // Attachments that failed get another try (at the top of the loop).
                 attachments.forget_failures();

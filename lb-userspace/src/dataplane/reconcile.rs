@@ -10,7 +10,7 @@
 //! entries name backends by id), a set keeps its id while its service port and policy stay, and
 //! a frontend keeps its counters. Services that would not fit in the maps are refused whole and
 //! keep what they had.
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
@@ -21,7 +21,8 @@ use lb_common::{
 
 use super::maps::{entries, Capacities, Maps};
 use crate::model::{
-    BackendSet, Desired, FrontendKey, ObjectRef, Policy, Protocol, SetKey, Verdict,
+    set_range, BackendSet, Changes, Desired, FrontendKey, ObjectRef, Policy, Protocol, SetKey,
+    Verdict,
 };
 
 /// A backend set as the maps hold it.
@@ -110,6 +111,10 @@ pub struct Reconciler {
     caps: Capacities,
     current: Programmed,
     cursors: Cursors,
+    index: Index,
+    /// Services refused by the last apply, with the frontends they win: every apply tries them
+    /// again, changed or not, since room may have been made.
+    refused: HashMap<ObjectRef, Vec<FrontendKey>>,
 }
 
 /// Where the next id search starts: ids are not reused right away, so a stale reference (a
@@ -119,6 +124,93 @@ struct Cursors {
     set: u32,
     backend: u32,
     stats: u32,
+}
+
+/// Lookups derived from [`Programmed`], kept alongside it so that planning one service's change
+/// costs that service's entries, not the whole maps.
+#[derive(Default)]
+struct Index {
+    set_ids: HashMap<SetKey, u32>,
+    backend_ids: HashMap<(u32, u16), u32>,
+    /// Ids taken, in the maps or by the plan under way.
+    sets_used: HashSet<u32>,
+    backends_used: HashSet<u32>,
+    stats_used: HashSet<u32>,
+    /// What each service has in the maps.
+    services: HashMap<ObjectRef, Owned>,
+    /// How many slots name each backend.
+    backend_refs: HashMap<u32, u32>,
+    slots: u64,
+}
+
+/// One service's entries in the maps.
+#[derive(Clone, Debug, Default)]
+struct Owned {
+    sets: Vec<u32>,
+    frontends: Vec<Frontend4Key>,
+}
+
+impl Index {
+    fn of(p: &Programmed) -> Self {
+        let mut index = Index {
+            backend_ids: p
+                .backends
+                .iter()
+                .map(|(id, b)| ((b.addr, b.port), *id))
+                .collect(),
+            sets_used: p.sets.keys().copied().chain([0]).collect(),
+            backends_used: p.backends.keys().copied().chain([0]).collect(),
+            stats_used: p.frontends.values().map(|f| f.stats_id).collect(),
+            ..Default::default()
+        };
+        for (id, set) in &p.sets {
+            let Some(key) = &set.key else { continue };
+            index.set_ids.insert(key.clone(), *id);
+            index.owned(&key.service).sets.push(*id);
+            index.count_slots(&set.slots, 1);
+        }
+        for (key, fe) in &p.frontends {
+            let service = p.sets.get(&fe.service_id).and_then(|s| s.key.as_ref());
+            if let Some(key_of_set) = service {
+                index
+                    .owned(&key_of_set.service.clone())
+                    .frontends
+                    .push(*key);
+            }
+        }
+        index
+    }
+
+    fn owned(&mut self, service: &ObjectRef) -> &mut Owned {
+        self.services.entry(service.clone()).or_default()
+    }
+
+    /// Add (`by` = 1) or take away (`by` = -1) a set's slots from the reference counts.
+    fn count_slots(&mut self, slots: &[u32], by: i64) {
+        for b in slots {
+            let refs = self.backend_refs.entry(*b).or_default();
+            *refs = (*refs as i64 + by) as u32;
+        }
+        self.slots = (self.slots as i64 + by * slots.len() as i64) as u64;
+    }
+
+    /// Forget entries the maps no longer hold (after an incremental apply).
+    fn forget(&mut self, gone: &Programmed) {
+        for fe in gone.frontends.values() {
+            self.stats_used.remove(&fe.stats_id);
+        }
+        for (id, set) in &gone.sets {
+            if let Some(key) = &set.key {
+                self.set_ids.remove(key);
+            }
+            self.sets_used.remove(id);
+        }
+        for (id, b) in &gone.backends {
+            self.backend_ids.remove(&(b.addr, b.port));
+            self.backends_used.remove(id);
+            self.backend_refs.remove(id);
+        }
+    }
 }
 
 impl Reconciler {
@@ -139,8 +231,10 @@ impl Reconciler {
         };
         Ok(Reconciler {
             caps,
+            index: Index::of(&current),
             current,
             cursors,
+            refused: HashMap::new(),
         })
     }
 
@@ -151,12 +245,35 @@ impl Reconciler {
     /// Re-read the maps, so the next apply repairs whatever changed behind the agent's back.
     pub fn resync(&mut self, maps: &Maps) -> Result<()> {
         self.current = Programmed::read(maps)?;
+        self.index = Index::of(&self.current);
         Ok(())
     }
 
+    /// Make the maps hold `desired` and nothing else (cold start, after a resync).
     pub fn apply(&mut self, maps: &mut Maps, desired: &Desired) -> Report {
         let mut report = Report::default();
-        let target = self.plan(desired, &mut report);
+        let mut index = Index::of(&self.current);
+        // Planned from nothing: no usage counts, every service programmed anew.
+        let previous = std::mem::take(&mut index.services);
+        index.backend_refs.clear();
+        index.slots = 0;
+        let mut frontends: HashMap<&ObjectRef, Vec<FrontendKey>> = HashMap::new();
+        for (key, fe) in &desired.frontends {
+            frontends.entry(&fe.set.service).or_default().push(*key);
+        }
+        let mut plan = Planner::new(self, &mut index, desired, 0);
+        let services = desired.services().into_iter();
+        let services = services.map(|s| (s, frontends.remove(s).unwrap_or_default()));
+        let refused = plan.admit_in_order(services, previous, &mut report);
+        let addrs: Vec<_> = plan
+            .index
+            .backend_ids
+            .iter()
+            .map(|(a, id)| (*id, *a))
+            .collect();
+        plan.touched.extend(addrs);
+        let (target, _) = plan.finish();
+        self.refused = refused;
         write_diff(maps, &self.current, &target, &mut report);
         self.current = if report.errors.is_empty() {
             target
@@ -164,239 +281,332 @@ impl Reconciler {
             // Some writes failed: believe the maps, the next apply retries the rest.
             Programmed::read(maps).unwrap_or(target)
         };
+        self.index = Index::of(&self.current);
         report
     }
 
-    /// The maps' next contents: every service that fits, and the old entries of those that don't.
-    fn plan(&mut self, desired: &Desired, report: &mut Report) -> Programmed {
-        let mut plan = Planner::new(self, desired);
-        let programmed: HashSet<ObjectRef> =
-            plan.set_ids.keys().map(|k| k.service.clone()).collect();
-        let mut services: Vec<&ObjectRef> = desired.services().into_iter().collect();
-        // Services already programmed go first: an update never loses to a newcomer.
-        services.sort_by_key(|s| (!programmed.contains(*s), *s));
-        for service in services {
-            if let Err(map) = plan.admit(service) {
-                report.refused.push((service.clone(), map));
-                plan.keep_current(service);
+    /// Bring the maps from the last applied `Desired` to `desired`, which differs from it only
+    /// as `changes` says: only the changed services' entries are planned and written.
+    pub fn apply_changes(
+        &mut self,
+        maps: &mut Maps,
+        desired: &Desired,
+        changes: &Changes,
+    ) -> Report {
+        let mut report = Report::default();
+        let mut index = std::mem::take(&mut self.index);
+        let frontends = self.current.frontends.len();
+        let mut services = std::mem::take(&mut self.refused);
+        services.extend(changes.services.iter().map(|(s, f)| (s.clone(), f.clone())));
+        let mut plan = Planner::new(self, &mut index, desired, frontends);
+        let mut previous = HashMap::new();
+        let mut before = Programmed::default();
+        for service in services.keys() {
+            if let Some(owned) = plan.release(service, &mut before) {
+                previous.insert(service.clone(), owned);
             }
         }
-        plan.retain();
-        plan.target
+        let services = services.iter().map(|(s, f)| (s, f.clone()));
+        let refused = plan.admit_in_order(services, previous, &mut report);
+        for addr in &changes.retained {
+            if let Some(id) = plan.index.backend_ids.get(&kernel_addr(addr)) {
+                plan.touched.insert(*id, kernel_addr(addr));
+            }
+        }
+        let (target, touched) = plan.finish();
+        self.refused = refused;
+        self.fill_before(&mut before, &target, &touched);
+        write_diff(maps, &before, &target, &mut report);
+        if report.errors.is_empty() {
+            self.index = index;
+            self.merge(before, target);
+        } else {
+            // Some writes failed: believe the maps, the next apply retries the rest.
+            if let Ok(read) = Programmed::read(maps) {
+                self.current = read;
+            }
+            self.index = Index::of(&self.current);
+        }
+        report
+    }
+
+    /// What the maps hold now for each entry the target names: the other side of the diff.
+    fn fill_before(&self, before: &mut Programmed, target: &Programmed, touched: &[u32]) {
+        let cur = &self.current;
+        for id in touched {
+            if let Some(b) = cur.backends.get(id) {
+                before.backends.insert(*id, *b);
+            }
+        }
+        for key in target.frontends.keys() {
+            if let Some(fe) = cur.frontends.get(key) {
+                before.frontends.entry(*key).or_insert(*fe);
+            }
+        }
+    }
+
+    /// Apply a written diff to `current` and the index.
+    fn merge(&mut self, mut before: Programmed, target: Programmed) {
+        before
+            .frontends
+            .retain(|k, _| !target.frontends.contains_key(k));
+        before.sets.retain(|id, _| !target.sets.contains_key(id));
+        before
+            .backends
+            .retain(|id, _| !target.backends.contains_key(id));
+        let cur = &mut self.current;
+        for key in before.frontends.keys() {
+            cur.frontends.remove(key);
+        }
+        for id in before.sets.keys() {
+            cur.sets.remove(id);
+        }
+        for id in before.backends.keys() {
+            cur.backends.remove(id);
+        }
+        self.index.forget(&before);
+        cur.frontends.extend(target.frontends);
+        cur.sets.extend(target.sets);
+        cur.backends.extend(target.backends);
     }
 }
 
-/// Builds the target state service by service, allocating ids and counting map usage.
+/// Builds the maps' next entries service by service, allocating ids and counting map usage.
 struct Planner<'a> {
-    rec: &'a mut Reconciler,
+    caps: Capacities,
+    cursors: &'a mut Cursors,
+    current: &'a Programmed,
+    index: &'a mut Index,
     desired: &'a Desired,
-    set_ids: HashMap<SetKey, u32>,
-    backend_ids: HashMap<(u32, u16), u32>,
-    /// Ids taken, in the maps or by this plan.
-    sets_used: HashSet<u32>,
-    backends_used: HashSet<u32>,
-    stats_used: HashSet<u32>,
+    /// The planned services' entries (all the maps' on a full apply).
+    target: Programmed,
+    /// Frontends in the maps once the plan is written.
+    frontends: usize,
     /// Sets and backends this plan adds (not in the maps yet).
     fresh_sets: usize,
     fresh_backends: usize,
-    target: Programmed,
-    slots: u64,
-    by_service: BTreeMap<&'a ObjectRef, Vec<(&'a FrontendKey, &'a SetKey)>>,
+    /// Backends whose entry the plan decides (kept, changed or removed), by id.
+    touched: HashMap<u32, (u32, u16)>,
 }
 
 impl<'a> Planner<'a> {
-    fn new(rec: &'a mut Reconciler, desired: &'a Desired) -> Self {
-        let set_ids = rec
-            .current
-            .sets
-            .iter()
-            .filter_map(|(id, s)| Some((s.key.clone()?, *id)))
-            .collect();
-        let backend_ids = rec
-            .current
-            .backends
-            .iter()
-            .map(|(id, b)| ((b.addr, b.port), *id))
-            .collect();
-        let sets_used = rec.current.sets.keys().copied().chain([0]).collect();
-        let backends_used = rec.current.backends.keys().copied().chain([0]).collect();
-        let stats_used = rec.current.frontends.values().map(|f| f.stats_id).collect();
-        let mut by_service: BTreeMap<_, Vec<_>> = BTreeMap::new();
-        for (key, fe) in &desired.frontends {
-            by_service
-                .entry(&fe.set.service)
-                .or_default()
-                .push((key, &fe.set));
-        }
+    fn new(
+        rec: &'a mut Reconciler,
+        index: &'a mut Index,
+        desired: &'a Desired,
+        frontends: usize,
+    ) -> Self {
         Planner {
-            rec,
+            caps: rec.caps,
+            cursors: &mut rec.cursors,
+            current: &rec.current,
+            index,
             desired,
-            set_ids,
-            backend_ids,
-            sets_used,
-            backends_used,
-            stats_used,
+            target: Programmed::default(),
+            frontends,
             fresh_sets: 0,
             fresh_backends: 0,
-            target: Programmed::default(),
-            slots: 0,
-            by_service,
+            touched: HashMap::new(),
         }
     }
 
+    /// Take a service's entries out of the usage counts, copying them into `before`.
+    fn release(&mut self, service: &ObjectRef, before: &mut Programmed) -> Option<Owned> {
+        let owned = self.index.services.remove(service)?;
+        for id in &owned.sets {
+            let set = &self.current.sets[id];
+            self.index.count_slots(&set.slots, -1);
+            self.touch_slots(&set.slots);
+            before.sets.insert(*id, set.clone());
+        }
+        for key in &owned.frontends {
+            before.frontends.insert(*key, self.current.frontends[key]);
+        }
+        self.frontends -= owned.frontends.len();
+        Some(owned)
+    }
+
+    fn touch_slots(&mut self, slots: &[u32]) {
+        for b in slots {
+            if let Some(be) = self.current.backends.get(b) {
+                self.touched.insert(*b, (be.addr, be.port));
+            }
+        }
+    }
+
+    /// Admit each service with the frontends it wins; services already programmed go first
+    /// (an update never loses to a newcomer). One that does not fit keeps its `previous` entries;
+    /// those are returned.
+    fn admit_in_order<'s>(
+        &mut self,
+        services: impl Iterator<Item = (&'s ObjectRef, Vec<FrontendKey>)>,
+        mut previous: HashMap<ObjectRef, Owned>,
+        report: &mut Report,
+    ) -> HashMap<ObjectRef, Vec<FrontendKey>> {
+        let mut refused = HashMap::new();
+        let mut services: Vec<_> = services.collect();
+        services.sort_by(|(a, _), (b, _)| {
+            let known = |s: &ObjectRef| !previous.contains_key(s);
+            (known(a), *a).cmp(&(known(b), *b))
+        });
+        for (service, frontends) in services {
+            if let Err(map) = self.admit(service, &frontends) {
+                report.refused.push((service.clone(), map));
+                if let Some(owned) = previous.remove(service) {
+                    self.keep(service, owned);
+                }
+                refused.insert(service.clone(), frontends);
+            }
+        }
+        refused
+    }
+
     /// Add one service's sets and frontends to the target, or say which map it overflows.
-    fn admit(&mut self, service: &ObjectRef) -> Result<(), &'static str> {
+    fn admit(
+        &mut self,
+        service: &ObjectRef,
+        frontends: &[FrontendKey],
+    ) -> Result<(), &'static str> {
         let sets: Vec<(&SetKey, &BackendSet)> =
             self.desired.sets.range(set_range(service)).collect();
-        let frontends = self.by_service.get(service).cloned().unwrap_or_default();
-        let caps = self.rec.caps;
-        let new_backends: BTreeSet<(u32, u16)> = sets
-            .iter()
-            .flat_map(|(_, s)| s.backends.iter().map(|b| (be_addr(b.ip), b.port.to_be())))
-            .filter(|b| !self.target_has_backend(b))
-            .collect();
-        let slots: u64 = sets.iter().map(|(_, s)| s.backends.len() as u64).sum();
-        if self.target.frontends.len() + frontends.len() > caps.frontends as usize {
+        let caps = self.caps;
+        if self.frontends + frontends.len() > caps.frontends as usize {
             return Err(lb_common::map_names::FRONTENDS4);
         }
         // Old sets go only after the new ones are in (step 5 of write_diff): count both.
         let fresh_sets = sets
             .iter()
-            .filter(|(k, _)| !self.set_ids.contains_key(*k))
+            .filter(|(k, _)| !self.index.set_ids.contains_key(*k))
             .count();
-        let peak_sets = self.rec.current.sets.len() + self.fresh_sets + fresh_sets;
-        if peak_sets > caps.services as usize {
+        if self.current.sets.len() + self.fresh_sets + fresh_sets > caps.services as usize {
             return Err(lb_common::map_names::SERVICES);
         }
-        if self.slots + slots > caps.slots as u64 {
+        let slots: u64 = sets.iter().map(|(_, s)| s.backends.len() as u64).sum();
+        if self.index.slots + slots > caps.slots as u64 {
             return Err(lb_common::map_names::SLOTS);
         }
-        if self.backend_count_with(&new_backends) > caps.backends as usize {
+        // Backends in the maps at the peak of the update: every current one (removals come
+        // last), those this plan added so far, and this service's new ones.
+        let fresh_backends: HashSet<(u32, u16)> = sets
+            .iter()
+            .flat_map(|(_, s)| s.backends.iter().map(|b| kernel_addr(&(b.ip, b.port))))
+            .filter(|a| !self.index.backend_ids.contains_key(a))
+            .collect();
+        let peak = self.current.backends.len() + self.fresh_backends + fresh_backends.len();
+        if peak > caps.backends as usize {
             return Err(lb_common::map_names::BACKENDS4);
         }
+        let mut owned = Owned::default();
         for (key, set) in sets {
-            self.add_set(key, set);
+            owned.sets.push(self.add_set(key, set));
         }
-        self.slots += slots;
-        for (key, set) in frontends {
-            self.add_frontend(key, set);
+        for key in frontends {
+            owned.frontends.push(self.add_frontend(key));
         }
+        self.index.services.insert(service.clone(), owned);
         Ok(())
     }
 
-    fn target_has_backend(&self, b: &(u32, u16)) -> bool {
-        self.backend_ids
-            .get(b)
-            .is_some_and(|id| self.target.backends.contains_key(id))
-    }
-
-    /// Backends in the maps at the peak of the update: every current one (removals come last),
-    /// those this plan added so far, and this service's new ones.
-    fn backend_count_with(&self, new: &BTreeSet<(u32, u16)>) -> usize {
-        let fresh = new
-            .iter()
-            .filter(|b| !self.backend_ids.contains_key(*b))
-            .count();
-        self.rec.current.backends.len() + self.fresh_backends + fresh
-    }
-
-    fn add_set(&mut self, key: &SetKey, set: &BackendSet) {
-        let id = match self.set_ids.get(key) {
+    fn add_set(&mut self, key: &SetKey, set: &BackendSet) -> u32 {
+        let id = match self.index.set_ids.get(key) {
             Some(id) => *id,
             None => {
                 self.fresh_sets += 1;
-                let id = alloc(&mut self.rec.cursors.set, ID_LIMIT, &mut self.sets_used);
-                self.set_ids.insert(key.clone(), id);
+                let id = alloc(&mut self.cursors.set, ID_LIMIT, &mut self.index.sets_used);
+                self.index.set_ids.insert(key.clone(), id);
                 id
             }
         };
-        let slots = set.backends.iter().map(|b| self.backend_id(b)).collect();
+        let slots: Vec<u32> = set.backends.iter().map(|b| self.backend_id(b)).collect();
+        self.index.count_slots(&slots, 1);
         let programmed = ProgrammedSet {
             key: Some(key.clone()),
             service: service_value(set),
             slots,
         };
         self.target.sets.insert(id, programmed);
+        id
     }
 
     fn backend_id(&mut self, b: &crate::model::Backend) -> u32 {
-        let addr = (be_addr(b.ip), b.port.to_be());
-        let id = match self.backend_ids.get(&addr) {
+        let addr = kernel_addr(&(b.ip, b.port));
+        let id = match self.index.backend_ids.get(&addr) {
             Some(id) => *id,
             None => {
                 self.fresh_backends += 1;
-                let id = alloc(
-                    &mut self.rec.cursors.backend,
-                    ID_LIMIT,
-                    &mut self.backends_used,
-                );
-                self.backend_ids.insert(addr, id);
+                let used = &mut self.index.backends_used;
+                let id = alloc(&mut self.cursors.backend, ID_LIMIT, used);
+                self.index.backend_ids.insert(addr, id);
                 id
             }
         };
+        self.touched.insert(id, addr);
         self.target.backends.insert(id, backend_value(addr, b));
         id
     }
 
-    fn add_frontend(&mut self, key: &FrontendKey, set: &SetKey) {
+    fn add_frontend(&mut self, key: &FrontendKey) -> Frontend4Key {
         let kernel_key = frontend_key(key);
-        let kind = self.desired.frontends[key].kind.number();
-        let stats_id = match self.rec.current.frontends.get(&kernel_key) {
+        let fe = &self.desired.frontends[key];
+        let stats_id = match self.current.frontends.get(&kernel_key) {
             Some(fe) => fe.stats_id,
             None => {
-                let limit = self.rec.caps.frontends;
-                alloc(&mut self.rec.cursors.stats, limit, &mut self.stats_used)
+                let limit = self.caps.frontends;
+                alloc(&mut self.cursors.stats, limit, &mut self.index.stats_used)
             }
         };
         let value = Frontend4 {
-            service_id: self.set_ids[set],
+            service_id: self.index.set_ids[&fe.set],
             stats_id,
-            kind,
+            kind: fe.kind.number(),
             _pad: [0; 3],
         };
         self.target.frontends.insert(kernel_key, value);
-    }
-
-    /// Backends of endpoints still listed but in no set (terminating, not ready) stay while
-    /// they have an id: established connections to them keep going. No new ids: nothing
-    /// can be connected to a backend that was never programmed.
-    fn retain(&mut self) {
-        for b in self.desired.retained.values() {
-            let addr = (be_addr(b.ip), b.port.to_be());
-            let Some(id) = self.backend_ids.get(&addr).copied() else {
-                continue;
-            };
-            self.target
-                .backends
-                .entry(id)
-                .or_insert_with(|| backend_value(addr, b));
-        }
+        self.frontends += 1;
+        kernel_key
     }
 
     /// A refused service keeps whatever the maps already hold for it.
-    fn keep_current(&mut self, service: &ObjectRef) {
-        let current = &self.rec.current;
-        let ids: HashSet<u32> = current
-            .sets
-            .iter()
-            .filter(|(_, s)| s.key.as_ref().is_some_and(|k| &k.service == service))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &ids {
-            let set = current.sets[id].clone();
-            for be in &set.slots {
-                if let Some(b) = current.backends.get(be) {
-                    self.target.backends.insert(*be, *b);
-                }
-            }
-            self.slots += set.slots.len() as u64;
+    fn keep(&mut self, service: &ObjectRef, owned: Owned) {
+        for id in &owned.sets {
+            let set = self.current.sets[id].clone();
+            self.index.count_slots(&set.slots, 1);
+            self.touch_slots(&set.slots);
             self.target.sets.insert(*id, set);
         }
-        for (key, fe) in &current.frontends {
-            if ids.contains(&fe.service_id) {
-                self.target.frontends.insert(*key, *fe);
+        for key in &owned.frontends {
+            self.target
+                .frontends
+                .insert(*key, self.current.frontends[key]);
+        }
+        self.frontends += owned.frontends.len();
+        self.index.services.insert(service.clone(), owned);
+    }
+
+    /// Decide the touched backends: a backend stays while a slot names it, or while its
+    /// endpoint is still listed (terminating, not ready: established connections to it keep
+    /// going), with the flags of the endpoint's listing. Returns the target and the ids decided.
+    fn finish(mut self) -> (Programmed, Vec<u32>) {
+        let touched = std::mem::take(&mut self.touched);
+        for (id, addr) in &touched {
+            let named = self.index.backend_refs.get(id).is_some_and(|n| *n > 0);
+            match self.desired.retained.get(&model_addr(*addr)) {
+                Some(b) => {
+                    self.target.backends.insert(*id, backend_value(*addr, b));
+                }
+                // Named by a set the model did not list (or kept from before): as it is.
+                None if named => {
+                    if let Some(b) = self.current.backends.get(id) {
+                        self.target.backends.entry(*id).or_insert(*b);
+                    }
+                }
+                None => {
+                    self.target.backends.remove(id);
+                }
             }
         }
+        self.index.backend_refs.retain(|_, n| *n > 0);
+        (self.target, touched.into_keys().collect())
     }
 }
 
@@ -418,18 +628,6 @@ fn alloc(cursor: &mut u32, limit: u32, used: &mut HashSet<u32>) -> u32 {
     *cursor
 }
 
-fn set_range(service: &ObjectRef) -> std::ops::RangeInclusive<SetKey> {
-    let key = |port_name: String, proto, policy| SetKey {
-        service: service.clone(),
-        port_name,
-        proto,
-        policy,
-    };
-    // Port names are at most 15 bytes of [a-z0-9-]: U+10FFFF sorts after all of them.
-    key(String::new(), Protocol::Tcp, Policy::Cluster)
-        ..=key("\u{10FFFF}".into(), Protocol::Udp, Policy::Local)
-}
-
 fn backend_value(addr: (u32, u16), b: &crate::model::Backend) -> Backend4 {
     let mut flags = 0;
     if b.local {
@@ -448,6 +646,16 @@ fn backend_value(addr: (u32, u16), b: &crate::model::Backend) -> Backend4 {
 
 fn be_addr(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
+}
+
+/// A backend's address as the maps hold it (network byte order).
+fn kernel_addr(addr: &(Ipv4Addr, u16)) -> (u32, u16) {
+    (be_addr(addr.0), addr.1.to_be())
+}
+
+/// A backend's address as the model holds it.
+fn model_addr(addr: (u32, u16)) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::from(addr.0.to_ne_bytes()), u16::from_be(addr.1))
 }
 
 pub fn frontend_key(key: &FrontendKey) -> Frontend4Key {

@@ -39,38 +39,28 @@ pub type EndpointsByPort = BTreeMap<PortKey, Vec<Endpoint>>;
 /// A service's endpoints while slices merge: per port, deduplicated on ip:port.
 type MergingPorts = BTreeMap<PortKey, BTreeMap<(Ipv4Addr, u16), Endpoint>>;
 
-/// Merge every slice into per-service, per-port endpoint lists (sorted by ip:port).
-pub fn by_service(
-    slices: &BTreeMap<ObjectRef, EndpointSlice>,
+/// The service a slice belongs to: its kubernetes.io/service-name label, in its namespace.
+pub fn group_of(name: &ObjectRef, slice: &EndpointSlice) -> Option<ObjectRef> {
+    let labels = slice.metadata.labels.as_ref()?;
+    let service = labels.get(LABEL_SERVICE_NAME)?;
+    Some(ObjectRef::new(&name.namespace, service))
+}
+
+/// Merge one service's slices (in name order) into per-port endpoint lists (sorted by ip:port).
+pub fn merge<'a>(
+    slices: impl IntoIterator<Item = (&'a ObjectRef, &'a EndpointSlice)>,
     node_name: &str,
     problems: &mut Vec<Problem>,
-) -> BTreeMap<ObjectRef, EndpointsByPort> {
-    let mut merged: BTreeMap<ObjectRef, MergingPorts> = BTreeMap::new();
+) -> EndpointsByPort {
+    let mut ports = MergingPorts::new();
     for (name, slice) in slices {
-        if slice.address_type != "IPv4" || ignored(&slice.metadata.labels) {
-            continue;
+        if slice.address_type == "IPv4" && !ignored(&slice.metadata.labels) {
+            add_slice(&mut ports, name, slice, node_name, problems);
         }
-        let Some(service) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_SERVICE_NAME))
-        else {
-            continue;
-        };
-        let service = ObjectRef::new(&name.namespace, service);
-        let ports = merged.entry(service).or_default();
-        add_slice(ports, name, slice, node_name, problems);
     }
-    merged
+    ports
         .into_iter()
-        .map(|(svc, ports)| {
-            let ports = ports
-                .into_iter()
-                .map(|(key, eps)| (key, eps.into_values().collect()))
-                .collect();
-            (svc, ports)
-        })
+        .map(|(key, eps)| (key, eps.into_values().collect()))
         .collect()
 }
 

@@ -11,11 +11,13 @@
 mod categorize;
 pub(crate) mod endpoints;
 mod service;
+mod tracker;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use k8s_openapi::api::{
@@ -26,6 +28,7 @@ use k8s_openapi::api::{
 pub use categorize::{categorize_endpoints, Categorized, PortPolicy};
 pub use endpoints::{Endpoint, EndpointsByPort, PortKey};
 pub use service::{ServicePortSpec, ServiceSpec};
+pub use tracker::{Changes, Tracker};
 
 /// Label of objects handled by another proxy; kube-proxy and lb ignore them.
 pub const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -60,16 +63,18 @@ impl fmt::Display for ObjectRef {
     }
 }
 
-/// Everything the sources know, keyed by `namespace/name` (nodes by name).
+/// Everything the sources know, keyed by `namespace/name` (nodes by name). Objects sit behind
+/// `Arc`s that sources keep while an object is unchanged, so [`Tracker`] finds what changed
+/// between two snapshots by pointer.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Objects {
-    pub services: BTreeMap<ObjectRef, Service>,
-    pub slices: BTreeMap<ObjectRef, EndpointSlice>,
-    pub nodes: BTreeMap<String, Node>,
+    pub services: BTreeMap<ObjectRef, Arc<Service>>,
+    pub slices: BTreeMap<ObjectRef, Arc<EndpointSlice>>,
+    pub nodes: BTreeMap<String, Arc<Node>>,
 }
 
 /// This node, as the agent sees it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeContext {
     pub name: String,
     /// Addresses that serve NodePorts (`--nodeport-addresses`, default the external interfaces').
@@ -269,6 +274,7 @@ pub struct Desired {
     /// backends stay in the maps (without slots) so established connections to a terminating
     /// or not-ready pod keep going, as kube-proxy's conntrack entries do.
     pub retained: BTreeMap<(Ipv4Addr, u16), Backend>,
+    /// Sorted.
     pub problems: Vec<Problem>,
 }
 
@@ -279,30 +285,65 @@ impl Desired {
     }
 }
 
-/// Objects → desired maps for this node.
+/// Objects → desired maps for this node, from scratch ([`Tracker`] keeps it up to date).
 pub fn desired(objects: &Objects, node: &NodeContext) -> Desired {
-    let mut out = Desired::default();
-    let zone = objects
+    let mut tracker = Tracker::default();
+    tracker.update(&Objects::default(), objects, node);
+    tracker.into_desired()
+}
+
+/// The zone label of this node's Node object ("" without one).
+fn zone_of(objects: &Objects, node: &NodeContext) -> String {
+    objects
         .nodes
         .get(&node.name)
         .and_then(|n| n.metadata.labels.as_ref()?.get(LABEL_ZONE).cloned())
-        .unwrap_or_default();
-    let endpoints = endpoints::by_service(&objects.slices, &node.name, &mut out.problems);
-    for (name, svc) in &objects.services {
-        if ignored(&svc.metadata.labels) {
-            continue;
+        .unwrap_or_default()
+}
+
+/// Every set key of one service, for `BTreeMap::range` over [`Desired::sets`].
+pub fn set_range(service: &ObjectRef) -> std::ops::RangeInclusive<SetKey> {
+    let key = |port_name: String, proto, policy| SetKey {
+        service: service.clone(),
+        port_name,
+        proto,
+        policy,
+    };
+    // Port names are at most 15 bytes of [a-z0-9-]: U+10FFFF sorts after all of them.
+    key(String::new(), Protocol::Tcp, Policy::Cluster)
+        ..=key("\u{10FFFF}".into(), Protocol::Udp, Policy::Local)
+}
+
+/// One service's part of [`Desired`], before it is merged with the other services'.
+#[derive(Default)]
+struct Share {
+    sets: Vec<(SetKey, BackendSet)>,
+    /// A later frontend of the same service replaces an earlier one with its key.
+    frontends: BTreeMap<FrontendKey, Frontend>,
+    retained: BTreeMap<(Ipv4Addr, u16), Backend>,
+    health_check: Option<(u16, HealthCheck)>,
+    problems: Vec<Problem>,
+}
+
+/// A Service and its merged endpoints → its share (empty when lb does not proxy it).
+fn share_of(
+    name: &ObjectRef,
+    svc: &Service,
+    eps: Option<&EndpointsByPort>,
+    node: &NodeContext,
+    zone: &str,
+) -> Share {
+    let mut out = Share::default();
+    if ignored(&svc.metadata.labels) {
+        return out;
+    }
+    match ServiceSpec::parse(name, svc) {
+        Ok(Some(spec)) => {
+            out.problems.extend(spec.warnings.iter().cloned());
+            add_service(&mut out, &spec, eps, node, zone);
         }
-        let spec = match ServiceSpec::parse(name, svc) {
-            Ok(Some(spec)) => spec,
-            Ok(None) => continue,
-            Err(problems) => {
-                out.problems.extend(problems);
-                continue;
-            }
-        };
-        let eps = endpoints.get(name);
-        out.problems.extend(spec.warnings.iter().cloned());
-        add_service(&mut out, &spec, eps, node, &zone);
+        Ok(None) => {}
+        Err(problems) => out.problems = problems,
     }
     out
 }
@@ -315,7 +356,7 @@ pub fn ignored(labels: &Option<BTreeMap<String, String>>) -> bool {
 }
 
 fn add_service(
-    out: &mut Desired,
+    out: &mut Share,
     spec: &ServiceSpec,
     eps: Option<&EndpointsByPort>,
     node: &NodeContext,
@@ -352,11 +393,11 @@ fn add_service(
         if policy.uses_cluster {
             let eps = cat.cluster.as_deref().unwrap_or_default();
             out.sets
-                .insert(set_key(Policy::Cluster), make_set(eps, false));
+                .push((set_key(Policy::Cluster), make_set(eps, false)));
         }
         if policy.uses_local {
             let eps = cat.local.as_deref().unwrap_or_default();
-            out.sets.insert(set_key(Policy::Local), make_set(eps, true));
+            out.sets.push((set_key(Policy::Local), make_set(eps, true)));
         }
         // From a pod, external addresses short-circuit to the cluster set when there is one.
         let pod_to_external = policy_of(!policy.uses_cluster);
@@ -380,20 +421,8 @@ fn add_service(
                     set: set_key(policy),
                     kind,
                 };
-                if let Some(old) = out.frontends.insert(key, fe) {
-                    if old.set.service != spec.name && scope == Scope::External {
-                        out.problems.push(Problem {
-                            object: format!("Service {}", spec.name),
-                            field: "spec".into(),
-                            message: format!(
-                                "{ip}:{port_num}/{} is also a frontend of {}; {} wins",
-                                port.proto.as_str(),
-                                old.set.service,
-                                spec.name
-                            ),
-                        });
-                    }
-                }
+                // Another service's claim on the key is settled by the tracker.
+                out.frontends.insert(key, fe);
             }
         };
         let external = policy_of(spec.external_local);
@@ -424,7 +453,7 @@ fn add_service(
             service: spec.name.clone(),
             local_endpoints: local_ready.len(),
         };
-        out.health_checks.insert(port, check);
+        out.health_check = Some((port, check));
     }
 }
 

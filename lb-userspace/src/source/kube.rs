@@ -205,11 +205,12 @@ impl Stores {
     fn snapshot(&self) -> Snapshot {
         let mut objects = Objects::default();
         let services = self.services.reader.state().into_iter();
-        let services = services.map(|s| Object::Service(Box::new((*s).clone())));
+        // The stores' own Arcs: an object keeps its pointer until an event replaces it.
+        let services = services.map(Object::Service);
         let slices = self.slices.reader.state().into_iter();
-        let slices = slices.map(|s| Object::Slice(Box::new((*s).clone())));
+        let slices = slices.map(Object::Slice);
         let nodes = self.nodes.reader.state().into_iter();
-        let nodes = nodes.map(|n| Object::Node(Box::new((*n).clone())));
+        let nodes = nodes.map(Object::Node);
         for obj in services.chain(slices).chain(nodes) {
             obj.insert_into(&mut objects);
         }

@@ -6,7 +6,7 @@
 //! directory swapped by a ConfigMap mount) and still meets the 1 s contract. A file that fails
 //! to parse keeps its last good objects; a bad document in a good file is skipped alone.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime},
@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{Object, Sender, Snapshot};
-use crate::model::{Objects, Problem};
+use crate::model::{ObjectRef, Objects, Problem};
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -45,7 +45,7 @@ impl FileState {
         match std::fs::read_to_string(path) {
             Ok(text) => match parse(&text, &path.display().to_string()) {
                 Ok((objects, problems)) => {
-                    self.objects = objects;
+                    self.objects = keep_unchanged(&self.objects, objects);
                     self.problems = problems;
                     self.parsed = true;
                 }
@@ -54,6 +54,19 @@ impl FileState {
             Err(e) => self.problems = vec![file_problem(path, e.to_string())],
         }
     }
+}
+
+/// The parsed objects, each equal one replaced by its previous version: the model then sees it
+/// unchanged (same `Arc`) and does not compute its service again.
+fn keep_unchanged(old: &[Object], new: Vec<Object>) -> Vec<Object> {
+    let old: HashMap<(&str, ObjectRef), &Object> =
+        old.iter().map(|o| ((o.kind(), o.key()), o)).collect();
+    new.into_iter()
+        .map(|obj| match old.get(&(obj.kind(), obj.key())) {
+            Some(prev) if **prev == obj => (*prev).clone(),
+            _ => obj,
+        })
+        .collect()
 }
 
 pub struct Manifests {
@@ -275,9 +288,9 @@ fn document(doc: Value, origin: &str, objects: &mut Vec<Object>, problems: &mut 
             }
             return;
         }
-        ("v1", "Service") => typed(doc).map(|s| Object::Service(Box::new(s))),
-        ("discovery.k8s.io/v1", "EndpointSlice") => typed(doc).map(|s| Object::Slice(Box::new(s))),
-        ("v1", "Node") => typed(doc).map(|n| Object::Node(Box::new(n))),
+        ("v1", "Service") => typed(doc).map(|s| Object::Service(Arc::new(s))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => typed(doc).map(|s| Object::Slice(Arc::new(s))),
+        ("v1", "Node") => typed(doc).map(|n| Object::Node(Arc::new(n))),
         (_, "") => {
             problems.push(Problem {
                 object: label,

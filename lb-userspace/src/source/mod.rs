@@ -35,12 +35,13 @@ pub fn publish_if_changed(tx: &Sender, snap: Snapshot) {
     });
 }
 
-/// One object lb cares about.
+/// One object lb cares about, shared: an unchanged object keeps its `Arc` from one snapshot to
+/// the next, which is how the model tells what changed.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
-    Service(Box<Service>),
-    Slice(Box<EndpointSlice>),
-    Node(Box<Node>),
+    Service(Arc<Service>),
+    Slice(Arc<EndpointSlice>),
+    Node(Arc<Node>),
 }
 
 impl Object {
@@ -74,9 +75,9 @@ impl Object {
     pub fn insert_into(self, objects: &mut Objects) -> bool {
         let key = self.key();
         match self {
-            Object::Service(s) => objects.services.insert(key, *s).is_some(),
-            Object::Slice(s) => objects.slices.insert(key, *s).is_some(),
-            Object::Node(n) => objects.nodes.insert(key.name, *n).is_some(),
+            Object::Service(s) => objects.services.insert(key, s).is_some(),
+            Object::Slice(s) => objects.slices.insert(key, s).is_some(),
+            Object::Node(n) => objects.nodes.insert(key.name, n).is_some(),
         }
     }
 }

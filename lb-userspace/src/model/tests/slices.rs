@@ -7,7 +7,7 @@
 //! lb keeps no change tracker: it recomputes everything from the objects it holds. So a Go case
 //! that feeds slice events into kube-proxy's cache becomes: the slices the cache held before
 //! (`before`), the events (`change`: add/update by name, or delete), then the merged endpoints of
-//! every service, from `endpoints::by_service`, compared with the endpoints map upstream expects
+//! every service, from `endpoints::merge` over each service's slices, compared with the endpoints map upstream expects
 //! for the end state. Upstream's map lists endpoints in a fixed order; here each port's endpoints
 //! compare as a sorted list of "ip:port" plus the flags that are true (local, ready, serving,
 //! terminating), so order is not part of the contract but duplicates are. A port with no
@@ -29,20 +29,22 @@
 //! - TestEndpointsToEndpointsMap and the IPv6-mode cases: they test v1 Endpoints (which kube-proxy
 //!   no longer reads) or an IPv6 proxier; lb proxies IPv4 only (see the "lb" cases below).
 //! - "3 slices with different services and namespaces" checks only ns1/svc1 upstream; here the
-//!   other two services are checked too, as by_service returns them all.
+//!   other two services are checked too, as `merged` returns them all.
 //!
 //! Deduplication: these tables expect kube-proxy's rule up to 1.35 (on the same ip:port in two
 //! slices the first copy stays unless a later one is local; see "add a slice that overlaps with
 //! existing state and partial ports"). kubernetes/kubernetes#135593 (Dec 2025) replaced it with
 //! "a later copy replaces an earlier one unless it is terminating", dropping the local preference.
-use std::{collections::BTreeMap, net::SocketAddrV4};
+use std::{collections::BTreeMap, net::SocketAddrV4, sync::Arc};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde_json::{json, Value};
 
 use crate::model::{
-    desired, endpoints::by_service, Endpoint, NodeContext, ObjectRef, Objects, Policy, Protocol,
-    LABEL_HEADLESS, LABEL_PROXY_NAME, LABEL_SERVICE_NAME,
+    desired,
+    endpoints::{group_of, merge},
+    Endpoint, NodeContext, ObjectRef, Objects, Policy, Protocol, LABEL_HEADLESS, LABEL_PROXY_NAME,
+    LABEL_SERVICE_NAME,
 };
 
 use Protocol::{Tcp as TCP, Udp as UDP};
@@ -85,7 +87,7 @@ struct Case {
     want: Want,
     /// Local ready endpoint IPs per "namespace/service" (absent: 0); None: not checked.
     local_ready: Option<&'static [(&'static str, usize)]>,
-    /// Problems by_service reports.
+    /// Problems the merge reports.
     problems: usize,
 }
 
@@ -1352,13 +1354,26 @@ fn describe(e: &Endpoint) -> String {
     out
 }
 
+fn shared(slices: &BTreeMap<ObjectRef, EndpointSlice>) -> BTreeMap<ObjectRef, Arc<EndpointSlice>> {
+    slices
+        .iter()
+        .map(|(k, s)| (k.clone(), Arc::new(s.clone())))
+        .collect()
+}
+
 type Merged = BTreeMap<(String, String, Protocol), Vec<String>>;
 
 fn merged(slices: &BTreeMap<ObjectRef, EndpointSlice>, node: &str) -> (Merged, usize) {
     let mut problems = Vec::new();
     let mut out = Merged::new();
-    for (service, ports) in by_service(slices, node, &mut problems) {
-        for (port, endpoints) in ports {
+    let mut groups: BTreeMap<ObjectRef, Vec<(&ObjectRef, &EndpointSlice)>> = BTreeMap::new();
+    for (name, slice) in slices {
+        if let Some(service) = group_of(name, slice) {
+            groups.entry(service).or_default().push((name, slice));
+        }
+    }
+    for (service, slices) in groups {
+        for (port, endpoints) in merge(slices, node, &mut problems) {
             if endpoints.is_empty() {
                 continue;
             }
@@ -1439,7 +1454,7 @@ fn check_local_ready(
         );
     }
     let mut objects = Objects {
-        slices: slices.clone(),
+        slices: shared(slices),
         ..Objects::default()
     };
     for (k, (service, ports)) in ports.iter().enumerate() {
@@ -1471,7 +1486,7 @@ fn check_local_ready(
         .expect("a valid Service");
         objects
             .services
-            .insert(ObjectRef::new(namespace, name), svc);
+            .insert(ObjectRef::new(namespace, name), Arc::new(svc));
     }
     let node = NodeContext {
         name: case.node.to_string(),
@@ -1554,10 +1569,14 @@ fn run_desired(case: &DesiredCase) -> Vec<String> {
     }))
     .expect("a valid Service");
     let mut objects = Objects::default();
-    objects.services.insert(ObjectRef::new("ns1", "svc1"), svc);
+    objects
+        .services
+        .insert(ObjectRef::new("ns1", "svc1"), Arc::new(svc));
+    let mut slices = BTreeMap::new();
     for slice in (case.slices)() {
-        apply(&mut objects.slices, Event::Apply(slice));
+        apply(&mut slices, Event::Apply(slice));
     }
+    objects.slices = shared(&slices);
     let node = NodeContext {
         name: "node-1".into(),
         nodeport_addrs: Vec::new(),

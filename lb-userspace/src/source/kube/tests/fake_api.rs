@@ -410,9 +410,13 @@ impl FakeApi {
                         meta.remove("managedFields");
                     }
                     let typed = match res {
-                        Res::Services => Object::Service(serde_json::from_value(obj).unwrap()),
-                        Res::Slices => Object::Slice(serde_json::from_value(obj).unwrap()),
-                        Res::Nodes => Object::Node(serde_json::from_value(obj).unwrap()),
+                        Res::Services => {
+                            Object::Service(Arc::new(serde_json::from_value(obj).unwrap()))
+                        }
+                        Res::Slices => {
+                            Object::Slice(Arc::new(serde_json::from_value(obj).unwrap()))
+                        }
+                        Res::Nodes => Object::Node(Arc::new(serde_json::from_value(obj).unwrap())),
                     };
                     typed.insert_into(&mut objects);
                 }
