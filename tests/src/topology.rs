@@ -56,6 +56,27 @@ pub fn client(
 
 pub const AGENT_BIN_ENV: &str = "LB_AGENT_BIN";
 
+/// A forwarding node for BPF_PROG_TEST_RUN fixtures and benchmarks, whose FIB answers from
+/// entries it controls: `eth0` 192.0.2.10/24 (a veth; its peer `peer0` stays in the node), the
+/// router 192.0.2.1 (for clients in 198.51.100.0/24) and another node 192.0.2.20 (pods in
+/// 10.244.2.0/24) with fixed MAC addresses 02:00:00:00:00:99 and 02:00:00:00:00:20.
+pub fn fib_node(ns: &Netns) -> Result<()> {
+    for cmd in [
+        "sysctl -qw net.ipv4.ip_forward=1",
+        "ip link add eth0 type veth peer name peer0",
+        "ip link set eth0 up",
+        "ip link set peer0 up",
+        "ip addr add 192.0.2.10/24 dev eth0",
+        "ip neigh replace 192.0.2.1 lladdr 02:00:00:00:00:99 nud permanent dev eth0",
+        "ip neigh replace 192.0.2.20 lladdr 02:00:00:00:00:20 nud permanent dev eth0",
+        "ip route add 198.51.100.0/24 via 192.0.2.1",
+        "ip route add 10.244.2.0/24 via 192.0.2.20",
+    ] {
+        ns.sh(cmd)?;
+    }
+    Ok(())
+}
+
 /// The lb-agent binary: `$LB_AGENT_BIN`, or the one built beside this test executable
 /// (`cargo build -p lb-userspace --bins`, which `cargo xtask test` does first).
 pub fn agent_bin() -> Result<PathBuf> {

@@ -20,6 +20,7 @@ use lb_tests::{
     clock::monotonic_ns_after,
     lab::{require_privileged, Lab},
     packets::{assert_checksums, icmp_error, reject_of, sa, Pkt, ACK, L4, NODE_MAC, SYN, UDP},
+    topology::fib_node,
 };
 
 const XDP_DROP: u32 = 1;
@@ -151,16 +152,8 @@ fn with_node(test: &str, f: impl FnOnce(&mut Node) + Send + 'static) {
     }
     let lab = Lab::new(test).expect("lab");
     let ns = lab.netns("node").expect("netns");
+    fib_node(&ns).expect("node setup");
     for cmd in [
-        "sysctl -qw net.ipv4.ip_forward=1",
-        "ip link add eth0 type veth peer name peer0",
-        "ip link set eth0 up",
-        "ip link set peer0 up",
-        "ip addr add 192.0.2.10/24 dev eth0",
-        "ip neigh replace 192.0.2.1 lladdr 02:00:00:00:00:99 nud permanent dev eth0",
-        "ip neigh replace 192.0.2.20 lladdr 02:00:00:00:00:20 nud permanent dev eth0",
-        "ip route add 198.51.100.0/24 via 192.0.2.1",
-        "ip route add 10.244.2.0/24 via 192.0.2.20",
         "ip link add eth1 type veth peer name peer1",
         "ip link set eth1 up",
         "ip link set peer1 up",

@@ -35,6 +35,7 @@ use lb_common::{
 use lb_tests::{
     lab::Lab,
     packets::{Pkt, ACK, SYN},
+    topology::fib_node,
 };
 
 const RUNS: usize = 20_000;
@@ -57,20 +58,8 @@ fn main() -> Result<()> {
     let node = lab.netns("node")?;
     let pod = lab.netns("pod")?;
     lab.veth(&pod, "eth0", &node, "h1")?;
-    for cmd in [
-        "sysctl -qw net.ipv4.ip_forward=1",
-        "ip link add eth0 type veth peer name peer0",
-        "ip link set eth0 up",
-        "ip link set peer0 up",
-        "ip addr add 192.0.2.10/24 dev eth0",
-        "ip neigh replace 192.0.2.1 lladdr 02:00:00:00:00:99 nud permanent dev eth0",
-        "ip neigh replace 192.0.2.20 lladdr 02:00:00:00:00:20 nud permanent dev eth0",
-        "ip route add 198.51.100.0/24 via 192.0.2.1",
-        "ip route add 10.244.2.0/24 via 192.0.2.20",
-        "ip route add 10.244.1.5/32 dev h1",
-    ] {
-        node.sh(cmd)?;
-    }
+    fib_node(&node)?;
+    node.sh("ip route add 10.244.1.5/32 dev h1")?;
     let pin = lab.pin_path("bench");
     node.enter(move || bench(&pin))?
 }
