@@ -6,7 +6,8 @@
 //!   `service.kubernetes.io/headless`.
 //! - Nothing is published before the initial list of every watcher has completed, so a restarted
 //!   agent never programs (and wipes the maps from) an empty or partial view. After that, every
-//!   change publishes a whole [`Snapshot`]; a burst of changes within [`DEBOUNCE`] is one snapshot.
+//!   change publishes a whole [`Snapshot`]: a change after a quiet spell at once, the changes of
+//!   a burst at most once per [`DEBOUNCE`].
 //! - Watch disconnects resume from the last resource version; an expired one (410 Gone, as a watch
 //!   ERROR event or as the HTTP status of the watch request) relists, and the relisted state
 //!   replaces the store at once. While the API server is unreachable or failing, the watchers
@@ -14,7 +15,6 @@
 //!   that would wipe state.
 use std::{
     fmt::Debug,
-    hash::Hash,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
@@ -24,7 +24,7 @@ use ::kube::{
     api::Api,
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
-        reflector::{store::Writer, Store},
+        reflector::{self, store::Writer, Store},
         watcher::{self, watcher, Event},
         WatchStreamExt,
     },
@@ -45,7 +45,8 @@ use crate::model::Objects;
 pub const LABEL_SELECTOR: &str =
     "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
-/// Changes arriving within this long of the first one are published together.
+/// Snapshots are published at most this often: a burst of changes (a rollout) costs a copy of
+/// the objects per interval, not per change, while a lone change goes out at once.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// While a watcher keeps failing, a warning at most this often (debug in between).
@@ -91,16 +92,17 @@ pub(crate) async fn run_with(client: Client, node_name: &str, tx: Sender, deboun
             .boxed(),
     ]);
     let mut stores = Stores::default();
-    let mut published = false;
     // When the pending changes are published; `None`: nothing pending.
     let mut due: Option<tokio::time::Instant> = None;
+    let mut last_publish: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             update = updates.next() => {
                 // The watchers retry forever: their streams do not end.
                 let Some(update) = update else { return };
                 if stores.apply(update) && due.is_none() {
-                    due = Some(tokio::time::Instant::now() + debounce);
+                    let now = tokio::time::Instant::now();
+                    due = Some(last_publish.map_or(now, |t| now.max(t + debounce)));
                 }
             }
             () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
@@ -109,8 +111,8 @@ pub(crate) async fn run_with(client: Client, node_name: &str, tx: Sender, deboun
                 due = None;
                 // The last initial list to complete marks a change, so this comes round again.
                 if stores.ready() {
-                    publish(&tx, stores.snapshot(), !published);
-                    published = true;
+                    publish(&tx, stores.snapshot(), last_publish.is_none());
+                    last_publish = Some(tokio::time::Instant::now());
                 }
             }
             () = tx.closed() => return,
@@ -118,8 +120,10 @@ pub(crate) async fn run_with(client: Client, node_name: &str, tx: Sender, deboun
     }
 }
 
-/// The first snapshot is always sent (the agent waits for it, even for an empty cluster); later
-/// ones only when something differs.
+/// Every event that reached a store was a change, so there is nothing to compare: at 50,000
+/// services comparing whole snapshots took longer (0.13 s) than everything the agent then does
+/// with one change. The first snapshot is logged: the agent waits for it, even for an empty
+/// cluster.
 fn publish(tx: &Sender, snap: Snapshot, first: bool) {
     if first {
         tracing::info!(
@@ -128,10 +132,8 @@ fn publish(tx: &Sender, snap: Snapshot, first: bool) {
             nodes = snap.objects.nodes.len(),
             "initial list complete"
         );
-        tx.send_replace(Arc::new(snap));
-        return;
     }
-    super::publish_if_changed(tx, snap);
+    tx.send_replace(Arc::new(snap));
 }
 
 /// A self-healing watch with the default backoff between failed attempts.
@@ -180,20 +182,25 @@ enum Update {
     Node(Box<watcher::Result<Event<Node>>>),
 }
 
+/// The three kinds' reflector stores, and what they hold as [`Objects`]: kept up to date event
+/// by event with the stores' own `Arc`s, so a publish copies a map of pointers instead of
+/// rebuilding it from every object (at 50,000 services the rebuild alone took 0.3 s).
 #[derive(Default)]
 struct Stores {
     services: Reflected<Service>,
     slices: Reflected<EndpointSlice>,
     nodes: Reflected<Node>,
+    objects: Objects,
 }
 
 impl Stores {
     /// `true` when the stores changed.
     fn apply(&mut self, update: Update) -> bool {
+        let objects = &mut self.objects;
         match update {
-            Update::Service(u) => self.services.apply(*u, "Service"),
-            Update::Slice(u) => self.slices.apply(*u, "EndpointSlice"),
-            Update::Node(u) => self.nodes.apply(*u, "Node"),
+            Update::Service(u) => self.services.apply(*u, objects),
+            Update::Slice(u) => self.slices.apply(*u, objects),
+            Update::Node(u) => self.nodes.apply(*u, objects),
         }
     }
 
@@ -203,29 +210,52 @@ impl Stores {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let mut objects = Objects::default();
-        let services = self.services.reader.state().into_iter();
-        // The stores' own Arcs: an object keeps its pointer until an event replaces it.
-        let services = services.map(Object::Service);
-        let slices = self.slices.reader.state().into_iter();
-        let slices = slices.map(Object::Slice);
-        let nodes = self.nodes.reader.state().into_iter();
-        let nodes = nodes.map(Object::Node);
-        for obj in services.chain(slices).chain(nodes) {
-            obj.insert_into(&mut objects);
-        }
         Snapshot {
-            objects,
+            objects: self.objects.clone(),
             problems: Vec::new(),
         }
     }
 }
 
+/// How one kind's objects sit in [`Objects`].
+trait Held: Resource<DynamicType = ()> + Clone + 'static {
+    const KIND: &'static str;
+    fn wrap(obj: Arc<Self>) -> Object;
+    fn clear(objects: &mut Objects);
+}
+
+impl Held for Service {
+    const KIND: &'static str = "Service";
+    fn wrap(obj: Arc<Self>) -> Object {
+        Object::Service(obj)
+    }
+    fn clear(objects: &mut Objects) {
+        objects.services.clear();
+    }
+}
+
+impl Held for EndpointSlice {
+    const KIND: &'static str = "EndpointSlice";
+    fn wrap(obj: Arc<Self>) -> Object {
+        Object::Slice(obj)
+    }
+    fn clear(objects: &mut Objects) {
+        objects.slices.clear();
+    }
+}
+
+impl Held for Node {
+    const KIND: &'static str = "Node";
+    fn wrap(obj: Arc<Self>) -> Object {
+        Object::Node(obj)
+    }
+    fn clear(objects: &mut Objects) {
+        objects.nodes.clear();
+    }
+}
+
 /// One kind's reflector store, and what its watcher has been through.
-struct Reflected<K: Resource + Clone + 'static>
-where
-    K::DynamicType: Eq + Hash + Clone,
-{
+struct Reflected<K: Held> {
     writer: Writer<K>,
     reader: Store<K>,
     /// The initial list has completed (a relist keeps the old state until it completes).
@@ -239,11 +269,7 @@ struct Failing {
     warned: Instant,
 }
 
-impl<K> Default for Reflected<K>
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone,
-{
+impl<K: Held> Default for Reflected<K> {
     fn default() -> Self {
         let writer = Writer::default();
         let reader = writer.as_reader();
@@ -256,12 +282,11 @@ where
     }
 }
 
-impl<K> Reflected<K>
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Default + Eq + Hash + Clone,
-{
-    fn apply(&mut self, update: watcher::Result<Event<K>>, kind: &str) -> bool {
+impl<K: Held> Reflected<K> {
+    /// Apply one watcher event to the store and mirror it in `objects`; `true` when the store
+    /// changed.
+    fn apply(&mut self, update: watcher::Result<Event<K>>, objects: &mut Objects) -> bool {
+        let kind = K::KIND;
         let event = match update {
             Ok(event) => event,
             Err(e) => {
@@ -279,8 +304,23 @@ where
         }
         self.writer.apply_watcher_event(&event);
         match event {
-            Event::Apply(_) | Event::Delete(_) => true,
+            Event::Apply(obj) => {
+                // The store's own Arc, so the object keeps its pointer until it changes.
+                if let Some(stored) = self.reader.get(&reflector::ObjectRef::from_obj(&obj)) {
+                    K::wrap(stored).insert_into(objects);
+                }
+                true
+            }
+            Event::Delete(obj) => {
+                K::wrap(Arc::new(obj)).remove_from(objects);
+                true
+            }
             Event::InitDone => {
+                // A (re)list replaced the whole store: this kind is read again, all of it.
+                K::clear(objects);
+                for obj in self.reader.state() {
+                    K::wrap(obj).insert_into(objects);
+                }
                 self.ready = true;
                 true
             }

@@ -80,4 +80,14 @@ impl Object {
             Object::Node(n) => objects.nodes.insert(key.name, n).is_some(),
         }
     }
+
+    /// Remove the object of this kind and name from a store.
+    pub fn remove_from(&self, objects: &mut Objects) {
+        let key = self.key();
+        match self {
+            Object::Service(_) => drop(objects.services.remove(&key)),
+            Object::Slice(_) => drop(objects.slices.remove(&key)),
+            Object::Node(_) => drop(objects.nodes.remove(&key.name)),
+        }
+    }
 }
