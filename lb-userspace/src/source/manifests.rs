@@ -346,7 +346,7 @@ fn object_label(doc: &Value, kind: &str, origin: &str) -> String {
     }
 }
 
-fn doc_name(parsed: &Result<Object, (String, String)>) -> Option<String> {
+fn doc_name(parsed: &Result<Object, (String, String)>) -> Option<Arc<str>> {
     let obj = parsed.as_ref().ok()?;
     let name = obj.key().name;
     (!name.is_empty()).then_some(name)
