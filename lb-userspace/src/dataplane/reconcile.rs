@@ -252,7 +252,8 @@ impl Reconciler {
     /// Make the maps hold `desired` and nothing else (cold start, after a resync).
     pub fn apply(&mut self, maps: &mut Maps, desired: &Desired) -> Report {
         let mut report = Report::default();
-        let mut index = Index::of(&self.current);
+        // The index always describes `current` (adopt, resync and every apply keep it so).
+        let mut index = std::mem::take(&mut self.index);
         // Planned from nothing: no usage counts, every service programmed anew.
         let previous = std::mem::take(&mut index.services);
         index.backend_refs.clear();
@@ -275,13 +276,17 @@ impl Reconciler {
         let (target, _) = plan.finish();
         self.refused = refused;
         write_diff(maps, &self.current, &target, &mut report);
-        self.current = if report.errors.is_empty() {
-            target
+        if report.errors.is_empty() {
+            // The plan's index already holds the target; only what went away is forgotten
+            // (rebuilding it would cost as much again as the plan at 50,000 services).
+            self.index = index;
+            let before = std::mem::take(&mut self.current);
+            self.merge(before, target);
         } else {
             // Some writes failed: believe the maps, the next apply retries the rest.
-            Programmed::read(maps).unwrap_or(target)
-        };
-        self.index = Index::of(&self.current);
+            self.current = Programmed::read(maps).unwrap_or(target);
+            self.index = Index::of(&self.current);
+        }
         report
     }
 

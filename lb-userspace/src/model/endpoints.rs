@@ -43,7 +43,10 @@ type MergingPorts = BTreeMap<PortKey, BTreeMap<(Ipv4Addr, u16), Endpoint>>;
 pub fn group_of(name: &ObjectRef, slice: &EndpointSlice) -> Option<ObjectRef> {
     let labels = slice.metadata.labels.as_ref()?;
     let service = labels.get(LABEL_SERVICE_NAME)?;
-    Some(ObjectRef::new(&name.namespace, service))
+    Some(ObjectRef {
+        namespace: name.namespace.clone(),
+        name: service.as_str().into(),
+    })
 }
 
 /// Merge one service's slices (in name order) into per-port endpoint lists (sorted by ip:port).

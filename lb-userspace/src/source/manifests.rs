@@ -256,23 +256,53 @@ fn options(text: &str) -> serde_saphyr::Options {
 /// Parse one file: `Err` when the file as a whole is unreadable (its last good version stays);
 /// otherwise its objects and the problems of the documents that were skipped.
 pub fn parse(text: &str, origin: &str) -> Result<(Vec<Object>, Vec<Problem>), Problem> {
-    let docs: Vec<Value> =
-        serde_saphyr::from_multiple_with_options(text, options(text)).map_err(|e| Problem {
-            object: format!("file {origin}"),
-            field: String::new(),
-            message: format!("not valid YAML or JSON: {e}"),
-        })?;
-    let mut objects = Vec::new();
+    let docs: Documents =
+        serde_saphyr::from_str_multiple_with_options::<Value, _>(text, options(text)).map_err(
+            |e| Problem {
+                object: format!("file {origin}"),
+                field: String::new(),
+                message: format!("not valid YAML or JSON: {e}"),
+            },
+        )?;
+    let mut objects = Vec::with_capacity(docs.0.len());
     let mut problems = Vec::new();
-    for (i, doc) in docs.into_iter().enumerate() {
-        document(
-            doc,
-            &format!("{origin} document {}", i + 1),
-            &mut objects,
-            &mut problems,
-        );
+    for (i, doc) in docs.0.into_iter().enumerate() {
+        match doc {
+            Parsed::Object(obj) => objects.push(obj),
+            Parsed::Other(doc) => document(
+                doc,
+                &format!("{origin} document {}", i + 1),
+                &mut objects,
+                &mut problems,
+            ),
+        }
     }
     Ok((objects, problems))
+}
+
+/// A file's documents, each converted as the parser yields it: a file holding a whole cluster
+/// then never has all its documents as `Value` trees at once (at 50,000 services those took
+/// more memory than the objects, and the agent's peak RSS kept it).
+#[derive(Default)]
+struct Documents(Vec<Parsed>);
+
+enum Parsed {
+    /// A well-formed object of a kind lb reads.
+    Object(Object),
+    /// Anything else, for [`document`] to take apart or explain (it knows the file's name).
+    Other(Value),
+}
+
+impl Extend<Value> for Documents {
+    fn extend<I: IntoIterator<Item = Value>>(&mut self, docs: I) {
+        for doc in docs {
+            let parsed = match typed_object(&doc) {
+                Some(Ok(obj)) if has_name(&obj) => Parsed::Object(obj),
+                _ => Parsed::Other(doc),
+            };
+            self.0.push(parsed);
+        }
+    }
 }
 
 fn document(doc: Value, origin: &str, objects: &mut Vec<Object>, problems: &mut Vec<Problem>) {
@@ -288,36 +318,16 @@ fn document(doc: Value, origin: &str, objects: &mut Vec<Object>, problems: &mut 
             }
             return;
         }
-        ("v1", "Service") => typed(doc).map(|s| Object::Service(Arc::new(s))),
-        ("discovery.k8s.io/v1", "EndpointSlice") => typed(doc).map(|s| Object::Slice(Arc::new(s))),
-        ("v1", "Node") => typed(doc).map(|n| Object::Node(Arc::new(n))),
-        (_, "") => {
-            problems.push(Problem {
-                object: label,
-                field: "kind".into(),
-                message: "missing".into(),
-            });
-            return;
-        }
-        (_, "Service" | "Node" | "EndpointSlice") => {
-            let want = if kind == "EndpointSlice" {
-                "discovery.k8s.io/v1"
-            } else {
-                "v1"
-            };
-            problems.push(Problem {
-                object: label,
-                field: "apiVersion".into(),
-                message: format!("{api_version:?} is not supported; use {want}"),
-            });
-            return;
-        }
-        // Deployments and the like may share the files: not lb's business.
-        _ => return,
+        _ => match typed_object(&doc) {
+            Some(parsed) => parsed,
+            None => {
+                problems.extend(unsupported(api_version, kind, label));
+                return;
+            }
+        },
     };
-    let name = doc_name(&parsed);
     match parsed {
-        Ok(obj) if name.is_some() => objects.push(obj),
+        Ok(obj) if has_name(&obj) => objects.push(obj),
         Ok(_) => problems.push(Problem {
             object: label,
             field: "metadata.name".into(),
@@ -328,6 +338,44 @@ fn document(doc: Value, origin: &str, objects: &mut Vec<Object>, problems: &mut 
             field,
             message,
         }),
+    }
+}
+
+/// The object a document holds, if it is of a kind (and apiVersion) lb reads.
+fn typed_object(doc: &Value) -> Option<Result<Object, (String, String)>> {
+    let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
+    let parsed = match (api_version, kind) {
+        ("v1", "Service") => typed(doc).map(|s| Object::Service(Arc::new(s))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => typed(doc).map(|s| Object::Slice(Arc::new(s))),
+        ("v1", "Node") => typed(doc).map(|n| Object::Node(Arc::new(n))),
+        _ => return None,
+    };
+    Some(parsed)
+}
+
+/// Why a document of another kind or apiVersion is skipped, if it is worth saying.
+fn unsupported(api_version: &str, kind: &str, label: String) -> Option<Problem> {
+    match kind {
+        "" => Some(Problem {
+            object: label,
+            field: "kind".into(),
+            message: "missing".into(),
+        }),
+        "Service" | "Node" | "EndpointSlice" => {
+            let want = if kind == "EndpointSlice" {
+                "discovery.k8s.io/v1"
+            } else {
+                "v1"
+            };
+            Some(Problem {
+                object: label,
+                field: "apiVersion".into(),
+                message: format!("{api_version:?} is not supported; use {want}"),
+            })
+        }
+        // Deployments and the like may share the files: not lb's business.
+        _ => None,
     }
 }
 
@@ -346,14 +394,12 @@ fn object_label(doc: &Value, kind: &str, origin: &str) -> String {
     }
 }
 
-fn doc_name(parsed: &Result<Object, (String, String)>) -> Option<String> {
-    let obj = parsed.as_ref().ok()?;
-    let name = obj.key().name;
-    (!name.is_empty()).then_some(name)
+fn has_name(obj: &Object) -> bool {
+    obj.meta().name.as_deref().is_some_and(|n| !n.is_empty())
 }
 
 /// Deserialize with the path of the first bad field.
-fn typed<T: DeserializeOwned>(doc: Value) -> Result<T, (String, String)> {
+fn typed<T: DeserializeOwned>(doc: &Value) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(doc).map_err(|e| {
         let field = e.path().to_string();
         (field, e.into_inner().to_string())

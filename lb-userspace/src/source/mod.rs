@@ -77,7 +77,7 @@ impl Object {
         match self {
             Object::Service(s) => objects.services.insert(key, s).is_some(),
             Object::Slice(s) => objects.slices.insert(key, s).is_some(),
-            Object::Node(n) => objects.nodes.insert(key.name, n).is_some(),
+            Object::Node(n) => objects.nodes.insert(key.name.to_string(), n).is_some(),
         }
     }
 
