@@ -87,7 +87,7 @@ impl Object {
         match self {
             Object::Service(_) => drop(objects.services.remove(&key)),
             Object::Slice(_) => drop(objects.slices.remove(&key)),
-            Object::Node(_) => drop(objects.nodes.remove(&key.name)),
+            Object::Node(_) => drop(objects.nodes.remove(&*key.name)),
         }
     }
 }
