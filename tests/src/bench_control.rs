@@ -19,7 +19,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     bench_e2e::report::load_average,
-    charts::{self, Panel, Series},
+    charts::{self, Panel},
     kube_proxy::{self, ServicePort},
     lab::{Lab, Netns},
 };
@@ -32,6 +32,17 @@ const NFT_BATCH: usize = 500;
 /// Where the results go: `control-summary.csv` and the chart.
 pub const SUMMARY: &str = "control-summary.csv";
 pub const CHART: &str = "control-latency.svg";
+/// The summary's columns, [`Row::cells`].
+pub const COLUMNS: [&str; 8] = [
+    "services",
+    "system",
+    "cold_ms",
+    "change_p50_ms",
+    "change_p99_ms",
+    "changes",
+    "load_avg_1m",
+    "note",
+];
 
 /// Service `i`'s ClusterIP: 10.96.0.0/12 has room for a million.
 pub fn cluster_ip(i: usize) -> Ipv4Addr {
@@ -72,7 +83,7 @@ pub struct Limits {
 #[derive(Clone, Debug)]
 pub struct Row {
     pub services: usize,
-    pub system: &'static str,
+    pub system: String,
     pub cold_ms: Option<f64>,
     pub change_p50_ms: Option<f64>,
     pub change_p99_ms: Option<f64>,
@@ -82,10 +93,10 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(services: usize, system: &'static str) -> Row {
+    pub fn new(services: usize, system: &str) -> Row {
         Row {
             services,
-            system,
+            system: system.to_string(),
             cold_ms: None,
             change_p50_ms: None,
             change_p99_ms: None,
@@ -93,6 +104,22 @@ impl Row {
             load_avg_1m: load_average(),
             note: String::new(),
         }
+    }
+
+    /// The row's fields as text, in the summary's order: times with `decimals`, `missing` for
+    /// what was not measured.
+    pub fn cells(&self, decimals: usize, missing: &str) -> [String; 8] {
+        let time = |v: Option<f64>| v.map_or(missing.to_string(), |v| format!("{v:.decimals$}"));
+        [
+            self.services.to_string(),
+            self.system.clone(),
+            time(self.cold_ms),
+            time(self.change_p50_ms),
+            time(self.change_p99_ms),
+            self.changes.to_string(),
+            format!("{:.2}", self.load_avg_1m),
+            self.note.clone(),
+        ]
     }
 
     /// p50 and p99 of the changes' durations.
@@ -272,48 +299,55 @@ where
 /// `control-summary.csv` and the chart in `dir`.
 pub fn write_results(dir: &Path, rows: &[Row]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let opt = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
-    let mut csv = String::from(
-        "services,system,cold_ms,change_p50_ms,change_p99_ms,changes,load_avg_1m,note\n",
-    );
+    let mut csv = format!("{}\n", COLUMNS.join(","));
     for r in rows {
-        csv.push_str(&format!(
-            "{},{},{},{},{},{},{:.2},{}\n",
-            r.services,
-            r.system,
-            opt(r.cold_ms),
-            opt(r.change_p50_ms),
-            opt(r.change_p99_ms),
-            r.changes,
-            r.load_avg_1m,
-            r.note.replace(',', ";")
-        ));
+        let mut cells = r.cells(3, "");
+        cells[7] = cells[7].replace(',', ";");
+        csv.push_str(&cells.join(","));
+        csv.push('\n');
     }
     std::fs::write(dir.join(SUMMARY), csv)?;
     write_chart(rows, &dir.join(CHART))
 }
 
+/// The rows of a results directory's `control-summary.csv` (to draw the chart again).
+pub fn read_summary(dir: &Path) -> Result<Vec<Row>> {
+    let path = dir.join(SUMMARY);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines().skip(1).map(parse_row).collect()
+}
+
+fn parse_row(line: &str) -> Result<Row> {
+    let f: Vec<&str> = line.splitn(8, ',').collect();
+    let [services, system, cold, p50, p99, changes, load, note] = f[..] else {
+        bail!("{SUMMARY}: not 8 fields: {line}");
+    };
+    let opt = |v: &str| (!v.is_empty()).then(|| v.parse()).transpose();
+    Ok(Row {
+        services: services.parse()?,
+        system: system.to_string(),
+        cold_ms: opt(cold)?,
+        change_p50_ms: opt(p50)?,
+        change_p99_ms: opt(p99)?,
+        changes: changes.parse()?,
+        load_avg_1m: load.parse()?,
+        note: note.to_string(),
+    })
+}
+
 /// Programming latency against the number of services, log-log: from cold, and one change (p99).
 pub fn write_chart(rows: &[Row], path: &Path) -> Result<()> {
     let panel = |title: &str, y: fn(&Row) -> Option<f64>| {
-        let mut series: Vec<Series> = Vec::new();
-        for r in rows {
-            let Some(v) = y(r) else { continue };
-            let point = (r.services as f64, v);
-            match series.iter_mut().find(|s| s.label == r.system) {
-                Some(s) => s.points.push(point),
-                None => series.push(Series {
-                    label: r.system.to_string(),
-                    points: vec![point],
-                }),
-            }
-        }
+        let points = rows
+            .iter()
+            .filter_map(|r| Some((r.system.clone(), (r.services as f64, y(r)?))));
         Panel {
             title: title.to_string(),
             x_desc: "services (10 endpoints each)",
             y_desc: "ms",
             log_y: true,
-            series,
+            series: charts::series_by_label(points),
         }
     };
     let panels = [
@@ -369,6 +403,12 @@ mod tests {
         assert!(lines[2].ends_with(",killed after 1s; at once"));
         let svg = std::fs::read_to_string(dir.join(CHART)).unwrap();
         assert!(svg.contains("one endpoint change, p99"));
+        let read = read_summary(&dir).unwrap();
+        assert_eq!(read[0].change_p99_ms, Some(0.1));
+        assert_eq!(
+            (read[1].cold_ms, read[1].note.as_str()),
+            (None, "killed after 1s; at once")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

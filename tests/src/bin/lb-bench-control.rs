@@ -47,10 +47,17 @@ struct Args {
     /// The endpoint changes of one system at one size stop after this many seconds.
     #[arg(long, default_value_t = 120)]
     changes_limit_secs: u64,
+    /// Measure nothing: draw the chart again from OUT/control-summary.csv.
+    #[arg(long)]
+    redraw: bool,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.redraw {
+        let rows = bench_control::read_summary(&args.out)?;
+        return bench_control::write_chart(&rows, &args.out.join(bench_control::CHART));
+    }
     let limits = Limits {
         nft_transaction: Duration::from_secs(args.nft_transaction_limit_secs),
         changes: Duration::from_secs(args.changes_limit_secs),
@@ -114,24 +121,18 @@ fn lb_rows(n: usize, run: &Run, agent: &AgentRun) -> [Row; 2] {
 
 /// The second table: every system's programming latency, by size.
 fn print_latencies(rows: &[Row]) {
-    let opt = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
-    println!(
-        "\n{:>7} | {:<13} {:>11} {:>9} {:>9} {:>7} | note",
-        "N", "system", "cold ms", "chg p50", "chg p99", "changes"
-    );
+    let line = |c: &[String]| {
+        println!(
+            "{:>7} | {:<13} {:>11} {:>9} {:>9} {:>7} {:>5} | {}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+        )
+    };
+    println!();
+    line(&bench_control::COLUMNS.map(|c| c.replace("_ms", "").replace("_avg_1m", "")));
     let mut sorted: Vec<&Row> = rows.iter().collect();
     sorted.sort_by_key(|r| r.services);
     for r in sorted {
-        println!(
-            "{:>7} | {:<13} {:>11} {:>9} {:>9} {:>7} | {}",
-            r.services,
-            r.system,
-            opt(r.cold_ms),
-            opt(r.change_p50_ms),
-            opt(r.change_p99_ms),
-            r.changes,
-            r.note
-        );
+        line(&r.cells(2, "-"));
     }
 }
 
