@@ -11,6 +11,21 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+/// Lines from labelled points, one per label in the order labels first appear.
+pub fn series_by_label(points: impl IntoIterator<Item = (String, (f64, f64))>) -> Vec<Series> {
+    let mut series: Vec<Series> = Vec::new();
+    for (label, point) in points {
+        match series.iter_mut().find(|s| s.label == label) {
+            Some(s) => s.points.push(point),
+            None => series.push(Series {
+                label,
+                points: vec![point],
+            }),
+        }
+    }
+    series
+}
+
 /// One panel; x is drawn on a log scale (service counts span 1 to 50,000).
 pub struct Panel {
     pub title: String,
@@ -21,11 +36,12 @@ pub struct Panel {
     pub series: Vec<Series>,
 }
 
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 5] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0xd6, 0x27, 0x28),
     RGBColor(0x2c, 0xa0, 0x2c),
     RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0xff, 0x7f, 0x0e),
 ];
 
 /// Panels side by side in one SVG file.

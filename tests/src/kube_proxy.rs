@@ -80,14 +80,45 @@ fn iptables_endpoint_chain(svc: &ServicePort, ep: &SocketAddrV4) -> String {
 /// end up in), then its filter and nat tables. `--random-fully` is used, as kube-proxy does when
 /// iptables supports it.
 pub fn iptables_restore(services: &[ServicePort], node: &Node) -> String {
+    iptables_sync(services, node, Sync::Full)
+}
+
+/// The `iptables-restore --noflush` input of kube-proxy's partial sync (1.28+) after the
+/// endpoints of the services `changed` picks changed. Every sync rewrites the top-level chains
+/// (filter's, and nat's `KUBE-SERVICES` with one rule per service port, `KUBE-NODEPORTS`, ...);
+/// only the changed services' `KUBE-SVC-*`/`KUBE-EXT-*`/`KUBE-SEP-*` chains are written, the
+/// others' are left as they are. The jumps from the built-in chains are ensured on full syncs
+/// only. A removed endpoint's chain is not deleted: with more than 1,000 endpoints kube-proxy
+/// deletes stale chains (after an `iptables-save`) at most once per sync period.
+pub fn iptables_partial(
+    services: &[ServicePort],
+    node: &Node,
+    changed: &dyn Fn(&ServicePort) -> bool,
+) -> String {
+    iptables_sync(services, node, Sync::Partial(changed))
+}
+
+/// Which sync of kube-proxy's iptables proxier to write.
+#[derive(Clone, Copy)]
+enum Sync<'a> {
+    /// Onto a fresh node: the built-in chains with kube-proxy's jumps, and every service chain.
+    Full,
+    /// With `--noflush`: the service chains only of the services the predicate picks.
+    Partial(&'a dyn Fn(&ServicePort) -> bool),
+}
+
+fn iptables_sync(services: &[ServicePort], node: &Node, sync: Sync) -> String {
     let mut out = String::new();
-    iptables_filter(&mut out);
-    iptables_nat(&mut out, services, node);
+    iptables_filter(&mut out, sync);
+    iptables_nat(&mut out, services, node, sync);
     out
 }
 
-fn iptables_filter(out: &mut String) {
-    out.push_str("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+fn iptables_filter(out: &mut String, sync: Sync) {
+    out.push_str("*filter\n");
+    if let Sync::Full = sync {
+        out.push_str(":INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    }
     for chain in [
         "KUBE-SERVICES",
         "KUBE-EXTERNAL-SERVICES",
@@ -98,6 +129,28 @@ fn iptables_filter(out: &mut String) {
     ] {
         let _ = writeln!(out, ":{chain} - [0:0]");
     }
+    if let Sync::Full = sync {
+        iptables_filter_jumps(out);
+    }
+    out.push_str(
+        "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" \
+         -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n",
+    );
+    // nf_conntrack_tcp_be_liberal is off by default, so kube-proxy drops INVALID packets.
+    out.push_str("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n");
+    let _ = writeln!(
+        out,
+        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" \
+         -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT"
+    );
+    out.push_str(
+        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" \
+         -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nCOMMIT\n",
+    );
+}
+
+/// The jumps from the built-in filter chains, which kube-proxy ensures on full syncs.
+fn iptables_filter_jumps(out: &mut String) {
     let new = "-m conntrack --ctstate NEW ";
     let lb_firewall = "-m comment --comment \"kubernetes load balancer firewall\"";
     let portals = "-m comment --comment \"kubernetes service portals\"";
@@ -146,34 +199,26 @@ fn iptables_filter(out: &mut String) {
     for (chain, args, target) in jumps {
         let _ = writeln!(out, "-A {chain} {args}-j {target}");
     }
-    out.push_str(
-        "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" \
-         -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n",
-    );
-    // nf_conntrack_tcp_be_liberal is off by default, so kube-proxy drops INVALID packets.
-    out.push_str("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n");
-    let _ = writeln!(
-        out,
-        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" \
-         -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT"
-    );
-    out.push_str(
-        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" \
-         -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nCOMMIT\n",
-    );
 }
 
-fn iptables_nat(out: &mut String, services: &[ServicePort], node: &Node) {
+fn iptables_nat(out: &mut String, services: &[ServicePort], node: &Node, sync: Sync) {
     let large = services.iter().map(|s| s.endpoints.len()).sum::<usize>() > LARGE_CLUSTER_ENDPOINTS;
-    let mut chains = String::from(
-        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
-         :POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n\
-         :KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n",
-    );
-    let mut rules = String::from(
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n",
+    let mut chains = String::from("*nat\n");
+    let mut rules = String::new();
+    if let Sync::Full = sync {
+        chains.push_str(
+            ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+             :POSTROUTING ACCEPT [0:0]\n",
+        );
+        rules.push_str(
+            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+             -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+             -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n",
+        );
+    }
+    chains.push_str(
+        ":KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n\
+         :KUBE-MARK-MASQ - [0:0]\n",
     );
     let _ = write!(
         rules,
@@ -184,7 +229,11 @@ fn iptables_nat(out: &mut String, services: &[ServicePort], node: &Node) {
          -A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}\n"
     );
     for svc in services {
-        iptables_service(&mut chains, &mut rules, svc, node, large);
+        let own_chains = match sync {
+            Sync::Full => true,
+            Sync::Partial(changed) => changed(svc),
+        };
+        iptables_service(&mut chains, &mut rules, svc, node, large, own_chains);
     }
     // kube-proxy: "this must be the last rule in this chain".
     rules.push_str(
@@ -195,13 +244,15 @@ fn iptables_nat(out: &mut String, services: &[ServicePort], node: &Node) {
     out.push_str(&rules);
 }
 
-/// One service port's chains and rules, in syncProxyRules' order.
+/// One service port's chains and rules, in syncProxyRules' order: its rules in the top-level
+/// chains always, its own chains (`KUBE-SVC-*`, ...) when `own_chains`.
 fn iptables_service(
     chains: &mut String,
     rules: &mut String,
     svc: &ServicePort,
     node: &Node,
     large: bool,
+    own_chains: bool,
 ) {
     let name = svc.port_name_string();
     let svc_chain = iptables_chain("KUBE-SVC-", svc);
@@ -215,6 +266,9 @@ fn iptables_service(
             rules,
             "-A KUBE-NODEPORTS -m comment --comment {name} -m tcp -p tcp --dport {np} -j {ext_chain}"
         );
+    }
+    if !own_chains {
+        return;
     }
     let _ = writeln!(
         rules,
@@ -341,7 +395,7 @@ pub fn nft_batches(services: &[ServicePort], node: &Node, per_batch: usize) -> V
     let batches = services.chunks(per_batch).map(|chunk| {
         let mut out = String::new();
         for svc in chunk {
-            nft_service(&mut out, svc, node);
+            nft_service(&mut out, svc, node, NftWrite::New);
         }
         out
     });
@@ -399,9 +453,37 @@ add rule {t} services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto 
     );
 }
 
+/// The `nft -f` transaction of kube-proxy's nftables mode after the endpoints of `svc` changed
+/// (a partial sync): the service's chains added and flushed, their rules written again, and the
+/// chains of the `removed` endpoints flushed. No map element is written: kube-proxy writes only
+/// elements that differ from the ones it wrote before, and an endpoint change alters none.
+/// The stale chains are deleted by a later sync (at least a second later, for kernels before
+/// 6.2), not here.
+pub fn nft_endpoints_changed(svc: &ServicePort, removed: &[SocketAddrV4], node: &Node) -> String {
+    let mut out = String::new();
+    nft_service(&mut out, svc, node, NftWrite::Changed);
+    for ep in removed {
+        let _ = writeln!(
+            out,
+            "flush chain ip kube-proxy {}",
+            nft_endpoint_chain(svc, ep)
+        );
+    }
+    out
+}
+
+/// How a service's objects go into a transaction.
+#[derive(Clone, Copy, PartialEq)]
+enum NftWrite {
+    /// New: chains added, map elements added.
+    New,
+    /// Already there: chains added and flushed (kube-proxy's ensureChain), elements unchanged.
+    Changed,
+}
+
 /// One service port: its chains (endpoints first, as kube-proxy ensures them), map elements and
 /// rules.
-fn nft_service(out: &mut String, svc: &ServicePort, node: &Node) {
+fn nft_service(out: &mut String, svc: &ServicePort, node: &Node, write: NftWrite) {
     let t = "ip kube-proxy";
     let svc_chain = nft_chain("service-", svc);
     let ext_chain = nft_chain("external-", svc);
@@ -410,23 +492,31 @@ fn nft_service(out: &mut String, svc: &ServicePort, node: &Node) {
         .iter()
         .map(|ep| nft_endpoint_chain(svc, ep))
         .collect();
-    for chain in endpoints.iter().chain([&svc_chain]) {
+    let ext = svc.node_port.map(|_| &ext_chain);
+    for chain in endpoints.iter().chain([&svc_chain]).chain(ext) {
         let _ = writeln!(out, "add chain {t} {chain}");
-    }
-    if svc.node_port.is_some() {
-        let _ = writeln!(out, "add chain {t} {ext_chain}");
+        if write == NftWrite::Changed {
+            let _ = writeln!(out, "flush chain {t} {chain}");
+        }
     }
     let (ip, port) = (svc.cluster_ip, svc.port);
-    let _ = writeln!(out, "add element {t} cluster-ips {{ {ip} }}");
-    let _ = writeln!(
-        out,
-        "add element {t} service-ips {{ {ip} . tcp . {port} : goto {svc_chain} }}"
-    );
-    if let Some(np) = svc.node_port {
+    if write == NftWrite::New {
+        let _ = writeln!(out, "add element {t} cluster-ips {{ {ip} }}");
         let _ = writeln!(
             out,
-            "add element {t} service-nodeports {{ tcp . {np} : goto {ext_chain} }}\n\
-             add rule {t} {ext_chain} jump mark-for-masquerade\n\
+            "add element {t} service-ips {{ {ip} . tcp . {port} : goto {svc_chain} }}"
+        );
+    }
+    if let Some(np) = svc.node_port {
+        if write == NftWrite::New {
+            let _ = writeln!(
+                out,
+                "add element {t} service-nodeports {{ tcp . {np} : goto {ext_chain} }}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "add rule {t} {ext_chain} jump mark-for-masquerade\n\
              add rule {t} {ext_chain} goto {svc_chain}"
         );
     }

@@ -1,4 +1,5 @@
 pub mod agent_lab;
+pub mod bench_control;
 pub mod bench_e2e;
 pub mod charts;
 pub mod clock;

@@ -25,8 +25,13 @@ enum Kind {
         args: Vec<String>,
     },
     /// Time to program N services x 10 endpoints from cold and one endpoint change to the maps
-    /// (p50/p99 of 100), the agent's peak RSS and CPU (as root). SIZES: default 1000,10000,50000.
-    Control { sizes: Option<String> },
+    /// (p50/p99 of 100), the agent's peak RSS and CPU, against kube-proxy's iptables-restore and
+    /// nft -f (as root). Arguments go to lb-bench-control (see `--help` there): SIZES (default
+    /// 1000,10000,50000), `--out DIR`, time limits.
+    Control {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -41,10 +46,10 @@ pub fn run(args: &Args) -> Result<()> {
             let mut bench = cargo("run --release --quiet -p lb-tests --bin lb-bench-e2e -- run");
             cmd::run(bench.args(args))
         }
-        Some(Kind::Control { sizes }) => {
+        Some(Kind::Control { args }) => {
             cmd::run(&mut cargo("build --release --quiet -p lb-userspace --bins"))?;
             let mut bench = cargo("run --release --quiet -p lb-tests --bin lb-bench-control --");
-            cmd::run(bench.args(sizes))
+            cmd::run(bench.args(args))
         }
     }
 }

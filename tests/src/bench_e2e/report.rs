@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::traffic::{Closer, LoadReport};
-use crate::charts::{self, Panel, Series};
+use crate::charts::{self, Panel};
 
 /// One mode, service count, path and repetition.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -276,23 +276,16 @@ pub const CHART: &str = "e2e-conns.svg";
 /// by side.
 pub fn write_chart(rows: &[Row], path: &Path) -> Result<()> {
     let panel = |route: &str, title: &str| {
-        let mut series: Vec<Series> = Vec::new();
-        for r in rows.iter().filter(|r| r.path == route) {
-            let point = (r.services as f64, r.conns_per_sec);
-            match series.iter_mut().find(|s| s.label == r.mode) {
-                Some(s) => s.points.push(point),
-                None => series.push(Series {
-                    label: r.mode.clone(),
-                    points: vec![point],
-                }),
-            }
-        }
+        let points = rows
+            .iter()
+            .filter(|r| r.path == route)
+            .map(|r| (r.mode.clone(), (r.services as f64, r.conns_per_sec)));
         Panel {
             title: title.to_string(),
             x_desc: "services (5 endpoints each)",
             y_desc: "connections/s",
             log_y: false,
-            series,
+            series: charts::series_by_label(points),
         }
     };
     let panels = [

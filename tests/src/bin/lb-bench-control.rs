@@ -5,7 +5,11 @@
 //!   then `Reconciler::apply_changes`;
 //! - the real `lb-agent` in manifests mode, in a lab namespace, started on a manifest of the N
 //!   services: wall time until its first "maps updated" log line (process start, map creation,
-//!   YAML parsing, model, writes), its peak RSS and CPU time by then.
+//!   YAML parsing, model, writes), its peak RSS and CPU time by then;
+//! - kube-proxy's iptables and nftables modes programming the same services, from cold and per
+//!   endpoint change (src/bench_control.rs).
+//!
+//! The latencies of all three go to `--out` as `control-summary.csv` and `control-latency.svg`.
 use std::{
     net::Ipv4Addr,
     path::PathBuf,
@@ -14,27 +18,51 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use clap::Parser;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use lb::{
     dataplane::{cleanup, reconcile::Reconciler, Capacities, Dataplane, Options},
     model::{NodeContext, ObjectRef, Objects, Tracker},
 };
 use lb_tests::{
+    bench_control::{
+        self, changed_service, cluster_ip, endpoint_ips, ms, Limits, Row, CHANGES, ENDPOINTS,
+    },
     lab::{poll_until, Lab},
     topology::agent_bin,
 };
 
-const ENDPOINTS: usize = 10;
-const CHANGES: usize = 100;
+#[derive(Parser)]
+#[command(about = "Control-plane benchmark: lb vs kube-proxy's iptables and nftables modes")]
+struct Args {
+    /// Numbers of services, comma-separated.
+    #[arg(default_value = "1000,10000,50000", value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Where control-summary.csv and control-latency.svg go.
+    #[arg(long, default_value = "target/bench/control")]
+    out: PathBuf,
+    /// One `nft -f` transaction of the whole ruleset is killed after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    nft_transaction_limit_secs: u64,
+    /// The endpoint changes of one system at one size stop after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    changes_limit_secs: u64,
+    /// Measure nothing: draw the chart again from OUT/control-summary.csv.
+    #[arg(long)]
+    redraw: bool,
+}
 
 fn main() -> Result<()> {
-    let sizes: Vec<usize> = match std::env::args().nth(1) {
-        Some(list) => list
-            .split(',')
-            .map(|n| n.parse().context("sizes: comma-separated numbers"))
-            .collect::<Result<_>>()?,
-        None => vec![1_000, 10_000, 50_000],
+    let args = Args::parse();
+    if args.redraw {
+        let rows = bench_control::read_summary(&args.out)?;
+        return bench_control::write_chart(&rows, &args.out.join(bench_control::CHART));
+    }
+    let limits = Limits {
+        nft_transaction: Duration::from_secs(args.nft_transaction_limit_secs),
+        changes: Duration::from_secs(args.changes_limit_secs),
     };
+    let mut rows = Vec::new();
     println!("control plane: N ClusterIP services x {ENDPOINTS} endpoints");
     println!(
         "{:>7} | {:>9} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>8} {:>8}",
@@ -48,38 +76,70 @@ fn main() -> Result<()> {
         "RSS MiB",
         "CPU s"
     );
-    for n in sizes {
+    for &n in &args.sizes {
         let pin = PathBuf::from(format!("/sys/fs/bpf/lb-bench-ctl-{}", std::process::id()));
         let result = bench(&pin, n);
         cleanup(&pin).context("removing the bench's pins")?;
         let r = result?;
         let a = agent_cold(n)?;
+        let [lb, agent] = lb_rows(n, &r, &a);
+        let opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
         println!(
             "{n:>7} | {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>9.2} | {:>9.0} {:>8.1} {:>8.2}",
             ms(r.cold_model + r.cold_apply),
             ms(r.cold_model),
             ms(r.cold_apply),
-            ms(r.change_p50),
-            ms(r.change_p99),
+            opt(lb.change_p50_ms),
+            opt(lb.change_p99_ms),
             ms(a.ready),
             a.peak_rss_kib as f64 / 1024.0,
             a.cpu.as_secs_f64()
         );
+        rows.extend([lb, agent]);
+        rows.extend(bench_control::kube_proxy(n, limits)?);
+        // After each size, so that a failure later keeps what was measured.
+        bench_control::write_results(&args.out, &rows)?;
     }
     println!("columns: in-process cold (model + apply) and one-endpoint change; real agent cold");
+    print_latencies(&rows);
+    println!("results: {}", args.out.display());
     println!("command: cargo xtask bench control");
     Ok(())
+}
+
+/// lb's latencies as rows of the results: in process, and the real agent from cold.
+fn lb_rows(n: usize, run: &Run, agent: &AgentRun) -> [Row; 2] {
+    let mut lb = Row::new(n, "lb");
+    lb.cold_ms = Some(ms(run.cold_model + run.cold_apply));
+    lb.set_changes(run.changes.clone());
+    lb.note = "in process: model + map writes".into();
+    let mut real = Row::new(n, "lb-agent");
+    real.cold_ms = Some(ms(agent.ready));
+    real.note = "process start to maps written".into();
+    [lb, real]
+}
+
+/// The second table: every system's programming latency, by size.
+fn print_latencies(rows: &[Row]) {
+    let line = |c: &[String]| {
+        println!(
+            "{:>7} | {:<13} {:>11} {:>9} {:>9} {:>7} {:>5} | {}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+        )
+    };
+    println!();
+    line(&bench_control::COLUMNS.map(|c| c.replace("_ms", "").replace("_avg_1m", "")));
+    let mut sorted: Vec<&Row> = rows.iter().collect();
+    sorted.sort_by_key(|r| r.services);
+    for r in sorted {
+        line(&r.cells(2, "-"));
+    }
 }
 
 struct Run {
     cold_model: Duration,
     cold_apply: Duration,
-    change_p50: Duration,
-    change_p99: Duration,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+    changes: Vec<Duration>,
 }
 
 fn bench(pin: &std::path::Path, n: usize) -> Result<Run> {
@@ -110,30 +170,18 @@ fn bench(pin: &std::path::Path, n: usize) -> Result<Run> {
     for i in 0..CHANGES {
         // The agent keeps the previous snapshot behind an Arc: this copy is not its cost.
         let previous = objects.clone();
-        move_endpoint(&mut objects, i * 7919 % n, i)?;
+        move_endpoint(&mut objects, changed_service(i, n), i)?;
         let t = Instant::now();
         let changed = tracker.update(&previous, &objects, &node);
         let report = rec.apply_changes(&mut dp.maps, tracker.desired(), &changed);
         changes.push(t.elapsed());
         anyhow::ensure!(report.writes() > 0, "change {i} wrote nothing");
     }
-    changes.sort();
     Ok(Run {
         cold_model,
         cold_apply,
-        change_p50: changes[CHANGES / 2],
-        change_p99: changes[CHANGES * 99 / 100],
+        changes,
     })
-}
-
-/// Service `i`'s ClusterIP: 10.96.0.0/12 has room for a million.
-fn cluster_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 10)) + i as u32)
-}
-
-/// Endpoint `j` of service `i` (10.128.0.0/9 holds 8M), on node-a for j even.
-fn endpoint_ip(i: usize, j: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * ENDPOINTS * 4 + j) as u32)
 }
 
 fn cluster(n: usize) -> Result<Objects> {
@@ -150,9 +198,7 @@ fn cluster(n: usize) -> Result<Objects> {
         objects
             .services
             .insert(ObjectRef::new("bench", &name), Arc::new(svc));
-        let endpoints: Vec<(Ipv4Addr, usize)> =
-            (0..ENDPOINTS).map(|j| (endpoint_ip(i, j), j)).collect();
-        let slice = endpoint_slice(&name, &endpoints)?;
+        let slice = endpoint_slice(&name, &endpoint_ips(i, None))?;
         objects.slices.insert(
             ObjectRef::new("bench", &format!("{name}-1")),
             Arc::new(slice),
@@ -161,10 +207,12 @@ fn cluster(n: usize) -> Result<Objects> {
     Ok(objects)
 }
 
-fn endpoint_slice(service: &str, endpoints: &[(Ipv4Addr, usize)]) -> Result<EndpointSlice> {
+/// Endpoints of even index are on node-a, this node.
+fn endpoint_slice(service: &str, endpoints: &[Ipv4Addr]) -> Result<EndpointSlice> {
     let eps: Vec<serde_json::Value> = endpoints
         .iter()
-        .map(|(ip, j)| {
+        .enumerate()
+        .map(|(j, ip)| {
             let node = if j % 2 == 0 { "node-a" } else { "node-b" };
             serde_json::json!({"addresses": [ip.to_string()], "nodeName": node})
         })
@@ -184,10 +232,7 @@ fn endpoint_slice(service: &str, endpoints: &[(Ipv4Addr, usize)]) -> Result<Endp
 /// Replace endpoint 0 of service `i` with a new address (as a pod restarting elsewhere).
 fn move_endpoint(objects: &mut Objects, i: usize, round: usize) -> Result<()> {
     let name = format!("svc-{i}");
-    let mut endpoints: Vec<(Ipv4Addr, usize)> =
-        (0..ENDPOINTS).map(|j| (endpoint_ip(i, j), j)).collect();
-    endpoints[0].0 = endpoint_ip(i, ENDPOINTS + 1 + round % (3 * ENDPOINTS - 1));
-    let slice = endpoint_slice(&name, &endpoints)?;
+    let slice = endpoint_slice(&name, &endpoint_ips(i, Some(round)))?;
     objects.slices.insert(
         ObjectRef::new("bench", &format!("{name}-1")),
         Arc::new(slice),

@@ -226,3 +226,69 @@ fn nft_batches_make_up_the_script() {
     assert!(batches[1].contains("ns1/s1/") && !batches[1].contains("ns1/s2/"));
     assert_eq!(batches.concat(), nft_script(&services, &node()));
 }
+
+/// A partial sync rewrites every service's rule in KUBE-SERVICES but declares and fills only the
+/// changed service's own chains, and leaves the built-in chains alone (restored with --noflush).
+#[test]
+fn iptables_partial_sync_writes_only_the_changed_chains() {
+    let eps = ["10.244.1.5:8080", "10.244.1.6:8080"];
+    let services = [
+        svc("a", "10.96.0.10", Some(30080), &eps),
+        svc("b", "10.96.0.11", Some(30081), &eps),
+    ];
+    let text = iptables_partial(&services, &node(), &|s| s.name == "b");
+    assert_eq!(lines_starting(&text, "-A KUBE-SERVICES ").len(), 3);
+    assert_eq!(lines_starting(&text, "-A KUBE-NODEPORTS ").len(), 2);
+    let declared: Vec<&str> = lines_starting(&text, ":KUBE-")
+        .into_iter()
+        .filter(|l| l.starts_with(":KUBE-SVC-") || l.starts_with(":KUBE-SEP-"))
+        .collect();
+    assert_eq!(declared.len(), 3, "b's service chain and its two endpoints");
+    let b = &services[1];
+    assert!(text.contains(&format!(":{} - [0:0]", iptables_chain("KUBE-SVC-", b))));
+    assert!(text.contains(&format!(":{} - [0:0]", iptables_chain("KUBE-EXT-", b))));
+    let a_svc = iptables_chain("KUBE-SVC-", &services[0]);
+    assert!(lines_starting(&text, &format!("-A {a_svc} ")).is_empty());
+    for builtin in ["PREROUTING", "OUTPUT", "POSTROUTING", "INPUT", "FORWARD"] {
+        assert!(
+            !text.contains(&format!(":{builtin} ")),
+            "{builtin} declared"
+        );
+        assert!(
+            !text.contains(&format!("-A {builtin} ")),
+            "{builtin} touched"
+        );
+    }
+    // What the full restore has beyond the built-in chains and jumps is the unchanged chains.
+    let everything = iptables_partial(&services, &node(), &|_| true);
+    let full = iptables_restore(&services, &node());
+    assert!(everything.lines().all(|l| full.contains(l)));
+}
+
+/// An endpoint change in nftables mode re-creates (add + flush) the service's chains, writes
+/// their rules, flushes the removed endpoint's chain and writes no map element.
+#[test]
+fn nft_endpoint_change_rewrites_the_service_chains_only() {
+    let s = svc(
+        "a",
+        "10.96.0.10",
+        None,
+        &["10.244.1.5:8080", "10.244.1.7:8080"],
+    );
+    let removed: SocketAddrV4 = "10.244.1.6:8080".parse().unwrap();
+    let text = nft_endpoints_changed(&s, &[removed], &node());
+    let service = nft_chain("service-", &s);
+    let chains: Vec<&str> = lines_starting(&text, "add chain ");
+    assert_eq!(chains.len(), 3, "two endpoints and the service:\n{text}");
+    for chain in chains {
+        let name = chain.split_whitespace().nth(4).unwrap();
+        assert!(text.contains(&format!("flush chain ip kube-proxy {name}\n")));
+    }
+    assert!(text.contains(&format!(
+        "add rule ip kube-proxy {service} numgen random mod 2 vmap"
+    )));
+    assert!(text.contains("dnat to 10.244.1.7:8080"));
+    let stale = nft_endpoint_chain(&s, &removed);
+    assert!(text.ends_with(&format!("flush chain ip kube-proxy {stale}\n")));
+    assert!(!text.contains("add element"), "no map element changes");
+}
