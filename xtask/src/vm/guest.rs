@@ -121,8 +121,9 @@ pub fn boot(
     limit: Duration,
 ) -> Result<Console> {
     // TCG, not KVM: KVM guests hang on some hosts (nested virtualisation) and TCG works
-    // everywhere. The test executables and their maps need more than vng's default 1G.
-    vng.args(["--verbose", "--disable-kvm", "--memory", "2G", "--run"])
+    // everywhere. 4G: with 2G the guest killed a reconcile test that opens two dataplanes at
+    // the default capacities (~230 MiB of preallocated maps each) beside other tests' maps.
+    vng.args(["--verbose", "--disable-kvm", "--memory", "4G", "--run"])
         .arg(&kernel.vmlinuz)
         .arg("--")
         .arg(script)
