@@ -38,9 +38,9 @@ pub mod map_names {
 }
 
 /// Length of the headers `lb_xdp_sink` writes back into every frame it receives (Ethernet, IPv4
-/// and TCP without options: all that lb rewrites in what the forwarding benchmark sends). Live-frames test runs
-/// recycle their pages without re-initialising the data, so without this the program under test
-/// would see its own rewritten frame again instead of the original.
+/// and TCP without options: all that lb rewrites in what the forwarding benchmark sends).
+/// Live-frames test runs recycle their pages without re-initialising the data, so without this
+/// the program under test would see its own rewritten frame again instead of the original.
 pub const BENCH_FRAME_LEN: usize = 54;
 
 /// Default capacities; userspace may override them at load time.

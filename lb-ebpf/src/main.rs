@@ -5,7 +5,7 @@
 //!
 //! plus bare programs that benchmarks measure lb against: `lb_xdp_floor` (XDP_PASS, the cost
 //! floor), `lb_xdp_floor_tx` (XDP_TX, the forwarding floor) and `lb_xdp_sink` (XDP_DROP, what
-//! receives forwarded frames at the other end of a veth).
+//! receives forwarded frames at the other end of a veth, writing the original headers back).
 #![no_std]
 #![no_main]
 // Map keys and values are passed by reference on purpose: the helpers read them from the stack.

@@ -76,14 +76,15 @@ fn bench(pin: &Path) -> Result<()> {
     program_services(&mut dp)?;
     println!("lb per-packet cost, BPF_PROG_TEST_RUN repeat=1, median of {RUNS} runs");
     println!("machine: {} cores, kernel {}", cores(), kernel());
-    per_packet(&dp, eth0, h1)?;
+    let nodeport = flows(CLIENT, "192.0.2.10:30080");
+    per_packet(&dp, &nodeport, eth0, h1)?;
     println!();
-    live_frames(&mut dp, eth0)?;
+    live_frames(&mut dp, &nodeport.ack, eth0)?;
     println!("command: cargo xtask bench");
     Ok(())
 }
 
-fn per_packet(dp: &Dataplane, eth0: u32, h1: u32) -> Result<()> {
+fn per_packet(dp: &Dataplane, nodeport: &Flows, eth0: u32, h1: u32) -> Result<()> {
     let (floor, lb, pod) = (
         dp.xdp(PROG_XDP_FLOOR)?,
         dp.xdp(PROG_XDP_EXT)?,
@@ -91,7 +92,6 @@ fn per_packet(dp: &Dataplane, eth0: u32, h1: u32) -> Result<()> {
     );
     let (ext, pod_if) = (Hook::Xdp(eth0), Hook::Tc(h1));
     let non_service = Pkt::new(&format!("{CLIENT}:40000"), "192.0.2.10:22", ACK).build();
-    let nodeport = flows(CLIENT, "192.0.2.10:30080");
     let clusterip = flows(POD, "10.96.0.10:80");
     // The first packet of each creates the flow the established case hits.
     run(lb, &nodeport.syn[0], ext)?;
@@ -109,7 +109,7 @@ fn per_packet(dp: &Dataplane, eth0: u32, h1: u32) -> Result<()> {
         ),
         (
             "XDP: NodePort established (CT hit, XDP_TX)",
-            xdp(lb, &[nodeport.ack])?,
+            xdp(lb, std::slice::from_ref(&nodeport.ack))?,
         ),
         (
             "TC: pod -> ClusterIP new flow (CT miss, DNAT)",
@@ -130,15 +130,14 @@ fn per_packet(dp: &Dataplane, eth0: u32, h1: u32) -> Result<()> {
 /// Established NodePort frames through lb (DNAT, SNAT, MACs from the FIB, XDP_TX) and through a
 /// bare XDP_TX program, as live frames on eth0, whose peer drops them in its own XDP program
 /// after writing the original frame back (the test run recycles pages as they are).
-fn live_frames(dp: &mut Dataplane, eth0: u32) -> Result<()> {
+fn live_frames(dp: &mut Dataplane, established: &[u8], eth0: u32) -> Result<()> {
     let sink = dp.xdp_mut(PROG_XDP_SINK)?;
     // veth transmits XDP frames only to a peer that runs XDP itself.
     sink.attach("peer0", XdpMode::Driver)
         .context("attaching the sink to peer0 (native XDP on veth)")?;
-    let established = flows(CLIENT, "192.0.2.10:30080").ack;
     dp.set_bench_frame(established[..BENCH_FRAME_LEN].try_into()?)?;
     let (lb, floor_tx) = (dp.xdp(PROG_XDP_EXT)?, dp.xdp(PROG_XDP_FLOOR_TX)?);
-    let verdict = run(lb, &established, Hook::Xdp(eth0))?.return_value;
+    let verdict = run(lb, established, Hook::Xdp(eth0))?.return_value;
     ensure!(
         verdict == XDP_TX,
         "lb's verdict for the flow is {verdict}, not XDP_TX"
@@ -146,7 +145,7 @@ fn live_frames(dp: &mut Dataplane, eth0: u32) -> Result<()> {
     let mut rates: [Vec<f64>; 2] = Default::default();
     for _ in 0..LIVE_ROUNDS {
         for (prog, rate) in [lb, floor_tx].into_iter().zip(&mut rates) {
-            rate.push(live_rate(prog, &established, eth0)?);
+            rate.push(live_rate(prog, established, eth0)?);
         }
     }
     let [lb_rate, floor_rate] = rates.map(|mut r| {
