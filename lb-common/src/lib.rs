@@ -32,7 +32,16 @@ pub mod map_names {
     pub const CONFIG: &str = "LB_CONFIG";
     pub const FRONTEND_STATS: &str = "LB_FRONTEND_STATS";
     pub const GLOBAL_STATS: &str = "LB_GLOBAL_STATS";
-    pub const SERVICE_NAMES: &str = "LB_SERVICE_NAMES";
+    /// [`super::ServiceName`] with port names of up to 63 bytes. It replaced `LB_SERVICE_NAMES`
+    /// (port names of 15), which an agent finding it migrates here and removes: the kernel never
+    /// reads either, so the rest of the maps (flows above all) are adopted as they are.
+    pub const SERVICE_NAMES: &str = "LB_SVC_NAMES";
+    /// The pre-0.x name map, see [`SERVICE_NAMES`].
+    pub const SERVICE_NAMES_V1: &str = "LB_SERVICE_NAMES";
+    /// What lb attached to each interface, and why (userspace only: lbctl interfaces).
+    pub const IFACES: &str = "LB_IFACES";
+    /// Transmitted frames the kernel dropped, per external interface (the `xmit` tracepoints).
+    pub const XMIT_DROPS: &str = "LB_XMIT_DROPS";
     /// Benchmarks only, not pinned: see [`super::BENCH_FRAME_LEN`].
     pub const BENCH_FRAME: &str = "LB_BENCH_FRAME";
 }
@@ -52,6 +61,7 @@ pub mod capacity {
     pub const CT: u32 = 262_144;
     pub const AFFINITY: u32 = 65_536;
     pub const NODE_ADDRS: u32 = 64;
+    pub const IFACES: u32 = 4_096;
 }
 
 /// Key of `LB4_FRONTENDS`: what a packet is addressed to, and where it came from.
@@ -111,7 +121,7 @@ pub struct Service {
 pub const POLICY_CLUSTER: u8 = 0;
 pub const POLICY_LOCAL: u8 = 1;
 
-/// Value of `LB_SERVICE_NAMES` (key: service id): the Kubernetes service port a backend set
+/// Value of `LB_SVC_NAMES` (key: service id): the Kubernetes service port a backend set
 /// belongs to. The kernel never reads it; lbctl shows it and a restarted agent re-keys its ids
 /// with it.
 #[repr(C)]
@@ -119,8 +129,9 @@ pub const POLICY_LOCAL: u8 = 1;
 pub struct ServiceName {
     /// `namespace/name`, NUL-padded (each part is a DNS label of at most 63 bytes).
     pub name: [u8; 128],
-    /// The Service port's name (at most 15 bytes, empty for a lone unnamed port), NUL-padded.
-    pub port_name: [u8; 16],
+    /// The Service port's name (a DNS label of at most 63 bytes, empty for a lone unnamed port),
+    /// NUL-padded.
+    pub port_name: [u8; 64],
     pub proto: u8,
     /// `POLICY_*`.
     pub policy: u8,
@@ -131,11 +142,49 @@ impl Default for ServiceName {
     fn default() -> Self {
         ServiceName {
             name: [0; 128],
-            port_name: [0; 16],
+            port_name: [0; 64],
             proto: 0,
             policy: 0,
             _pad: [0; 6],
         }
+    }
+}
+
+/// `IfaceInfo::role`: north-south (XDP, or TC ingress with `--xdp-mode off`).
+pub const IFACE_EXTERNAL: u8 = 0;
+/// Host side of a pod interface (TC).
+pub const IFACE_POD: u8 = 1;
+
+/// `IfaceInfo::xdp_mode`.
+pub const XDP_MODE_NONE: u8 = 0;
+pub const XDP_MODE_NATIVE: u8 = 1;
+pub const XDP_MODE_GENERIC: u8 = 2;
+
+/// Value of `LB_IFACES` (key: ifindex): what the agent attached and why, for lbctl. The kernel
+/// never reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IfaceInfo {
+    /// The interface name when attached, NUL-padded (IFNAMSIZ).
+    pub name: [u8; 16],
+    /// `IFACE_*`.
+    pub role: u8,
+    /// `XDP_MODE_*`.
+    pub xdp_mode: u8,
+    /// Why that mode: an index into the agent's reasons (lb-userspace `XdpReason`).
+    pub reason: u8,
+    pub _pad: [u8; 5],
+}
+
+impl IfaceInfo {
+    /// The name, without its padding ("" if it is not UTF-8).
+    pub fn name(&self) -> &str {
+        let end = self
+            .name
+            .iter()
+            .position(|c| *c == 0)
+            .unwrap_or(self.name.len());
+        core::str::from_utf8(&self.name[..end]).unwrap_or("")
     }
 }
 
@@ -366,4 +415,5 @@ mod pod {
     unsafe impl aya::Pod for NodeAddr4 {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for ServiceName {}
+    unsafe impl aya::Pod for IfaceInfo {}
 }

@@ -3,6 +3,8 @@
 //! - `lb_tc_ext`: TC ingress on external interfaces when XDP is off or unavailable;
 //! - `lb_tc_pod`: TC ingress on host-side pod interfaces (traffic from pods);
 //!
+//! - `lb_xmit_*`: tracepoints counting what the kernel dropped of the frames XDP transmitted;
+//!
 //! plus bare programs that benchmarks measure lb against: `lb_xdp_floor` (XDP_PASS, the cost
 //! floor), `lb_xdp_floor_tx` (XDP_TX, the forwarding floor) and `lb_xdp_sink` (XDP_DROP, what
 //! receives forwarded frames at the other end of a veth, writing the original headers back).
@@ -20,12 +22,13 @@ mod nat;
 mod packet;
 mod parse;
 mod reject;
+mod xmit;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     helpers::generated as gen,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, tracepoint, xdp},
+    programs::{TcContext, TracePointContext, XdpContext},
 };
 use lb_common::{SCOPE_EXTERNAL, SCOPE_INTERNAL};
 
@@ -60,6 +63,24 @@ pub fn lb_tc_ext(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lb_tc_pod(ctx: TcContext) -> i32 {
     tc(&ctx, SCOPE_INTERNAL)
+}
+
+#[tracepoint]
+pub fn lb_xmit_bulk_tx(ctx: TracePointContext) -> u32 {
+    xmit::bulk_tx(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn lb_xmit_devmap(ctx: TracePointContext) -> u32 {
+    xmit::devmap_xmit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn lb_xmit_error(ctx: TracePointContext) -> u32 {
+    xmit::one(&ctx);
+    0
 }
 
 #[xdp]

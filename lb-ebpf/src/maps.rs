@@ -2,11 +2,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
     capacity, Affinity, AffinityKey4, Backend4, Config, Counters, Ct4, Frontend4, Frontend4Key,
-    NodeAddr4, RevNat4, Service, ServiceName, SlotKey, Tuple4,
+    IfaceInfo, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, Tuple4,
 };
 
 #[map]
@@ -50,8 +50,21 @@ pub static LB_GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(lb_common::st
 /// Names of the backend sets, for userspace only. Not preallocated: most services are small and
 /// the names are large.
 #[map]
-pub static LB_SERVICE_NAMES: HashMap<u32, ServiceName> =
+pub static LB_SVC_NAMES: HashMap<u32, ServiceName> =
     HashMap::pinned(capacity::SERVICES, BPF_F_NO_PREALLOC);
+
+/// What the agent attached to each interface, for userspace only (lbctl interfaces).
+#[map]
+pub static LB_IFACES: HashMap<u32, IfaceInfo> =
+    HashMap::pinned(capacity::IFACES, BPF_F_NO_PREALLOC);
+
+/// Frames lb transmitted (XDP_TX, XDP_REDIRECT) that the kernel dropped, per CPU and by the
+/// ifindex of the external interface lb's program ran on. The agent creates an entry for each
+/// external interface it attaches; the `xmit` tracepoint programs only add to existing entries,
+/// which keeps the XDP of other programs and interfaces out of it.
+#[map]
+pub static LB_XMIT_DROPS: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::pinned(capacity::IFACES, BPF_F_NO_PREALLOC);
 
 #[inline(always)]
 pub fn count(stat: u32) {

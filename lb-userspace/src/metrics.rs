@@ -35,7 +35,7 @@ use prometheus_client::{
 use crate::{
     dataplane::{
         reconcile::{Programmed, Report},
-        Capacities, Maps, PinLayout,
+        Capacities, Maps, PinLayout, XdpModeUsed,
     },
     health::{ProxyHealth, ProxyStatus},
     model::{Desired, Kind, Problem, Protocol},
@@ -69,6 +69,7 @@ struct Inner {
     invalid_objects: Gauge,
     ct_flows: Family<OneLabel, Gauge>,
     ct_collected: Counter,
+    interfaces: Family<Labels, Gauge>,
     health: ProxyHealth,
     /// Where the datapath counters are read at scrape time (None: no datapath metrics).
     layout: Option<PinLayout>,
@@ -95,6 +96,8 @@ pub struct FrontendSeries {
 pub struct Datapath {
     pub frontends: Vec<(FrontendSeries, Counters)>,
     pub events: BTreeMap<&'static str, u64>,
+    /// Transmit drops by external interface name.
+    pub xmit_drops: Vec<(String, u64)>,
 }
 
 impl Metrics {
@@ -193,6 +196,13 @@ impl Metrics {
             "Expired flows the agent removed from the conntrack table (with their reply entries)",
             ct_collected.clone(),
         );
+        let interfaces = Family::<Labels, Gauge>::default();
+        registry.register(
+            "lb_interface_xdp_mode",
+            "1 for each external interface with the mode its north-south program runs in \
+             (native, generic XDP, or off: TC ingress); why is in the log and lbctl interfaces",
+            interfaces.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -206,6 +216,7 @@ impl Metrics {
                 invalid_objects,
                 ct_flows,
                 ct_collected,
+                interfaces,
                 health: ProxyHealth::new(health_timeout),
                 layout,
                 state: Mutex::new(RunState::default()),
@@ -219,6 +230,21 @@ impl Metrics {
     }
 
     /// After each conntrack collection.
+    /// The external interface `iface` now runs in `mode` (None: lb let go of it).
+    pub fn set_interface(&self, iface: &str, mode: Option<&str>) {
+        for other in XdpModeUsed::ALL {
+            let labels = vec![
+                ("interface", iface.to_string()),
+                ("mode", other.label().into()),
+            ];
+            self.inner.interfaces.remove(&labels);
+        }
+        if let Some(mode) = mode {
+            let labels = vec![("interface", iface.to_string()), ("mode", mode.to_string())];
+            self.inner.interfaces.get_or_create(&labels).set(1);
+        }
+    }
+
     pub fn record_conntrack(&self, c: &crate::dataplane::conntrack::Collected) {
         for state in ["SYN", "ESTABLISHED", "CLOSING", "UDP"] {
             let n = c.live.get(state).copied().unwrap_or(0);
@@ -352,9 +378,14 @@ pub fn read_datapath(layout: &PinLayout, series: &[FrontendSeries]) -> Result<Da
             frontends.push((s.clone(), c));
         }
     }
+    let xmit_drops = crate::dataplane::maps::entries(&maps.ifaces)?
+        .into_iter()
+        .filter_map(|(ifindex, info)| Some((info.name().to_string(), maps.xmit_drops(ifindex)?)))
+        .collect();
     Ok(Datapath {
         frontends,
         events: maps.global_counters()?,
+        xmit_drops,
     })
 }
 
@@ -384,6 +415,18 @@ fn datapath_registry(dp: &Datapath) -> Registry {
     );
     for (name, n) in &dp.events {
         events.get_or_create(&[("event", name)]).inc_by(*n);
+    }
+    let xmit = Family::<Labels, Counter>::default();
+    registry.register(
+        "lb_xdp_transmit_drops",
+        "Frames lb's XDP program transmitted (XDP_TX, XDP_REDIRECT) on each external interface \
+         that the kernel dropped: the driver could not deliver them (native XDP on a veth whose \
+         peer runs no XDP program, a device without XDP transmit, a full queue)",
+        xmit.clone(),
+    );
+    for (iface, n) in &dp.xmit_drops {
+        xmit.get_or_create(&vec![("interface", iface.clone())])
+            .inc_by(*n);
     }
     registry
 }
@@ -578,6 +621,37 @@ mod tests {
     }
 
     #[test]
+    fn an_interface_has_one_mode_series_until_let_go() {
+        let m = Metrics::new(None, CAPS, Duration::from_secs(20));
+        // Sorted: a Family renders in hash order.
+        let series = |m: &Metrics| -> Vec<String> {
+            let mut lines: Vec<String> = m
+                .render()
+                .lines()
+                .filter(|l| l.starts_with("lb_interface_xdp_mode{"))
+                .map(str::to_string)
+                .collect();
+            lines.sort();
+            lines
+        };
+        m.set_interface("eth0", Some("native"));
+        m.set_interface("eth0", Some("generic"));
+        m.set_interface("eth1", Some("native"));
+        assert_eq!(
+            series(&m),
+            [
+                "lb_interface_xdp_mode{interface=\"eth0\",mode=\"generic\"} 1",
+                "lb_interface_xdp_mode{interface=\"eth1\",mode=\"native\"} 1",
+            ]
+        );
+        m.set_interface("eth0", None);
+        assert_eq!(
+            series(&m),
+            ["lb_interface_xdp_mode{interface=\"eth1\",mode=\"native\"} 1"]
+        );
+    }
+
+    #[test]
     fn renders_sync_metrics() {
         let m = Metrics::new(None, CAPS, Duration::from_secs(20));
         let text = m.render();
@@ -672,6 +746,7 @@ mod tests {
                 ),
             ],
             events: BTreeMap::from([("ct_new", 4), ("reject_no_backend", 0)]),
+            xmit_drops: vec![("eth0".into(), 7)],
         };
         let text = m.render_with(Some(&dp));
         let labels = "service=\"shop/web\",port_name=\"http\",frontend=\"10.96.0.10:80/TCP\",\
@@ -693,6 +768,10 @@ mod tests {
             (
                 "lb_datapath_events_total{event=\"reject_no_backend\"} ".into(),
                 0.0,
+            ),
+            (
+                "lb_xdp_transmit_drops_total{interface=\"eth0\"} ".into(),
+                7.0,
             ),
         ] {
             assert_eq!(sample(&text, &prefix), Some(want), "{prefix}\n{text}");

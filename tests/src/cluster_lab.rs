@@ -8,9 +8,24 @@
 //! ```
 //! Pods sit behind host-side veths `h1`, `h2` with /32 routes; the nodes route each other's pod
 //! CIDR. Every pod runs lb-echo on TCP and UDP 8080 (answering with its name) and on TCP 8081
-//! (answering `NAME/8081`). Agents run with `--xdp-mode generic` (native XDP on veth needs an
-//! XDP program on the peer, see lab_nodeport), `eth0` external and `h*` pods.
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+//! (answering `NAME/8081`).
+//!
+//! The agents run as a user runs them: default flags, only the interfaces named (`eth0`
+//! external, `h*` pods; [`IFACES`]), so `--xdp-mode` is the default and chooses per interface.
+//! The lan is a bridge in its own namespace whose ports run no XDP program (nor does a real
+//! switch or router, or the host side of a kind node): what a node's XDP program transmits on
+//! its `eth0` (XDP_TX, e.g. to a backend on the other node, SNATed, or a reject) reaches the lan
+//! only if the mode chosen for `eth0` really delivers it. Keep it that way: a lab whose peers run
+//! XDP programs hides that (native XDP on a veth delivers transmitted frames only to a peer
+//! running XDP).
+//!
+//! The building blocks ([`node_on_lan`], [`add_pod`], [`start_agent`], [`until_ready`]) also
+//! make other topologies of such nodes (e.g. lab_default_flags' node with two external links).
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 
@@ -101,25 +116,13 @@ impl Cluster {
         let mut servers = Vec::new();
         for (i, (name, ip, gw, pods)) in PLAN.into_iter().enumerate() {
             let port = format!("n{i}");
-            let node = node(&lab, &lan, &port, name, ip)?;
-            let mut node_pods = Vec::new();
+            let mut node = node_on_lan(&lab, &lan, &port, name, ip)?;
             for (j, (pod_name, pod_ip)) in pods.into_iter().enumerate() {
-                let ns = pod_via(&lab, &node.ns, pod_name, pod_ip, gw, &format!("h{}", j + 1))?;
-                ns.tx_offload_off("eth0")?;
-                servers.push(ns.serve_echo(pod_name, 8080, false)?);
-                servers.push(ns.serve_echo(pod_name, 8080, true)?);
-                servers.push(ns.serve_echo(&format!("{pod_name}/8081"), 8081, false)?);
-                node_pods.push(Pod {
-                    name: pod_name,
-                    ip: pod_ip,
-                    ns,
-                });
+                let host_if = format!("h{}", j + 1);
+                servers.extend(add_pod(&lab, &mut node, pod_name, pod_ip, gw, &host_if)?);
             }
             ports.push(port);
-            nodes.push(Node {
-                pods: node_pods,
-                ..node
-            });
+            nodes.push(node);
         }
         let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
         lab.bridge(&lan, "br0", &ports)?;
@@ -131,7 +134,7 @@ impl Cluster {
         }
         let agents = nodes
             .iter()
-            .map(|n| start_agent(n, &manifests))
+            .map(|n| start_agent(n, &manifests, &IFACES))
             .collect::<Result<Vec<_>>>()?;
         for (node, agent) in nodes.iter().zip(&agents) {
             until_ready(node, agent)?;
@@ -180,8 +183,16 @@ impl Cluster {
     }
 }
 
-/// A node namespace on bridge port `port` of `lan`, forwarding, its neighbours resolved.
-fn node(lab: &Lab, lan: &Netns, port: &str, name: &'static str, ip: &'static str) -> Result<Node> {
+/// A node namespace `name` whose `eth0` (at `ip`/24) is on bridge port `port` of `lan` (the
+/// caller enslaves the ports with [`Lab::bridge`] once all are made), forwarding, TX checksum
+/// offload off both ways; no pods yet ([`add_pod`]), its pin path reserved.
+pub fn node_on_lan(
+    lab: &Lab,
+    lan: &Netns,
+    port: &str,
+    name: &'static str,
+    ip: &'static str,
+) -> Result<Node> {
     let ns = lab.netns(name)?;
     lab.veth(&ns, "eth0", lan, port)?;
     ns.add_addr("eth0", &format!("{ip}/24"))?;
@@ -198,6 +209,29 @@ fn node(lab: &Lab, lan: &Netns, port: &str, name: &'static str, ip: &'static str
     })
 }
 
+/// Pod `name` at `ip` on `node` behind host-side veth `host_if` (match it with a `--pod-iface`
+/// glob), `gw` the node's pod gateway address; TX checksum offload off in the pod. Starts its
+/// echo servers (TCP and UDP 8080 answering `name`, TCP 8081 answering `name/8081`) and returns
+/// them: keep them for as long as the pod should answer.
+pub fn add_pod(
+    lab: &Lab,
+    node: &mut Node,
+    name: &'static str,
+    ip: &'static str,
+    gw: &str,
+    host_if: &str,
+) -> Result<Vec<ChildGuard>> {
+    let ns = pod_via(lab, &node.ns, name, ip, gw, host_if)?;
+    ns.tx_offload_off("eth0")?;
+    let servers = vec![
+        ns.serve_echo(name, 8080, false)?,
+        ns.serve_echo(name, 8080, true)?,
+        ns.serve_echo(&format!("{name}/8081"), 8081, false)?,
+    ];
+    node.pods.push(Pod { name, ip, ns });
+    Ok(servers)
+}
+
 /// Each node routes the other's pod CIDR through it, and has its neighbours resolved: XDP
 /// forwards only to resolved next hops (README, datapath), as a cluster's busy nodes have them.
 fn route_pod_cidrs(nodes: &[Node]) -> Result<()> {
@@ -207,36 +241,46 @@ fn route_pod_cidrs(nodes: &[Node]) -> Result<()> {
             let cidr = format!("{}.{}.{}.0/24", octets[0], octets[1], octets[2]);
             node.ns.add_route(&cidr, other.ip)?;
         }
-        for neighbour in nodes
+        let neighbours: Vec<&str> = nodes
             .iter()
             .map(|n| n.ip)
             .chain([CLIENT_IP])
             .filter(|ip| *ip != node.ip)
-        {
-            node.ns
-                .exec("ping", ["-c1", "-W2", neighbour])
-                .with_context(|| format!("{} reaches {neighbour}", node.name))?;
-        }
+            .collect();
+        resolve_neighbours(node, &neighbours)?;
     }
     Ok(())
 }
 
-fn start_agent(node: &Node, manifests: &std::path::Path) -> Result<ChildGuard> {
-    let args = [
+/// Pings each of `neighbours` once from `node`, so their addresses are resolved (XDP forwards
+/// only to resolved next hops) and each is known to be reachable.
+pub fn resolve_neighbours(node: &Node, neighbours: &[&str]) -> Result<()> {
+    for neighbour in neighbours {
+        node.ns
+            .exec("ping", ["-c1", "-W2", neighbour])
+            .with_context(|| format!("{} reaches {neighbour}", node.name))?;
+    }
+    Ok(())
+}
+
+/// The interface flags the lab's agents get (and nothing else beyond node name, manifests and
+/// pin path): `eth0` external, `h*` pods.
+pub const IFACES: [&str; 4] = ["--ext-iface", "eth0", "--pod-iface", "h*"];
+
+/// `lb-agent run` on `node` as a user runs it: manifests mode on `manifests`, the node's name
+/// and pin path, the interface flags `ifaces` (e.g. [`IFACES`]) and otherwise the defaults
+/// (`--xdp-mode`, `--metrics-addr` 127.0.0.1:9464 in the node's namespace, ...).
+pub fn start_agent(node: &Node, manifests: &Path, ifaces: &[&str]) -> Result<ChildGuard> {
+    let mut args = vec![
         "run",
         "--node-name",
         node.name,
         "--manifests",
         manifests.to_str().context("manifest path")?,
-        "--ext-iface",
-        "eth0",
-        "--pod-iface",
-        "h*",
-        "--xdp-mode",
-        "generic",
         "--pin-path",
         node.pin.to_str().context("pin path")?,
     ];
+    args.extend_from_slice(ifaces);
     node.ns
         .spawn(&format!("agent-{}", node.name), agent_bin()?, args)
 }
@@ -244,7 +288,7 @@ fn start_agent(node: &Node, manifests: &std::path::Path) -> Result<ChildGuard> {
 /// Waits until `node`'s agent answers /healthz with 200 (its first sync is in the maps), so a
 /// scenario's deadlines measure applying edits, not creating maps: with several labs at once,
 /// creating the preallocated maps alone can take seconds.
-fn until_ready(node: &Node, agent: &ChildGuard) -> Result<()> {
+pub fn until_ready(node: &Node, agent: &ChildGuard) -> Result<()> {
     crate::lab::poll_until(STARTUP, || {
         crate::http::http_get(&node.ns, "127.0.0.1:9464", "/healthz")
             .ok()

@@ -83,7 +83,7 @@ fn pod(lab: &Lab, node: &Netns, name: &str, ip: &str, gw: &str, host_if: &str) -
 struct Topology {
     // Field order is drop order: servers before the lab that owns their namespaces.
     _servers: Vec<ChildGuard>,
-    _switch_port_xdp: OwnedFd,
+    _switch_port_xdp: Option<OwnedFd>,
     client: Netns,
     node1: Netns,
     pin: PathBuf,
@@ -92,7 +92,9 @@ struct Topology {
 }
 
 impl Topology {
-    fn build(test: &str, mode: XdpRequest) -> Topology {
+    /// `peer_xdp`: the switch port facing node1 runs an XDP program (what native XDP on a veth
+    /// needs to deliver what it transmits).
+    fn build(test: &str, mode: XdpRequest, peer_xdp: bool) -> Topology {
         let lab = Lab::new(test).expect("lab");
         lab.set_echo_bin(env!("CARGO_BIN_EXE_lb-echo"));
         let client = lab.netns("client").expect("client");
@@ -161,7 +163,7 @@ impl Topology {
         // What native XDP on node1's eth0 sends back out (XDP_TX: rejects, SNAT towards node2,
         // replies to the client) is delivered by the switch port only if that port runs an XDP
         // program too (see Netns::xdp_pass). A physical NIC needs nothing of the sort.
-        let switch_port_xdp = lan.xdp_pass("n1").expect("XDP pass program on n1");
+        let switch_port_xdp = peer_xdp.then(|| lan.xdp_pass("n1").expect("XDP pass program on n1"));
 
         let mut servers = Vec::new();
         for (ns, name) in [(&pod_a, "pod-a"), (&pod_b, "pod-b"), (&pod_c, "pod-c")] {
@@ -271,7 +273,7 @@ fn program_node1(pin: PathBuf, mode: XdpRequest) -> anyhow::Result<XdpModeUsed> 
         ],
     };
     let mut dp = Dataplane::open(&opts)?;
-    let used = dp.attach_ext("eth0", mode)?;
+    let used = dp.attach_ext("eth0", mode)?.mode;
     dp.attach_pod("h1")?;
     dp.attach_pod("h2")?;
     let eth0 = lb::dataplane::ifindex("eth0")?;
@@ -338,7 +340,7 @@ fn nodeport_scenarios(test: &str, mode: XdpRequest, want_mode: XdpModeUsed) {
         return;
     }
     let started = Instant::now();
-    let t = Topology::build(test, mode);
+    let t = Topology::build(test, mode, true);
     assert_eq!(
         t.mode_used, want_mode,
         "{mode:?} XDP on a veth attaches in the mode asked for"
@@ -487,5 +489,44 @@ fn nodeport_through_generic_xdp() {
         "lab_nodeport::generic",
         XdpRequest::Generic,
         XdpModeUsed::Generic,
+    );
+}
+
+/// Native XDP on a veth whose peer runs no XDP program (a router, the host side of a kind node):
+/// what lb transmits towards the remote backend is dropped by the kernel. `--xdp-mode native`
+/// still allows it; this is what `auto` avoids. The drops are no longer silent: they are
+/// counted per interface, as `lbctl interfaces` and the metrics show.
+#[test]
+fn native_xdp_without_peer_xdp_counts_what_the_kernel_drops() {
+    let test = "lab_nodeport::native_no_peer_xdp";
+    if !require_privileged(test) {
+        return;
+    }
+    let t = Topology::build(test, XdpRequest::Native, false);
+    assert_eq!(t.mode_used, XdpModeUsed::Native);
+    let eth0 = t.node1.ifindex("eth0").expect("ifindex");
+    let drops = || {
+        Maps::open_pinned(&PinLayout::new(&t.pin))
+            .expect("maps")
+            .xmit_drops(eth0)
+            .expect("eth0's transmit drops are counted")
+    };
+    assert_eq!(drops(), 0, "nothing transmitted yet");
+    // The local pods answer (delivered by the stack), the remote one never does: its SYNs
+    // are SNATed and XDP_TXed back out of eth0, and the veth drops them.
+    let remote = t
+        .client
+        .request(nodeport(NP_REMOTE), false, Duration::from_millis(500));
+    assert!(remote.is_err(), "the remote backend answered: {remote:?}");
+    let counted = lb_tests::lab::poll_until(Duration::from_secs(5), || {
+        let n = drops();
+        (n > 0).then_some(n)
+    });
+    assert!(counted.is_some(), "no transmit drop counted\n{}", t.diag());
+    let local = t.client.request(nodeport(NP_LOCAL), false, T);
+    assert!(
+        local.is_ok(),
+        "a local pod answers: {local:?}\n{}",
+        t.diag()
     );
 }

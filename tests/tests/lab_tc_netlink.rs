@@ -7,7 +7,10 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use aya::programs::{loaded_programs, tc::TcAttachType, SchedClassifier};
-use lb::dataplane::{self, Dataplane, Options, TcHook, TcMode, XdpRequest, TC_NETLINK_PRIORITY};
+use lb::dataplane::{
+    self, Dataplane, Options, TcHook, TcMode, XdpModeUsed, XdpReason, XdpRequest,
+    TC_NETLINK_PRIORITY,
+};
 use lb_common::{Backend4, BE_F_LOCAL, PROTO_TCP};
 use lb_tests::{
     lab::{poll_until, require_privileged, wait_until, Lab, Netns},
@@ -318,7 +321,9 @@ fn auto_and_tcx_modes_take_over_the_netlink_filter_and_detach_removes_it() {
 }
 
 /// `--xdp-mode` changed across restarts: the external interface ends up with exactly the program
-/// asked for, never the previous agent's left running beside it.
+/// asked for, in the mode asked for (as the kernel reports it), never the previous agent's left
+/// running beside it. Auto on a veth is generic, also after an agent that ran native there (the
+/// upgrade to the auto default), and lbctl reports the mode with its reason.
 #[test]
 fn switching_xdp_mode_leaves_one_program_on_the_external_interface() {
     if !require_privileged("lab_tc_netlink::switching_xdp_mode") {
@@ -342,30 +347,105 @@ fn switching_xdp_mode_leaves_one_program_on_the_external_interface() {
             .filter(|h| layout.link(ifindex, h).exists())
             .collect::<Vec<_>>()
     };
-    for (mode, want) in [
-        (XdpRequest::Native, vec!["xdp"]),
-        (XdpRequest::Off, vec![tc]),
-        (XdpRequest::Generic, vec!["xdp"]),
+    // What `ip -d link` says runs on eth0: "xdp" (native), "xdpgeneric", or "" for none.
+    let kernel_mode = || {
+        let out = node.run("ip -d link show eth0").expect("ip link");
+        let word = out
+            .split_whitespace()
+            .find(|w| w.starts_with("xdp") && !w.contains('_'));
+        word.unwrap_or("").to_string()
+    };
+    for (mode, want_pins, want_kernel, want_reported) in [
+        (XdpRequest::Native, vec!["xdp"], "xdp", XdpModeUsed::Native),
+        (
+            XdpRequest::Auto,
+            vec!["xdp"],
+            "xdpgeneric",
+            XdpModeUsed::Generic,
+        ),
+        (XdpRequest::Off, vec![tc], "", XdpModeUsed::Off),
+        (
+            XdpRequest::Generic,
+            vec!["xdp"],
+            "xdpgeneric",
+            XdpModeUsed::Generic,
+        ),
+        (XdpRequest::Native, vec!["xdp"], "xdp", XdpModeUsed::Native),
+        (XdpRequest::Native, vec!["xdp"], "xdp", XdpModeUsed::Native),
+        (
+            XdpRequest::Auto,
+            vec!["xdp"],
+            "xdpgeneric",
+            XdpModeUsed::Generic,
+        ),
     ] {
-        node.in_netns(|| {
-            let mut dp = Dataplane::open(&options(&pin)).expect("dataplane");
-            dp.attach_ext("eth0", mode).expect("attach");
-        })
-        .expect("in node netns");
-        assert_eq!(pins(), want, "after a restart with {mode:?}");
+        let got = node
+            .in_netns(|| {
+                let mut dp = Dataplane::open(&options(&pin)).expect("dataplane");
+                dp.attach_ext("eth0", mode).expect("attach")
+            })
+            .expect("in node netns");
+        assert_eq!(got.mode, want_reported, "{mode:?}: reported mode");
+        if mode == XdpRequest::Auto {
+            assert_eq!(got.reason, XdpReason::Veth, "auto on a veth");
+        }
+        assert_eq!(pins(), want_pins, "after a restart with {mode:?}");
         // The kernel releases an unpinned link asynchronously: poll.
-        let xdp_on_link = || {
-            node.run("ip -d link show eth0")
-                .expect("ip link")
-                .contains("xdp")
-        };
         let settled = poll_until(Duration::from_secs(2), || {
-            (xdp_on_link() == (want == ["xdp"])).then_some(())
+            (kernel_mode() == want_kernel).then_some(())
         });
         assert!(
             settled.is_some(),
-            "{mode:?}: XDP on the link: {}",
-            xdp_on_link()
+            "{mode:?}: the kernel runs {:?} on eth0, want {want_kernel:?}",
+            kernel_mode()
+        );
+        let listed = lbctl_interfaces(&node, &pin);
+        let want_json = (want_reported != XdpModeUsed::Off).then(|| want_reported.label());
+        assert_eq!(
+            listed,
+            vec![(
+                "eth0".to_string(),
+                "external".to_string(),
+                want_json.map(str::to_string),
+                got.reason.explain().to_string()
+            )],
+            "{mode:?}: lbctl interfaces"
         );
     }
+}
+
+/// `lbctl -o json interfaces` as (name, role, xdp_mode, reason) rows.
+fn lbctl_interfaces(
+    node: &lb_tests::lab::Netns,
+    pin: &std::path::Path,
+) -> Vec<(String, String, Option<String>, String)> {
+    let out = node
+        .exec(
+            lb_tests::topology::lbctl_bin().expect("lbctl"),
+            [
+                "--pin-path",
+                pin.to_str().expect("pin"),
+                "-o",
+                "json",
+                "interfaces",
+            ],
+        )
+        .expect("lbctl interfaces");
+    assert!(
+        out.status.success(),
+        "lbctl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    rows.iter()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().map(str::to_string);
+            (
+                text("name").unwrap_or_default(),
+                text("role").unwrap_or_default(),
+                text("xdp_mode"),
+                text("reason").unwrap_or_default(),
+            )
+        })
+        .collect()
 }

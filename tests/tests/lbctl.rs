@@ -867,3 +867,69 @@ fn lbctl_errors_say_what_to_do() {
     let out = run(&missing, &["stats", "--count", "2"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A Service port name is a DNS label of up to 63 characters: all of it reaches the maps, lbctl
+/// (services, backends) and the metrics labels (issue 13: names over 15 dropped the Service).
+#[test]
+fn a_63_character_port_name_is_shown_whole() {
+    if !require_privileged("lbctl-long-name") {
+        return;
+    }
+    const NAME: &str = "prometheus-metrics-http-endpoint-of-a-rather-long-named-export1";
+    assert_eq!(NAME.len(), 63);
+    let manifests = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: exporter, namespace: mon}}
+spec:
+  clusterIP: 10.96.0.90
+  ports: [{{name: {NAME}, port: 9100}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: exporter-1, namespace: mon, labels: {{kubernetes.io/service-name: exporter}}}}
+addressType: IPv4
+ports: [{{name: {NAME}, port: 9100}}]
+endpoints:
+- {{addresses: [10.244.1.30], nodeName: node-a}}
+"
+    );
+    let lab = Lab::new("lbctl-long-name").expect("lab");
+    let pin = lab.pin_path("node");
+    let mut dp = Dataplane::open(&Options {
+        pin_path: pin.clone(),
+        capacities: vec![],
+    })
+    .expect("dataplane");
+    let node = NodeContext {
+        name: "node-a".into(),
+        nodeport_addrs: vec![],
+    };
+    let want = desired(&objects_of(&manifests).expect("manifests"), &node);
+    assert!(want.problems.is_empty(), "{:?}", want.problems);
+    let caps = Capacities::read(dp.layout()).expect("capacities");
+    let mut rec = Reconciler::adopt(&dp.maps, caps).expect("adopt");
+    let report = rec.apply(&mut dp.maps, &want);
+    assert!(report.errors.is_empty(), "{report:?}");
+
+    let services = json_of(&pin, &["services"]);
+    let rows = services.as_array().expect("array");
+    assert!(!rows.is_empty());
+    for row in rows {
+        assert_eq!(row["service"], "mon/exporter");
+        assert_eq!(row["port_name"], NAME, "{row}");
+    }
+    let backends = json_of(&pin, &["backends"]);
+    assert_eq!(backends[0]["services"][0]["port_name"], NAME, "{backends}");
+    let series = lb::metrics::frontend_series(
+        &lb::dataplane::reconcile::Programmed::read(&dp.maps).expect("programmed"),
+    );
+    assert!(!series.is_empty());
+    for s in series {
+        assert!(
+            s.labels.contains(&("port_name", NAME.to_string())),
+            "{:?}",
+            s.labels
+        );
+    }
+}

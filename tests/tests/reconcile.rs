@@ -498,3 +498,56 @@ fn incremental_apply_matches_full_apply() {
         }
     }
 }
+
+/// The upgrade from a release whose `LB_SERVICE_NAMES` held 15-byte port names: the agent copies
+/// them into `LB_SVC_NAMES` and removes the old map, so the reconciler recognises every set it
+/// adopts and rewrites nothing (set and backend ids, which flows name, stay).
+#[test]
+fn an_upgrade_migrates_the_old_set_names_and_rewrites_nothing() {
+    if !require_privileged("reconcile::upgrade_names") {
+        return;
+    }
+    use aya::maps::{HashMap, MapData};
+    let lab = Lab::new("reconcile-upgrade").expect("lab");
+    let mut dp = open(&lab, "node", vec![]);
+    let caps = Capacities::read(dp.layout()).expect("capacities");
+    let mut rec = Reconciler::adopt(&dp.maps, caps).expect("adopt");
+    let state = want(&web(&["10.244.1.5", "10.244.1.6"]));
+    apply(&mut rec, &mut dp, &state);
+    let names = entries(&dp.maps.service_names).expect("names");
+    assert!(!names.is_empty());
+    let layout = dp.layout().clone();
+    drop(dp);
+
+    // What the old release left: its name map (value: name[128], port_name[16], proto, policy,
+    // 6 bytes of padding), and none of the new one.
+    let mut old: HashMap<MapData, u32, [u8; 152]> = HashMap::create(64, 0).expect("old map");
+    for (id, name) in &names {
+        let mut value = [0u8; 152];
+        value[..128].copy_from_slice(&name.name);
+        value[128..144].copy_from_slice(&name.port_name[..16]);
+        value[144] = name.proto;
+        value[145] = name.policy;
+        old.insert(id, value, 0).expect("old entry");
+    }
+    let path = layout.map(map_names::SERVICE_NAMES_V1);
+    old.pin(&path).expect("pin the old map");
+    std::fs::remove_file(layout.map(map_names::SERVICE_NAMES)).expect("unpin the new map");
+
+    let mut dp = open(&lab, "node", vec![]);
+    assert!(
+        !layout.map(map_names::SERVICE_NAMES_V1).exists(),
+        "the old map is removed"
+    );
+    assert_eq!(
+        entries(&dp.maps.service_names).expect("names"),
+        names,
+        "every name migrated"
+    );
+    let mut adopted = Reconciler::adopt(&dp.maps, caps).expect("adopt after the upgrade");
+    assert_eq!(
+        apply(&mut adopted, &mut dp, &state).writes(),
+        0,
+        "the upgraded agent rewrites nothing"
+    );
+}

@@ -13,11 +13,16 @@ use super::{
     node_local::{External, Placement, Role},
     RunArgs,
 };
-use crate::dataplane::{Dataplane, XdpRequest};
+use crate::{
+    dataplane::{Dataplane, XdpRequest},
+    metrics::Metrics,
+};
 
 pub struct Attachments {
     placement: Placement,
     xdp: XdpRequest,
+    /// `lb_interface_xdp_mode` is kept here, where attachments change.
+    metrics: Metrics,
     /// The external interfaces chosen at the last sync (None before the first).
     ext: Option<External>,
     /// ifindex → name and role of what is attached now.
@@ -28,12 +33,13 @@ pub struct Attachments {
 }
 
 impl Attachments {
-    pub fn new(args: &RunArgs) -> Result<Self> {
+    pub fn new(args: &RunArgs, metrics: Metrics) -> Result<Self> {
         let placement = Placement::new(args)?;
         tracing::info!(interfaces = %placement.pod_description(), "pod interfaces");
         Ok(Attachments {
             placement,
             xdp: args.xdp_mode.into(),
+            metrics,
             ext: None,
             attached: BTreeMap::new(),
             failed: BTreeSet::new(),
@@ -51,6 +57,7 @@ impl Attachments {
         first: bool,
     ) -> Vec<Ipv4Addr> {
         let ext = self.choose_external(host, node);
+        dp.set_external(&ext.names);
         let links = &host.links;
         let wanted: BTreeMap<u32, (String, Role)> = links
             .values()
@@ -111,6 +118,9 @@ impl Attachments {
 
     fn let_go(&mut self, dp: &mut Dataplane, ifindex: u32) {
         let name = self.attached.remove(&ifindex).map(|a| a.0);
+        if let Some(name) = &name {
+            self.metrics.set_interface(name, None);
+        }
         if let Err(e) = dp.detach(ifindex) {
             tracing::debug!(ifindex, "letting go of a vanished link: {e:#}");
         }
@@ -121,8 +131,15 @@ impl Attachments {
     fn attach(&self, dp: &mut Dataplane, link: &Link, role: Role) -> Result<()> {
         match role {
             Role::External => {
-                let mode = dp.attach_ext(&link.name, self.xdp)?;
-                tracing::info!(iface = %link.name, ?mode, "attached (external)");
+                let got = dp.attach_ext(&link.name, self.xdp)?;
+                tracing::info!(
+                    iface = %link.name,
+                    xdp = got.mode.label(),
+                    why = got.reason.explain(),
+                    "attached (external)"
+                );
+                self.metrics
+                    .set_interface(&link.name, Some(got.mode.label()));
             }
             Role::Pod => {
                 dp.attach_pod(&link.name)?;

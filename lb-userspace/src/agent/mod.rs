@@ -35,6 +35,10 @@ const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum XdpMode {
+    /// Per interface: native on network cards, generic on veth and other software devices.
+    Auto,
+    /// Native, generic where the driver has no native XDP (on veth, frames lb transmits are
+    /// dropped unless the peer runs an XDP program).
     Native,
     Generic,
     Off,
@@ -43,6 +47,7 @@ pub enum XdpMode {
 impl From<XdpMode> for XdpRequest {
     fn from(m: XdpMode) -> Self {
         match m {
+            XdpMode::Auto => XdpRequest::Auto,
             XdpMode::Native => XdpRequest::Native,
             XdpMode::Generic => XdpRequest::Generic,
             XdpMode::Off => XdpRequest::Off,
@@ -73,7 +78,10 @@ pub struct RunArgs {
     /// the Node object's addresses this host holds).
     #[arg(long = "nodeport-addresses", value_name = "CIDR")]
     pub nodeport_cidrs: Vec<Ipv4Net>,
-    #[arg(long, value_enum, default_value = "native")]
+    /// How the north-south program runs: auto (native on network cards, generic on veth and
+    /// software devices, where native XDP cannot deliver what lb transmits), native, generic, or
+    /// off (TC ingress).
+    #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: XdpMode,
     #[arg(long, default_value = crate::dataplane::DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
@@ -108,7 +116,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         "dataplane loaded"
     );
     let (handle, mut link_events) = interfaces::watch()?;
-    let mut attachments = Attachments::new(&args)?;
+    let mut attachments = Attachments::new(&args, metrics.clone())?;
     let mut snapshots = start_source(&args, &node_name).await?;
     // Never program from an empty view: after a restart that would wipe working services. The
     // programs a previous agent attached keep working meanwhile.
@@ -231,7 +239,8 @@ async fn start_source(args: &RunArgs, node_name: &str) -> Result<source::Receive
 fn report_problems<'a>(now: impl Iterator<Item = &'a Problem>, reported: &mut BTreeSet<Problem>) {
     let now: BTreeSet<Problem> = now.cloned().collect();
     for p in now.difference(reported) {
-        tracing::error!(object = %p.object, field = %p.field, "skipped: {}", p.message);
+        // The message says what became of it (skipped, refused, kept, fallen back).
+        tracing::error!(object = %p.object, field = %p.field, "{}", p.message);
     }
     *reported = now;
 }

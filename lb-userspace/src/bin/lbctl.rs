@@ -35,6 +35,8 @@ enum Command {
     },
     /// ClientIP session-affinity entries, with the seconds they have left.
     Affinity,
+    /// The interfaces lb attached to, and the XDP mode each runs in and why.
+    Interfaces,
     /// Packets and bytes per frontend, drop and reject counters.
     Stats {
         /// Refresh every SECONDS (default 1) with rates, until Ctrl-C.
@@ -61,6 +63,7 @@ fn main() {
         Command::Backends => cli::Command::Backends,
         Command::Conntrack { service } => cli::Command::Conntrack { service },
         Command::Affinity => cli::Command::Affinity,
+        Command::Interfaces => cli::Command::Interfaces,
         Command::Stats { watch, count } => cli::Command::Stats { watch, count },
     };
     let req = Request {

@@ -7,6 +7,7 @@
 pub mod affinity;
 pub mod backends;
 pub mod conntrack;
+pub mod interfaces;
 pub mod open;
 pub mod services;
 pub mod stats;
@@ -51,6 +52,7 @@ pub enum Command {
         service: Option<String>,
     },
     Affinity,
+    Interfaces,
     Stats {
         /// Refresh every interval, with rates, until interrupted (or `count` refreshes).
         watch: Option<Duration>,
@@ -100,6 +102,10 @@ pub fn run(req: &Request, out: &mut dyn Write) -> Result<(), Error> {
         Command::Affinity => {
             let rows = affinity::rows(&maps, monotonic_ns())?;
             emit(out, req.format, rows.as_slice(), affinity::table)
+        }
+        Command::Interfaces => {
+            let rows = interfaces::rows(&maps)?;
+            emit(out, req.format, rows.as_slice(), interfaces::table)
         }
         Command::Stats { watch: None, .. } => {
             let snap = stats::Snapshot::read(&maps, None)?;
@@ -152,7 +158,7 @@ pub(crate) fn secs_since(now_ns: u64, then_ns: u64) -> u64 {
     now_ns.saturating_sub(then_ns) / 1_000_000_000
 }
 
-/// The service port each backend-set id belongs to (`LB_SERVICE_NAMES`).
+/// The service port each backend-set id belongs to (`LB_SVC_NAMES`).
 pub(crate) struct Names(HashMap<u32, SetKey>);
 
 impl Names {

@@ -17,31 +17,15 @@ use aya::{
             self, NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType, TcError, TcHandle,
         },
         xdp::XdpLink,
-        Link as _, LinkOrder, ProgramError, SchedClassifier, Xdp, XdpMode,
+        Link as _, LinkOrder, ProgramError, SchedClassifier, TracePoint, Xdp, XdpMode,
     },
     sys::SyscallError,
 };
 
-use super::pins::PinLayout;
-
-/// `--xdp-mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpRequest {
-    Native,
-    Generic,
-    Off,
-}
-
-/// How the north-south program ended up attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpModeUsed {
-    Native,
-    Generic,
-    /// TC ingress instead of XDP.
-    Off,
-    /// An existing link from a previous agent now runs the new program (its mode is unchanged).
-    Replaced,
-}
+use super::{
+    pins::PinLayout,
+    xdp_mode::{XdpModeUsed, XdpPlan, XdpReason},
+};
 
 /// How TC programs are attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -322,29 +306,40 @@ impl Links {
         }
     }
 
+    /// Attach the XDP program as `plan` says (native falls back to generic where the driver
+    /// refuses). A link a previous agent pinned gets the new program in place (atomic) when it
+    /// runs in the mode wanted (`pinned`, as recorded); in another mode, or unknown, it is
+    /// replaced: the kernel allows only one of native and generic at a time, so this leaves the
+    /// interface without XDP for the moment between the two (the first start after upgrading
+    /// to `--xdp-mode auto`, or after changing the flag).
     pub fn attach_xdp(
         &mut self,
         prog: &mut Xdp,
         iface: &str,
         ifindex: u32,
-        req: XdpRequest,
+        plan: XdpPlan,
+        pinned_as: Option<(XdpModeUsed, XdpReason)>,
     ) -> Result<XdpModeUsed> {
         let path = self.layout.link(ifindex, XDP_PIN);
         if let Some(link) = pinned(&path) {
+            let pinned_mode = pinned_as.map(|p| p.0);
+            let keeps = pinned_as.is_some_and(|(m, why)| plan_allows(plan, m, why));
             match XdpLink::try_from(link)
                 .map_err(anyhow::Error::from)
-                .and_then(|l| prog.attach_to_link(l).map_err(anyhow::Error::from))
-            {
-                Ok(_) => return Ok(XdpModeUsed::Replaced),
-                // The interface behind it went away (or was recreated): start over.
+                .and_then(|l| match keeps {
+                    true => prog.attach_to_link(l).map_err(anyhow::Error::from),
+                    false => bail!("it runs in {pinned_mode:?} mode, {plan:?} is wanted"),
+                }) {
+                Ok(_) => return Ok(pinned_mode.expect("checked above")),
+                // The interface behind it went away (or was recreated), or the mode changes.
                 Err(e) => {
-                    tracing::info!("{iface}: stale XDP link pin ({e:#}), attaching anew");
+                    tracing::info!("{iface}: replacing the pinned XDP link ({e:#})");
                     std::fs::remove_file(&path)?;
                 }
             }
         }
-        let (id, used) = match req {
-            XdpRequest::Native => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+        let (id, used) = match plan {
+            XdpPlan::Native => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
                 Ok(id) => (id, XdpModeUsed::Native),
                 Err(e) => {
                     tracing::warn!(
@@ -356,7 +351,7 @@ impl Links {
                     )
                 }
             },
-            _ => (
+            XdpPlan::Generic | XdpPlan::Off => (
                 prog.attach_to_if_index(ifindex, XdpMode::Skb)?,
                 XdpModeUsed::Generic,
             ),
@@ -365,6 +360,28 @@ impl Links {
         link.pin(&path)
             .with_context(|| format!("pinning {}", path.display()))?;
         Ok(used)
+    }
+
+    /// Attach a tracepoint program through a link pinned at `PIN/links/tp-<event>`; a link
+    /// already pinned there (a previous agent's: tracepoint links cannot be updated in place) is
+    /// replaced by renaming the new pin over it, so the event is never without a program.
+    pub fn attach_tracepoint(
+        &mut self,
+        prog: &mut TracePoint,
+        category: &str,
+        event: &str,
+    ) -> Result<()> {
+        let path = self.layout.links_dir().join(format!("tp-{event}"));
+        let tmp = self.layout.links_dir().join(format!("tp-{event}-new"));
+        remove_if_exists(&tmp)?;
+        let id = prog
+            .attach(category, event)
+            .with_context(|| format!("attaching to {category}:{event}"))?;
+        let link = FdLink::try_from(prog.take_link(id)?)?;
+        link.pin(&tmp)
+            .with_context(|| format!("pinning {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
     }
 
     /// Attach a TC ingress program in the configured [`TcMode`]; returns the mode used.
@@ -540,6 +557,17 @@ impl Links {
     }
 }
 
+/// Whether an attachment in mode `m`, made for reason `why`, is what `plan` would make: a
+/// native plan accepts the generic fallback of a driver that refused native before (a restart
+/// does not try again, which would leave the interface without XDP for a moment each time).
+fn plan_allows(plan: XdpPlan, m: XdpModeUsed, why: XdpReason) -> bool {
+    match (plan, m) {
+        (XdpPlan::Native, XdpModeUsed::Native) | (XdpPlan::Generic, XdpModeUsed::Generic) => true,
+        (XdpPlan::Native, XdpModeUsed::Generic) => why == XdpReason::NoNativeXdp,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,6 +591,23 @@ mod tests {
             "tc-pod-nl",
         ] {
             assert_eq!(parse_netlink_record(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_pinned_xdp_link_is_kept_only_in_the_mode_planned() {
+        use XdpModeUsed::{Generic, Native};
+        use XdpReason::{NoNativeXdp, Requested, Veth};
+        let cases = [
+            (XdpPlan::Native, Native, Requested, true),
+            (XdpPlan::Native, Generic, NoNativeXdp, true),
+            (XdpPlan::Native, Generic, Requested, false),
+            (XdpPlan::Generic, Generic, Veth, true),
+            (XdpPlan::Generic, Native, Requested, false),
+            (XdpPlan::Off, Generic, Requested, false),
+        ];
+        for (plan, m, why, keeps) in cases {
+            assert_eq!(plan_allows(plan, m, why), keeps, "{plan:?} {m:?} {why:?}");
         }
     }
 

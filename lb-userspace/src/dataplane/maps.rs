@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
     Ebpf, Pod,
 };
 use lb_common::{
     map_names as names, stat, Affinity, AffinityKey4, Backend4, Config, Counters, Ct4, Frontend4,
-    Frontend4Key, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, Tuple4,
+    Frontend4Key, IfaceInfo, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, Tuple4,
 };
 
 use super::pins::PinLayout;
@@ -29,6 +29,8 @@ pub struct Maps {
     pub frontend_stats: PerCpuArray<MapData, Counters>,
     pub global_stats: PerCpuArray<MapData, u64>,
     pub service_names: HashMap<MapData, u32, ServiceName>,
+    pub ifaces: HashMap<MapData, u32, IfaceInfo>,
+    pub xmit_drops: PerCpuHashMap<MapData, u32, u64>,
 }
 
 /// The sizes of the maps the agent fills, as created (a pinned map keeps the size it was made
@@ -113,6 +115,8 @@ impl Maps {
             frontend_stats: typed(src, names::FRONTEND_STATS)?,
             global_stats: typed(src, names::GLOBAL_STATS)?,
             service_names: typed(src, names::SERVICE_NAMES)?,
+            ifaces: typed(src, names::IFACES)?,
+            xmit_drops: typed(src, names::XMIT_DROPS)?,
         })
     }
 
@@ -220,10 +224,45 @@ impl Maps {
         ignore_missing(self.service_names.remove(&id))
     }
 
+    pub fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<()> {
+        self.ifaces
+            .insert(ifindex, info, 0)
+            .with_context(|| format!("interface record of ifindex {ifindex}"))
+    }
+
+    pub fn iface(&self, ifindex: u32) -> Option<IfaceInfo> {
+        self.ifaces.get(&ifindex, 0).ok()
+    }
+
+    /// Forget an interface's record and its transmit-drop counter.
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<()> {
+        ignore_missing(self.xmit_drops.remove(&ifindex))?;
+        ignore_missing(self.ifaces.remove(&ifindex))
+    }
+
+    /// Start counting the transmit drops of an external XDP interface (a counter already there,
+    /// from the previous agent, keeps its count).
+    pub fn count_xmit_drops(&mut self, ifindex: u32) -> Result<()> {
+        if self.xmit_drops.get(&ifindex, 0).is_ok() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zero = PerCpuValues::try_from(vec![0u64; cpus])?;
+        self.xmit_drops
+            .insert(ifindex, zero, 0)
+            .with_context(|| format!("transmit-drop counter of ifindex {ifindex}"))
+    }
+
+    /// Frames lb transmitted on this interface that the kernel dropped, summed over CPUs (None:
+    /// not counted, e.g. without XDP).
+    pub fn xmit_drops(&self, ifindex: u32) -> Option<u64> {
+        Some(self.xmit_drops.get(&ifindex, 0).ok()?.iter().sum())
+    }
+
     /// Zero a frontend's counters before its stats id is given to a new frontend.
     pub fn reset_frontend_counters(&mut self, stats_id: u32) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])?;
+        let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
         Ok(self.frontend_stats.set(stats_id, zero, 0)?)
     }
 
@@ -290,9 +329,16 @@ pub fn entries<K: Pod + Ord, V: Pod>(map: &HashMap<MapData, K, V>) -> Result<Vec
     Ok(all)
 }
 
+/// A delete of a key that is not there is done. (aya reports it as `KeyNotFound` for some maps
+/// and as the syscall's ENOENT for hash maps.)
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         other => Ok(other?),
     }
 }

@@ -5,22 +5,25 @@
 mod attach;
 pub mod conntrack;
 pub mod maps;
+mod migrate;
 pub mod pins;
 pub mod reconcile;
 pub mod view;
+pub mod xdp_mode;
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    programs::{SchedClassifier, Xdp},
+    programs::{SchedClassifier, TracePoint, Xdp},
     Ebpf, EbpfLoader,
 };
-use lb_common::Config;
+use lb_common::{Config, IfaceInfo, IFACE_EXTERNAL, IFACE_POD};
 
-pub use attach::{ifindex, TcHook, TcMode, XdpModeUsed, XdpRequest, TC_NETLINK_PRIORITY};
+pub use attach::{ifindex, TcHook, TcMode, TC_NETLINK_PRIORITY};
 pub use maps::{Capacities, Maps};
 pub use pins::{PinLayout, DEFAULT_PIN_PATH};
+pub use xdp_mode::{XdpModeUsed, XdpReason, XdpRequest};
 
 /// The compiled lb-ebpf object, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
@@ -32,6 +35,13 @@ pub const PROG_TC_POD: &str = "lb_tc_pod";
 pub const PROG_XDP_FLOOR: &str = "lb_xdp_floor";
 pub const PROG_XDP_FLOOR_TX: &str = "lb_xdp_floor_tx";
 pub const PROG_XDP_SINK: &str = "lb_xdp_sink";
+/// Tracepoints counting transmitted frames the kernel dropped, with the events they attach to.
+const XMIT_COUNTERS: [(&str, &str); 4] = [
+    ("lb_xmit_bulk_tx", "xdp_bulk_tx"),
+    ("lb_xmit_devmap", "xdp_devmap_xmit"),
+    ("lb_xmit_error", "xdp_redirect_err"),
+    ("lb_xmit_error", "xdp_exception"),
+];
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -49,11 +59,22 @@ impl Default for Options {
     }
 }
 
+/// What [`Dataplane::attach_ext`] attached, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attached {
+    pub mode: XdpModeUsed,
+    pub reason: XdpReason,
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
     pub maps: Maps,
     layout: PinLayout,
     links: attach::Links,
+    /// The transmit-drop tracepoints are attached (once, with the first XDP attachment).
+    counting_xmit: bool,
+    /// Every external interface, for the XDP mode choice (see [`Dataplane::set_external`]).
+    external: Vec<String>,
 }
 
 impl Dataplane {
@@ -89,13 +110,23 @@ impl Dataplane {
                 .load()
                 .with_context(|| format!("verifying {name}"))?;
         }
+        let mut tracepoints: Vec<&str> = XMIT_COUNTERS.iter().map(|c| c.0).collect();
+        tracepoints.dedup();
+        for name in tracepoints {
+            tracepoint_mut(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("verifying {name}"))?;
+        }
         let mut maps = Maps::from_loaded(&mut ebpf)?;
         ensure_config(&mut maps)?;
+        migrate::service_names(&layout, &mut maps)?;
         Ok(Dataplane {
             ebpf,
             maps,
             links: attach::Links::new(layout.clone()),
             layout,
+            counting_xmit: false,
+            external: Vec::new(),
         })
     }
 
@@ -154,23 +185,55 @@ impl Dataplane {
             .try_into()?)
     }
 
-    /// Attach the north-south program to an external interface: XDP as requested (native falls
-    /// back to generic), or TC ingress when XDP is off.
-    pub fn attach_ext(&mut self, iface: &str, xdp: XdpRequest) -> Result<XdpModeUsed> {
+    /// The external interfaces, all of them: `--xdp-mode auto` runs native XDP on a network card
+    /// only when the others are cards too (native XDP_REDIRECT cannot reach software devices).
+    pub fn set_external<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
+        self.external = names.into_iter().cloned().collect();
+    }
+
+    /// Attach the north-south program to an external interface: XDP in the mode `req` gives
+    /// this device (see [`xdp_mode`]), or TC ingress when XDP is off. The choice is recorded in
+    /// `LB_IFACES` for lbctl and the next agent.
+    pub fn attach_ext(&mut self, iface: &str, req: XdpRequest) -> Result<Attached> {
         let ifindex = attach::ifindex(iface)?;
-        if xdp == XdpRequest::Off {
+        let siblings: Vec<_> = self
+            .external
+            .iter()
+            .filter(|name| *name != iface)
+            .map(|name| xdp_mode::device(name))
+            .collect();
+        let (plan, mut reason) = xdp_mode::choose(req, xdp_mode::device(iface).as_ref(), &siblings);
+        let mode = if plan == xdp_mode::XdpPlan::Off {
             let prog = tc_mut(&mut self.ebpf, PROG_TC_EXT)?;
             let used = self.links.attach_tc(prog, iface, ifindex, TcHook::Ext)?;
             tracing::debug!("{iface}: {PROG_TC_EXT} attached ({used:?})");
             // A previous agent may have run with XDP here: its program must not keep running.
             self.links.detach_xdp(ifindex)?;
-            return Ok(XdpModeUsed::Off);
-        }
-        let prog = xdp_mut(&mut self.ebpf, PROG_XDP_EXT)?;
-        let used = self.links.attach_xdp(prog, iface, ifindex, xdp)?;
-        // ... or with --xdp-mode off: its TC program goes, XDP does the work now.
-        self.links.detach_tc(ifindex, TcHook::Ext)?;
-        Ok(used)
+            XdpModeUsed::Off
+        } else {
+            let pinned = self
+                .maps
+                .iface(ifindex)
+                .filter(|r| r.role == IFACE_EXTERNAL)
+                .and_then(|r| {
+                    Some((
+                        XdpModeUsed::from_code(r.xdp_mode)?,
+                        XdpReason::from_code(r.reason)?,
+                    ))
+                });
+            let prog = xdp_mut(&mut self.ebpf, PROG_XDP_EXT)?;
+            let used = self.links.attach_xdp(prog, iface, ifindex, plan, pinned)?;
+            // ... or with --xdp-mode off: its TC program goes, XDP does the work now.
+            self.links.detach_tc(ifindex, TcHook::Ext)?;
+            if plan == xdp_mode::XdpPlan::Native && used == XdpModeUsed::Generic {
+                reason = XdpReason::NoNativeXdp;
+            }
+            self.maps.count_xmit_drops(ifindex)?;
+            self.count_xmit();
+            used
+        };
+        self.record(ifindex, iface, IFACE_EXTERNAL, mode, reason)?;
+        Ok(Attached { mode, reason })
     }
 
     /// Attach the pod-side program to a host-side pod interface (TC ingress = pod egress).
@@ -179,11 +242,47 @@ impl Dataplane {
         let prog = tc_mut(&mut self.ebpf, PROG_TC_POD)?;
         let used = self.links.attach_tc(prog, iface, ifindex, TcHook::Pod)?;
         tracing::debug!("{iface}: {PROG_TC_POD} attached ({used:?})");
-        Ok(())
+        self.record(ifindex, iface, IFACE_POD, XdpModeUsed::Off, XdpReason::Pod)
+    }
+
+    /// Attach the transmit-drop tracepoints, pinned so that they outlive the agent (each one
+    /// replaces the previous agent's). A failure (no tracefs, say) only loses the counts.
+    fn count_xmit(&mut self) {
+        if self.counting_xmit {
+            return;
+        }
+        self.counting_xmit = true;
+        mount_tracefs();
+        for (prog, event) in XMIT_COUNTERS {
+            let result = tracepoint_mut(&mut self.ebpf, prog)
+                .and_then(|p| self.links.attach_tracepoint(p, "xdp", event));
+            if let Err(e) = result {
+                tracing::warn!("transmit drops on xdp:{event} are not counted: {e:#}");
+            }
+        }
+    }
+
+    fn record(
+        &mut self,
+        ifindex: u32,
+        iface: &str,
+        role: u8,
+        mode: XdpModeUsed,
+        reason: XdpReason,
+    ) -> Result<()> {
+        let mut info = IfaceInfo {
+            role,
+            xdp_mode: mode.code(),
+            reason: reason as u8,
+            ..Default::default()
+        };
+        reconcile::copy_padded(&mut info.name, iface.as_bytes());
+        self.maps.set_iface(ifindex, &info)
     }
 
     /// Detach whatever lb attached to the interface with this index (it may be gone already).
     pub fn detach(&mut self, ifindex: u32) -> Result<()> {
+        self.maps.remove_iface(ifindex)?;
         self.links.detach(ifindex)
     }
 
@@ -210,6 +309,48 @@ fn ensure_config(maps: &mut Maps) -> Result<()> {
 }
 
 fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?)
+}
+
+/// Tracepoints are found through tracefs, which a fresh sysfs (a container's, `ip netns exec`'s)
+/// does not have mounted: mount it where the kernel expects it. Without the privilege to (a
+/// container without CAP_SYS_ADMIN: the DaemonSet mounts the host's instead) the attach that
+/// follows says what is missing.
+fn mount_tracefs() {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    let mounted = [TRACEFS, "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|d| std::path::Path::new(d).join("events").is_dir());
+    if mounted {
+        return;
+    }
+    let (Ok(src), Ok(dir), Ok(fs)) = (
+        std::ffi::CString::new("tracefs"),
+        std::ffi::CString::new(TRACEFS),
+        std::ffi::CString::new("tracefs"),
+    ) else {
+        return;
+    };
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dir.as_ptr(),
+            fs.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::debug!("mounting tracefs on {TRACEFS}: {e}");
+    }
+}
+
+fn tracepoint_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut TracePoint> {
     Ok(ebpf
         .program_mut(name)
         .with_context(|| format!("no program {name}"))?

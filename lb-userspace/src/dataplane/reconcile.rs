@@ -695,7 +695,7 @@ fn service_value(set: &BackendSet) -> Service {
     }
 }
 
-/// The `LB_SERVICE_NAMES` value naming a set.
+/// The `LB_SVC_NAMES` value naming a set.
 pub fn service_name_of(key: &SetKey) -> ServiceName {
     let mut out = ServiceName {
         proto: key.proto.number(),
@@ -707,7 +707,7 @@ pub fn service_name_of(key: &SetKey) -> ServiceName {
     out
 }
 
-/// The set a `LB_SERVICE_NAMES` value names.
+/// The set a `LB_SVC_NAMES` value names.
 pub fn set_key_of(name: &ServiceName) -> Option<SetKey> {
     let text = |b: &[u8]| {
         let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
@@ -723,7 +723,8 @@ pub fn set_key_of(name: &ServiceName) -> Option<SetKey> {
     })
 }
 
-fn copy_padded(dst: &mut [u8], src: &[u8]) {
+/// `src` at the start of the NUL-padded field `dst`, cut to fit.
+pub(super) fn copy_padded(dst: &mut [u8], src: &[u8]) {
     let n = src.len().min(dst.len());
     dst[..n].copy_from_slice(&src[..n]);
 }

@@ -27,7 +27,7 @@ use k8s_openapi::api::{
 
 pub use categorize::{categorize_endpoints, Categorized, PortPolicy};
 pub use endpoints::{Endpoint, EndpointsByPort, PortKey};
-pub use service::{ServicePortSpec, ServiceSpec};
+pub use service::{Listed, ServicePortSpec, ServiceSpec, MAX_PORT_NAME};
 pub use tracker::{Changes, Tracker};
 
 /// Label of objects handled by another proxy; kube-proxy and lb ignore them.
@@ -311,7 +311,7 @@ pub fn set_range(service: &ObjectRef) -> std::ops::RangeInclusive<SetKey> {
         proto,
         policy,
     };
-    // Port names are at most 15 bytes of [a-z0-9-]: U+10FFFF sorts after all of them.
+    // Port names are DNS labels, [a-z0-9-]: U+10FFFF sorts after all of them.
     key(String::new(), Protocol::Tcp, Policy::Cluster)
         ..=key("\u{10FFFF}".into(), Protocol::Udp, Policy::Local)
 }
@@ -320,28 +320,37 @@ pub fn set_range(service: &ObjectRef) -> std::ops::RangeInclusive<SetKey> {
 #[derive(Default)]
 struct Share {
     sets: Vec<(SetKey, BackendSet)>,
-    /// A later frontend of the same service replaces an earlier one with its key.
+    /// The first frontend of the service with a key keeps it: its ClusterIP before its other
+    /// addresses, as kube-proxy's ClusterIP rule comes before its externalIP and LB rules.
     frontends: BTreeMap<FrontendKey, Frontend>,
     retained: BTreeMap<(Ipv4Addr, u16), Backend>,
     health_check: Option<(u16, HealthCheck)>,
+    /// Every externalIP and LoadBalancer IP the Service lists, refused or not: whether it is
+    /// refused changes with other services' ClusterIPs.
+    requested: Vec<Ipv4Addr>,
     problems: Vec<Problem>,
 }
 
-/// A Service and its merged endpoints → its share (empty when lb does not proxy it).
+/// A Service and its merged endpoints → its share (empty when lb does not proxy it). `refusal`
+/// says why an externalIP or LoadBalancer IP may not be served ([`ServiceSpec::refuse`]).
 fn share_of(
     name: &ObjectRef,
     svc: &Service,
     eps: Option<&EndpointsByPort>,
     node: &NodeContext,
     zone: &str,
+    refusal: impl Fn(Ipv4Addr) -> Option<String>,
 ) -> Share {
     let mut out = Share::default();
     if ignored(&svc.metadata.labels) {
         return out;
     }
     match ServiceSpec::parse(name, svc) {
-        Ok(Some(spec)) => {
-            out.problems.extend(spec.warnings.iter().cloned());
+        Ok(Some(mut spec)) => {
+            let listed = spec.external_ips.iter().chain(&spec.load_balancer_ips);
+            out.requested = listed.map(|l| l.ip).collect();
+            spec.refuse(refusal);
+            out.problems = std::mem::take(&mut spec.warnings);
             add_service(&mut out, &spec, eps, node, zone);
         }
         Ok(None) => {}
@@ -424,7 +433,7 @@ fn add_service(
                     kind,
                 };
                 // Another service's claim on the key is settled by the tracker.
-                out.frontends.insert(key, fe);
+                out.frontends.entry(key).or_insert(fe);
             }
         };
         let external = policy_of(spec.external_local);
@@ -436,11 +445,11 @@ fn add_service(
                 add(*ip, node_port, Kind::NodePort, external);
             }
         }
-        for ip in &spec.external_ips {
-            add(*ip, port.port, Kind::ExternalIp, external);
+        for listed in &spec.external_ips {
+            add(listed.ip, port.port, Kind::ExternalIp, external);
         }
-        for ip in &spec.load_balancer_ips {
-            add(*ip, port.port, Kind::LoadBalancer, external);
+        for listed in &spec.load_balancer_ips {
+            add(listed.ip, port.port, Kind::LoadBalancer, external);
         }
     }
     if let Some(port) = spec.health_check_node_port {

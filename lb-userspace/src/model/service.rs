@@ -1,13 +1,25 @@
 //! A v1 Service, validated and reduced to what lb proxies. Manifests never pass the API server,
 //! so its defaults (protocol TCP, policies Cluster, affinity timeout 10800 s) are applied here and
 //! its validation is repeated for the fields lb uses.
-use std::net::Ipv4Addr;
+//!
+//! A field that fails validation costs the smallest unit kube-proxy would lose, never the whole
+//! Service: a bad port skips that port, a bad address that address, and a setting with no smaller
+//! unit falls back to what kube-proxy makes of the value. Each is reported as a warning. Only a
+//! Service without a spec, or one lb has no datapath for (IPv6-only), is left out whole.
+use std::{
+    collections::{btree_map::Entry, BTreeMap},
+    net::{IpAddr, Ipv4Addr},
+};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{self as core, Service};
 
 use super::{
     ObjectRef, PortPolicy, Problem, Protocol, DEFAULT_AFFINITY_TIMEOUT, MAX_AFFINITY_TIMEOUT,
 };
+
+/// Longest Service port name: an RFC 1123 label (only container port names are 15-character
+/// IANA service names).
+pub const MAX_PORT_NAME: usize = 63;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePortSpec {
@@ -17,14 +29,21 @@ pub struct ServicePortSpec {
     pub node_port: Option<u16>,
 }
 
+/// An address and the field listing it, to name that field when the address is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub ip: Ipv4Addr,
+    pub field: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
     pub name: ObjectRef,
     /// IPv4 cluster IPs (dual-stack services also list an IPv6 one, not ours).
     pub cluster_ips: Vec<Ipv4Addr>,
-    pub external_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<Listed>,
     /// status.loadBalancer.ingress IPs, except those with ipMode Proxy.
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<Listed>,
     pub ports: Vec<ServicePortSpec>,
     pub external_local: bool,
     pub internal_local: bool,
@@ -34,160 +53,94 @@ pub struct ServiceSpec {
     pub warnings: Vec<Problem>,
 }
 
+/// The problems found in one Service, each naming it.
+struct Report<'a> {
+    name: &'a ObjectRef,
+    problems: Vec<Problem>,
+}
+
+impl Report<'_> {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            object: format!("Service {}", self.name),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
 impl ServiceSpec {
-    /// `Ok(None)`: a valid Service lb does not proxy (headless, ExternalName).
+    /// `Ok(None)`: a valid Service lb does not proxy (headless, ExternalName). `Err`: one lb
+    /// leaves out whole, and why.
     pub fn parse(name: &ObjectRef, svc: &Service) -> Result<Option<ServiceSpec>, Vec<Problem>> {
-        let mut problems = Vec::new();
-        let mut problem = |field: String, message: String| {
-            problems.push(Problem {
-                object: format!("Service {name}"),
-                field,
-                message,
-            })
+        let mut report = Report {
+            name,
+            problems: Vec::new(),
         };
         let Some(spec) = &svc.spec else {
-            problem("spec".into(), "missing".into());
-            return Err(problems);
+            report.push("spec", "missing");
+            return Err(report.problems);
         };
         let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
         if kind == "ExternalName" || spec.cluster_ip.as_deref() == Some("None") {
             return Ok(None);
         }
-        if !["ClusterIP", "NodePort", "LoadBalancer"].contains(&kind) {
-            problem("spec.type".into(), format!("unknown type {kind:?}"));
-        }
-        let cluster_ips = match &spec.cluster_ips {
-            Some(ips) => ipv4s(ips, "spec.clusterIPs", &mut problem),
-            None => ipv4s(spec.cluster_ip.as_slice(), "spec.clusterIP", &mut problem),
+        let Some(cluster_ips) = cluster_ips(spec, &mut report) else {
+            return Err(report.problems);
         };
-        let external_ips = ipv4s(
-            spec.external_ips.as_deref().unwrap_or_default(),
-            "spec.externalIPs",
-            &mut problem,
-        );
-        let mut load_balancer_ips = Vec::new();
-        let ingress = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref()?.ingress.as_ref());
-        for (i, ing) in ingress.into_iter().flatten().enumerate() {
-            let (Some(ip), false) = (&ing.ip, ing.ip_mode.as_deref() == Some("Proxy")) else {
-                continue;
-            };
-            let field = format!("status.loadBalancer.ingress[{i}].ip");
-            load_balancer_ips.extend(ipv4s(std::slice::from_ref(ip), &field, &mut problem));
-        }
-        let mut ports = Vec::new();
-        for (i, p) in spec.ports.iter().flatten().enumerate() {
-            let field = |f: &str| format!("spec.ports[{i}].{f}");
-            let proto = match p.protocol.as_deref().unwrap_or("TCP") {
-                "TCP" => Protocol::Tcp,
-                "UDP" => Protocol::Udp,
-                "SCTP" => {
-                    tracing::debug!("Service {name}: SCTP port {} not proxied", p.port);
-                    continue;
-                }
-                other => {
-                    problem(field("protocol"), format!("unknown protocol {other:?}"));
-                    continue;
-                }
-            };
-            let port = port_number(p.port, &field("port"), &mut problem);
-            let node_port = match p.node_port {
-                None | Some(0) => None,
-                Some(n) => port_number(n, &field("nodePort"), &mut problem),
-            };
-            let name = p.name.clone().unwrap_or_default();
-            // IANA_SVC_NAME: lb stores at most 15 bytes of it (LB_SERVICE_NAMES).
-            if name.len() > 15 {
-                problem(
-                    field("name"),
-                    format!("{name:?} is longer than 15 characters"),
-                );
-            }
-            if let Some(port) = port {
-                ports.push(ServicePortSpec {
-                    name,
-                    proto,
-                    port,
-                    node_port,
-                });
-            }
-        }
-        let external_local = policy_local(
-            spec.external_traffic_policy.as_deref(),
-            "spec.externalTrafficPolicy",
-            &mut problem,
-        );
-        let internal_local = policy_local(
-            spec.internal_traffic_policy.as_deref(),
-            "spec.internalTrafficPolicy",
-            &mut problem,
-        );
-        let affinity_timeout = match spec.session_affinity.as_deref().unwrap_or("None") {
-            "None" => None,
-            "ClientIP" => {
-                let timeout = spec
-                    .session_affinity_config
-                    .as_ref()
-                    .and_then(|c| c.client_ip.as_ref()?.timeout_seconds);
-                match timeout {
-                    None => Some(DEFAULT_AFFINITY_TIMEOUT),
-                    Some(t) if (1..=MAX_AFFINITY_TIMEOUT as i32).contains(&t) => Some(t as u32),
-                    Some(t) => {
-                        let field = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
-                        problem(field.into(), format!("{t} is not within 1..=86400"));
-                        None
-                    }
-                }
-            }
-            other => {
-                problem(
-                    "spec.sessionAffinity".into(),
-                    format!("unknown session affinity {other:?}"),
-                );
-                None
-            }
-        };
-        let health_check_node_port = match spec.health_check_node_port {
-            Some(n) if kind == "LoadBalancer" && external_local && n != 0 => {
-                port_number(n, "spec.healthCheckNodePort", &mut problem)
-            }
-            _ => None,
-        };
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        let mut warnings = Vec::new();
-        let ranges = spec
-            .load_balancer_source_ranges
-            .as_deref()
-            .unwrap_or_default();
-        if !ranges.is_empty() && !load_balancer_ips.is_empty() {
-            // Serving the IPs without the ranges would open them to every client.
-            warnings.push(Problem {
-                object: format!("Service {name}"),
-                field: "spec.loadBalancerSourceRanges".into(),
-                message: "not supported yet: the LoadBalancer IPs are not served".into(),
-            });
-            load_balancer_ips.clear();
-        }
-        let mut spec = ServiceSpec {
+        let external_local = external_policy_local(spec, kind, &mut report);
+        let external_ips = indexed("spec.externalIPs", spec.external_ips.as_deref());
+        let internal_policy = spec.internal_traffic_policy.as_deref();
+        let mut out = ServiceSpec {
             name: name.clone(),
             cluster_ips,
-            external_ips,
-            load_balancer_ips,
-            ports,
+            external_ips: ipv4s(external_ips, &mut report).0,
+            load_balancer_ips: load_balancer_ips(svc, &mut report),
+            ports: ports(spec, &mut report),
             external_local,
-            internal_local,
-            affinity_timeout,
-            health_check_node_port,
-            warnings,
+            internal_local: policy_local(
+                internal_policy,
+                "spec.internalTrafficPolicy",
+                &mut report,
+            ),
+            affinity_timeout: affinity_timeout(spec, &mut report),
+            health_check_node_port: health_check_node_port(spec, kind, external_local, &mut report),
+            warnings: Vec::new(),
         };
-        // eTP only means something for a service reachable from outside (kube-proxy's
-        // ExternalPolicyLocal).
-        spec.external_local &= spec.externally_reachable();
-        Ok(Some(spec))
+        let ranges = spec.load_balancer_source_ranges.as_deref();
+        if !ranges.unwrap_or_default().is_empty() && !out.load_balancer_ips.is_empty() {
+            // Serving the IPs without the ranges would open them to every client.
+            let field = "spec.loadBalancerSourceRanges";
+            report.push(
+                field,
+                "not supported yet: the LoadBalancer IPs are not served",
+            );
+            out.load_balancer_ips.clear();
+        }
+        out.warnings = report.problems;
+        out.settle_external_policy();
+        Ok(Some(out))
+    }
+
+    /// Drop the externalIPs and LoadBalancer IPs `refusal` gives a reason for, each reported:
+    /// an address another Service or this node holds must not be taken over (CVE-2020-8554).
+    pub fn refuse(&mut self, refusal: impl Fn(Ipv4Addr) -> Option<String>) {
+        let mut report = Report {
+            name: &self.name,
+            problems: std::mem::take(&mut self.warnings),
+        };
+        for list in [&mut self.external_ips, &mut self.load_balancer_ips] {
+            list.retain(|listed| {
+                let Some(why) = refusal(listed.ip) else {
+                    return true;
+                };
+                let message = format!("{} is {why}: refused (CVE-2020-8554)", listed.ip);
+                report.push(listed.field.clone(), message);
+                false
+            });
+        }
+        self.warnings = report.problems;
+        self.settle_external_policy();
     }
 
     /// kube-proxy's UsesClusterEndpoints / UsesLocalEndpoints. An externally reachable port uses
@@ -201,6 +154,12 @@ impl ServiceSpec {
         }
     }
 
+    /// eTP only means something for a service reachable from outside (kube-proxy's
+    /// ExternalPolicyLocal); checked again whenever addresses are dropped.
+    fn settle_external_policy(&mut self) {
+        self.external_local &= self.externally_reachable();
+    }
+
     fn externally_reachable(&self) -> bool {
         self.ports.iter().any(|p| p.node_port.is_some())
             || !self.external_ips.is_empty()
@@ -208,49 +167,278 @@ impl ServiceSpec {
     }
 }
 
-fn ipv4s(ips: &[String], field: &str, problem: &mut impl FnMut(String, String)) -> Vec<Ipv4Addr> {
-    let mut out = Vec::new();
-    for (i, ip) in ips.iter().enumerate() {
-        // A list field (clusterIPs, externalIPs) gets an index; a single one (clusterIP) not.
-        let field = if ips.len() == 1 && !field.ends_with('s') {
-            field.to_string()
-        } else {
-            format!("{field}[{i}]")
+/// Every IPv4 address a Service holds as a ClusterIP, whether lb proxies it or not (another
+/// proxy's Service still owns its address): no other Service's externalIP or LoadBalancer IP
+/// may take it. Unparsable entries are reported by [`ServiceSpec::parse`], not here.
+pub fn cluster_ips_of(svc: &Service) -> Vec<Ipv4Addr> {
+    let fields = svc.spec.as_ref().map(cluster_ip_fields).unwrap_or_default();
+    let v4 = |(_, ip): (String, &str)| match ip.parse() {
+        Ok(IpAddr::V4(v4)) => Some(v4),
+        _ => None,
+    };
+    fields.into_iter().filter_map(v4).collect()
+}
+
+/// The IPv4 cluster IPs; `None` (reported) for a Service with IPv6 ones only, or of the IPv6
+/// family first and no IPv4 address: kube-proxy's IPv4 proxier skips a Service without an IPv4
+/// ClusterIP, whose NodePorts and health check would answer for a service with no IPv4 endpoints.
+fn cluster_ips(spec: &core::ServiceSpec, report: &mut Report) -> Option<Vec<Ipv4Addr>> {
+    let (listed, ipv6) = ipv4s(cluster_ip_fields(spec), report);
+    let first_family = spec.ip_families.as_ref().and_then(|f| f.first());
+    if listed.is_empty() && (ipv6 || first_family.is_some_and(|f| f == "IPv6")) {
+        let message = "IPv6-only Service: not proxied until IPv6 support lands";
+        report.push("spec.ipFamilies", message);
+        return None;
+    }
+    Some(listed.into_iter().map(|l| l.ip).collect())
+}
+
+/// spec.clusterIPs, or spec.clusterIP in an object written before dual-stack.
+fn cluster_ip_fields(spec: &core::ServiceSpec) -> Vec<(String, &str)> {
+    match &spec.cluster_ips {
+        Some(ips) => indexed("spec.clusterIPs", Some(ips)),
+        None => spec
+            .cluster_ip
+            .iter()
+            .map(|ip| ("spec.clusterIP".to_string(), ip.as_str()))
+            .collect(),
+    }
+}
+
+fn indexed<'a>(field: &str, list: Option<&'a [String]>) -> Vec<(String, &'a str)> {
+    let entries = list.unwrap_or_default().iter().enumerate();
+    entries
+        .map(|(i, ip)| (format!("{field}[{i}]"), ip.as_str()))
+        .collect()
+}
+
+/// status.loadBalancer.ingress IPs, except those with ipMode Proxy (the load balancer proxies
+/// them itself: kube-proxy leaves them alone).
+fn load_balancer_ips(svc: &Service, report: &mut Report) -> Vec<Listed> {
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref()?.ingress.as_deref());
+    let vips = ingress.unwrap_or_default().iter().enumerate();
+    let entries = vips
+        .filter(|(_, ing)| ing.ip_mode.as_deref() != Some("Proxy"))
+        .filter_map(|(i, ing)| {
+            let ip = ing.ip.as_deref()?;
+            Some((format!("status.loadBalancer.ingress[{i}].ip"), ip))
+        });
+    ipv4s(entries, report).0
+}
+
+/// The IPv4 addresses among (field, value) entries, and whether any was IPv6 (lb has no IPv6
+/// datapath yet). An empty value is skipped; one that is not an address is reported and skipped.
+fn ipv4s<'a>(
+    entries: impl IntoIterator<Item = (String, &'a str)>,
+    report: &mut Report,
+) -> (Vec<Listed>, bool) {
+    let (mut out, mut ipv6) = (Vec::new(), false);
+    for (field, ip) in entries {
+        match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => out.push(Listed { ip: v4, field }),
+            Ok(IpAddr::V6(_)) => ipv6 = true,
+            Err(_) if ip.is_empty() => {}
+            Err(_) => report.push(field, format!("{ip:?} is not an IP address: skipped")),
+        }
+    }
+    (out, ipv6)
+}
+
+/// kube-proxy's ExternalPolicyLocal: eTP Local, for a type it counts as external. kube-proxy
+/// serves a Service's fields whatever its type, but an unknown type is not one of those
+/// (ExternallyAccessible): it gets neither eTP Local nor a health check.
+fn external_policy_local(spec: &core::ServiceSpec, kind: &str, report: &mut Report) -> bool {
+    let policy = spec.external_traffic_policy.as_deref();
+    let local = policy_local(policy, "spec.externalTrafficPolicy", report);
+    if !["ClusterIP", "NodePort", "LoadBalancer"].contains(&kind) {
+        let message = format!(
+            "unknown type {kind:?}: served as kube-proxy does, with externalTrafficPolicy \
+             Cluster and no healthCheckNodePort"
+        );
+        report.push("spec.type", message);
+        return false;
+    }
+    local
+}
+
+/// kube-proxy's NeedsHealthCheck: a LoadBalancer with eTP Local.
+fn health_check_node_port(
+    spec: &core::ServiceSpec,
+    kind: &str,
+    external_local: bool,
+    report: &mut Report,
+) -> Option<u16> {
+    let port = spec.health_check_node_port.filter(|&n| n != 0);
+    let port = port.filter(|_| kind == "LoadBalancer" && external_local)?;
+    let checked = port_number(port);
+    if let Err(message) = &checked {
+        report.push("spec.healthCheckNodePort", message.clone());
+    }
+    checked.ok()
+}
+
+/// The Service's ports that pass validation, duplicates left out.
+fn ports(spec: &core::ServiceSpec, report: &mut Report) -> Vec<ServicePortSpec> {
+    let listed = spec.ports.iter().flatten().enumerate();
+    let mut ports: Vec<(usize, ServicePortSpec)> = listed
+        .filter_map(|(i, p)| Some((i, port(i, p, report)?)))
+        .collect();
+    // The API server refuses a Service with two such ports; of the ones a manifest gives, the
+    // first stays. A name may repeat across protocols: kube-proxy tells ports apart by (name,
+    // protocol), and so do EndpointSlice ports.
+    let name = |p: &ServicePortSpec| Some((p.name.clone(), p.proto));
+    first_of_each(&mut ports, ".name", "name and protocol", name, report);
+    let number = |p: &ServicePortSpec| Some((p.port, p.proto));
+    first_of_each(&mut ports, "", "port and protocol", number, report);
+    let node_port = |p: &ServicePortSpec| Some((p.node_port?, p.proto));
+    first_of_each(
+        &mut ports,
+        ".nodePort",
+        "nodePort and protocol",
+        node_port,
+        report,
+    );
+    ports.into_iter().map(|(_, p)| p).collect()
+}
+
+/// One service port, or `None` to skip it: SCTP (not proxied, quietly), or a field that fails
+/// validation (each one reported).
+fn port(i: usize, p: &core::ServicePort, report: &mut Report) -> Option<ServicePortSpec> {
+    let proto = protocol(p.protocol.as_deref().unwrap_or("TCP"));
+    if matches!(proto, Ok(None)) {
+        tracing::debug!("Service {}: SCTP port {} not proxied", report.name, p.port);
+        return None;
+    }
+    let name = p.name.as_deref().unwrap_or_default();
+    let label = dns_label(name);
+    let number = port_number(p.port);
+    let node_port = p.node_port.filter(|&n| n != 0).map(port_number).transpose();
+    let failures = [
+        ("protocol", proto.as_ref().err()),
+        ("port", number.as_ref().err()),
+        ("nodePort", node_port.as_ref().err()),
+        ("name", label.as_ref().err()),
+    ];
+    for (field, message) in failures {
+        if let Some(message) = message {
+            report.push(
+                format!("spec.ports[{i}].{field}"),
+                format!("{message}: port skipped"),
+            );
+        }
+    }
+    label.ok()?;
+    Some(ServicePortSpec {
+        name: name.to_string(),
+        proto: proto.ok()??,
+        port: number.ok()?,
+        node_port: node_port.ok()?,
+    })
+}
+
+/// Keep the first of the ports with the same `key`, reporting the others at `spec.ports[i]` +
+/// `suffix`.
+fn first_of_each<K: Ord>(
+    ports: &mut Vec<(usize, ServicePortSpec)>,
+    suffix: &str,
+    what: &str,
+    key: impl Fn(&ServicePortSpec) -> Option<K>,
+    report: &mut Report,
+) {
+    let mut first = BTreeMap::new();
+    ports.retain(|(i, p)| {
+        let Some(key) = key(p) else {
+            return true;
         };
-        if ip.is_empty() {
-            continue;
+        match first.entry(key) {
+            Entry::Vacant(e) => {
+                e.insert(*i);
+                true
+            }
+            Entry::Occupied(e) => {
+                let message = format!("same {what} as spec.ports[{}]: port skipped", e.get());
+                report.push(format!("spec.ports[{i}]{suffix}"), message);
+                false
+            }
         }
-        match ip.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(v4)) => out.push(v4),
-            // IPv6 addresses belong to the v6 maps, which do not exist yet.
-            Ok(std::net::IpAddr::V6(_)) => {}
-            Err(_) => problem(field, format!("{ip:?} is not an IP address")),
-        }
-    }
-    out
+    });
 }
 
-fn port_number(n: i32, field: &str, problem: &mut impl FnMut(String, String)) -> Option<u16> {
+/// `Ok(None)`: SCTP, valid but not proxied by lb.
+fn protocol(value: &str) -> Result<Option<Protocol>, String> {
+    match value {
+        "TCP" => Ok(Some(Protocol::Tcp)),
+        "UDP" => Ok(Some(Protocol::Udp)),
+        "SCTP" => Ok(None),
+        other => Err(format!("unknown protocol {other:?}")),
+    }
+}
+
+fn port_number(n: i32) -> Result<u16, String> {
     match u16::try_from(n) {
-        Ok(p) if p != 0 => Some(p),
-        _ => {
-            problem(field.into(), format!("{n} is not within 1..=65535"));
-            None
-        }
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(format!("{n} is not within 1..=65535")),
     }
 }
 
-fn policy_local(
-    value: Option<&str>,
-    field: &str,
-    problem: &mut impl FnMut(String, String),
-) -> bool {
+/// A Service port name is an RFC 1123 label (the API server's IsDNS1123Label); empty for the
+/// one unnamed port.
+fn dns_label(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if name.len() > MAX_PORT_NAME {
+        Err(format!(
+            "{name:?} is longer than {MAX_PORT_NAME} characters"
+        ))
+    } else if !name.chars().all(allowed) || name.starts_with('-') || name.ends_with('-') {
+        Err(format!(
+            "{name:?} is not a DNS label (lowercase letters, digits and '-', starting and ending \
+             with a letter or digit)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Only "Local" is local: kube-proxy reads any other value as Cluster.
+fn policy_local(value: Option<&str>, field: &str, report: &mut Report) -> bool {
     match value.unwrap_or("Cluster") {
         "Cluster" => false,
         "Local" => true,
         other => {
-            problem(field.into(), format!("unknown policy {other:?}"));
+            report.push(field, format!("unknown policy {other:?}: Cluster"));
             false
+        }
+    }
+}
+
+/// ClientIP affinity's timeout; anything but ClientIP is no affinity, as in kube-proxy. A timeout
+/// the API server would refuse (kube-proxy never sees one) leaves affinity off rather than
+/// guess a value.
+fn affinity_timeout(spec: &core::ServiceSpec, report: &mut Report) -> Option<u32> {
+    match spec.session_affinity.as_deref().unwrap_or("None") {
+        "None" => None,
+        "ClientIP" => {
+            let config = spec.session_affinity_config.as_ref();
+            match config.and_then(|c| c.client_ip.as_ref()?.timeout_seconds) {
+                None => Some(DEFAULT_AFFINITY_TIMEOUT),
+                Some(t) if (1..=MAX_AFFINITY_TIMEOUT as i32).contains(&t) => Some(t as u32),
+                Some(t) => {
+                    let field = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
+                    let message = format!(
+                        "{t} is not within 1..={MAX_AFFINITY_TIMEOUT}: no session affinity"
+                    );
+                    report.push(field, message);
+                    None
+                }
+            }
+        }
+        other => {
+            let message = format!("unknown session affinity {other:?}: none");
+            report.push("spec.sessionAffinity", message);
+            None
         }
     }
 }

@@ -4,11 +4,18 @@
 //!
 //! Each service (a `namespace/name` with a Service, slices labelled with it, or both) owns a
 //! fragment of `Desired`: its sets (found by key range), and its claims on frontends, retained
-//! backends and health-check ports. Those three may be claimed by several services; the greatest
-//! name wins, as when services are added in name order, later ones overwriting. So that a shared
-//! entry always holds its winner's value, every service sharing an entry with a changed one is
-//! computed again too (shared entries are rare: two services on one address, one pod in two
-//! services).
+//! backends and health-check ports. Those three may be claimed by several services; the oldest
+//! Service holds the entry (creationTimestamp, then name), so a Service created later cannot take
+//! over another's frontend whatever it is called. So that a shared entry always holds its
+//! holder's value, every service sharing an entry with a changed one is computed again too
+//! (shared entries are rare: two services on one address, one pod in two services).
+//!
+//! An externalIP or LoadBalancer IP that is another Service's ClusterIP, or this node's address,
+//! is refused outright (CVE-2020-8554), on every port: a ClusterIP and a NodePort belong to the
+//! Service they were allocated to, however old the other one. Whether an address is refused
+//! depends on the other services' ClusterIPs, so every Service's ClusterIPs are indexed before any
+//! service is computed, and a service whose external addresses meet a ClusterIP that comes or
+//! goes is computed again.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     hash::Hash,
@@ -16,11 +23,12 @@ use std::{
     sync::Arc,
 };
 
+use k8s_openapi::api::core::v1::Service;
 use smallvec::SmallVec;
 
 use super::{
-    endpoints, set_range, share_of, zone_of, Desired, FrontendKey, NodeContext, ObjectRef, Objects,
-    Problem, Scope,
+    endpoints, service::cluster_ips_of, set_range, share_of, zone_of, Desired, FrontendKey,
+    NodeContext, ObjectRef, Objects, Problem, Scope,
 };
 
 /// What one [`Tracker::update`] changed in [`Desired`].
@@ -40,6 +48,10 @@ struct Fragment {
     frontends: Vec<FrontendKey>,
     retained: Vec<(Ipv4Addr, u16)>,
     health_check: Option<u16>,
+    /// Its Service's ClusterIPs, proxied or not.
+    cluster_ips: Vec<Ipv4Addr>,
+    /// The externalIPs and LoadBalancer IPs its Service lists, refused or not.
+    requested: Vec<Ipv4Addr>,
     problems: Vec<Problem>,
 }
 
@@ -53,6 +65,9 @@ pub struct Tracker {
     frontends: Claims<FrontendKey>,
     retained: Claims<(Ipv4Addr, u16)>,
     health_checks: Claims<u16>,
+    /// Services by the addresses they hold as ClusterIPs and those they request as external.
+    cluster_ips: Claims<Ipv4Addr>,
+    requested: Claims<Ipv4Addr>,
     /// Services whose fragment has problems.
     troubled: BTreeSet<ObjectRef>,
     desired: Desired,
@@ -108,6 +123,8 @@ impl Tracker {
     }
 
     fn recompute(&mut self, mut dirty: BTreeSet<ObjectRef>, objects: &Objects) -> Changes {
+        let flipped = self.flipped(&dirty, objects);
+        dirty.extend(flipped);
         let sharing: Vec<ObjectRef> = dirty
             .iter()
             .filter_map(|name| self.fragments.get(name))
@@ -119,8 +136,13 @@ impl Tracker {
         for name in &dirty {
             self.remove(name, &mut changes);
         }
-        for name in &dirty {
-            self.add(name, objects, &mut changes);
+        // All ClusterIPs first: any of them may refuse another service's external address.
+        let allocated: Vec<_> = dirty
+            .iter()
+            .map(|name| self.allocate(name, objects))
+            .collect();
+        for (name, cluster_ips) in dirty.iter().zip(allocated) {
+            self.add(name, cluster_ips, objects, &mut changes);
         }
         changes
             .services
@@ -136,6 +158,23 @@ impl Tracker {
         changes
     }
 
+    /// Services requesting an external address that gains or loses a ClusterIP among `dirty`:
+    /// whether it is refused changes.
+    fn flipped(&self, dirty: &BTreeSet<ObjectRef>, objects: &Objects) -> Vec<ObjectRef> {
+        let mut out = Vec::new();
+        for name in dirty {
+            let old = self.fragments.get(name).map_or(&[][..], |f| &f.cluster_ips);
+            let new = objects.services.get(name);
+            let new = new.map_or_else(Vec::new, |s| cluster_ips_of(s));
+            let gone = old.iter().filter(|ip| !new.contains(ip));
+            let came = new.iter().filter(|ip| !old.contains(ip));
+            for ip in gone.chain(came) {
+                out.extend(self.requested.claimants(ip).iter().map(|c| c.name.clone()));
+            }
+        }
+        out
+    }
+
     /// The other services claiming an entry this fragment claims.
     fn sharing<'a>(&'a self, f: &'a Fragment) -> impl Iterator<Item = &'a ObjectRef> {
         let frontends = f.frontends.iter().flat_map(|k| self.frontends.claimants(k));
@@ -144,7 +183,30 @@ impl Tracker {
             .health_check
             .iter()
             .flat_map(|k| self.health_checks.claimants(k));
-        frontends.chain(retained).chain(health)
+        frontends.chain(retained).chain(health).map(|c| &c.name)
+    }
+
+    /// Index the ClusterIPs of a service's Service; returns them for its fragment.
+    fn allocate(&mut self, name: &ObjectRef, objects: &Objects) -> Vec<Ipv4Addr> {
+        let Some(svc) = objects.services.get(name) else {
+            return Vec::new();
+        };
+        let cluster_ips = cluster_ips_of(svc);
+        let claimant = Claimant::new(name, Some(svc));
+        for ip in &cluster_ips {
+            self.cluster_ips.insert(*ip, claimant.clone());
+        }
+        cluster_ips
+    }
+
+    /// Why `name` may not serve `ip` as an externalIP or LoadBalancer IP.
+    fn refusal(&self, name: &ObjectRef, ip: Ipv4Addr) -> Option<String> {
+        if self.node.nodeport_addrs.contains(&ip) {
+            return Some("an address of this node".into());
+        }
+        let claimants = self.cluster_ips.claimants(&ip);
+        let owner = claimants.iter().find(|c| c.name != *name)?;
+        Some(format!("the ClusterIP of {}", owner.name))
     }
 
     /// Take a service's fragment out of `Desired`.
@@ -171,20 +233,37 @@ impl Tracker {
         if let Some(port) = &fragment.health_check {
             self.health_checks.release(&mut d.health_checks, port, name);
         }
+        for ip in &fragment.cluster_ips {
+            self.cluster_ips.remove(ip, name);
+        }
+        for ip in &fragment.requested {
+            self.requested.remove(ip, name);
+        }
         self.troubled.remove(name);
     }
 
     /// Compute a service's fragment and merge it into `Desired`.
-    fn add(&mut self, name: &ObjectRef, objects: &Objects, changes: &mut Changes) {
+    fn add(
+        &mut self,
+        name: &ObjectRef,
+        cluster_ips: Vec<Ipv4Addr>,
+        objects: &Objects,
+        changes: &mut Changes,
+    ) {
         let mut problems = Vec::new();
         let eps = self.groups.get(name).map(|group| {
             let slices = group.iter().map(|k| (k, &*objects.slices[k]));
             endpoints::merge(slices, &self.node.name, &mut problems)
         });
-        let share = match objects.services.get(name) {
-            Some(svc) => share_of(name, svc, eps.as_ref(), &self.node, &self.zone),
+        let svc = objects.services.get(name).map(|s| &**s);
+        let share = match svc {
+            Some(svc) => {
+                let refusal = |ip| self.refusal(name, ip);
+                share_of(name, svc, eps.as_ref(), &self.node, &self.zone, refusal)
+            }
             None => Default::default(),
         };
+        let claimant = Claimant::new(name, svc);
         problems.extend(share.problems);
         let d = &mut self.desired;
         d.sets.extend(share.sets);
@@ -192,21 +271,28 @@ impl Tracker {
             frontends: share.frontends.keys().copied().collect(),
             retained: share.retained.keys().copied().collect(),
             health_check: share.health_check.as_ref().map(|(port, _)| *port),
+            cluster_ips,
+            requested: share.requested,
             problems,
         };
         for (key, fe) in share.frontends {
-            if let Some(loser) = self.frontends.claim(&mut d.frontends, key, name, fe) {
+            let claimed = self.frontends.claim(&mut d.frontends, key, &claimant, fe);
+            if let Some(loser) = claimed {
                 // It no longer programs this frontend: the reconciler must hear of it.
                 changes.services.insert(loser, Vec::new());
             }
         }
         for (key, backend) in share.retained {
-            self.retained.claim(&mut d.retained, key, name, backend);
+            self.retained
+                .claim(&mut d.retained, key, &claimant, backend);
             changes.retained.insert(key);
         }
         if let Some((port, check)) = share.health_check {
             self.health_checks
-                .claim(&mut d.health_checks, port, name, check);
+                .claim(&mut d.health_checks, port, &claimant, check);
+        }
+        for ip in &fragment.requested {
+            self.requested.insert(*ip, claimant.clone());
         }
         if !fragment.problems.is_empty() {
             self.troubled.insert(name.clone());
@@ -222,20 +308,22 @@ impl Tracker {
             .iter()
             .flat_map(|name| self.fragments[name].problems.iter().cloned())
             .collect();
-        for key in self.frontends.contested.iter() {
-            if key.scope != Scope::External {
+        let contested = self.frontends.contested.iter();
+        for key in contested.filter(|k| k.scope == Scope::External) {
+            let [holder, losers @ ..] = self.frontends.claimants(key) else {
                 continue;
-            }
-            for pair in self.frontends.claimants(key).windows(2) {
-                let (before, name) = (&pair[0], &pair[1]);
+            };
+            for loser in losers {
                 out.push(Problem {
-                    object: format!("Service {name}"),
+                    object: format!("Service {}", loser.name),
                     field: "spec".into(),
                     message: format!(
-                        "{}:{}/{} is also a frontend of {before}; {name} wins",
+                        "{}:{}/{} is also a frontend of {}, older or as old and first by name: \
+                         not served",
                         key.ip,
                         key.port,
                         key.proto.as_str(),
+                        holder.name,
                     ),
                 });
             }
@@ -276,11 +364,34 @@ fn for_changed<K: Ord, V>(
     }
 }
 
-/// Claimants of one entry, sorted. Nearly every entry has one (500,000 retained backends at
-/// 50,000 services): it is held inline rather than in a `Vec` of its own.
-type Claimants = SmallVec<[ObjectRef; 1]>;
+/// A Service's metadata.creationTimestamp in seconds (the API server's resolution). One without
+/// it (a manifest's) sorts as the newest: it cannot get ahead of a Service that has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Created(i64);
 
-/// Entries of `Desired` that several services may claim: the greatest name holds it.
+/// A service's claim on an entry. Claims sort by precedence, the holder first: the oldest
+/// Service, then the least name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Claimant {
+    created: Created,
+    name: ObjectRef,
+}
+
+impl Claimant {
+    fn new(name: &ObjectRef, svc: Option<&Service>) -> Self {
+        let created = svc.and_then(|s| s.metadata.creation_timestamp.as_ref());
+        Claimant {
+            created: Created(created.map_or(i64::MAX, |t| t.0.as_second())),
+            name: name.clone(),
+        }
+    }
+}
+
+/// Claimants of one entry, in precedence order. Nearly every entry has one (500,000 retained
+/// backends at 50,000 services): it is held inline rather than in a `Vec` of its own.
+type Claimants = SmallVec<[Claimant; 1]>;
+
+/// Entries that several services may claim: the first claimant holds it.
 struct Claims<K> {
     by_key: HashMap<K, Claimants>,
     /// Keys with more than one claimant.
@@ -297,31 +408,57 @@ impl<K> Default for Claims<K> {
 }
 
 impl<K: Clone + Ord + Hash> Claims<K> {
-    fn claimants(&self, key: &K) -> &[ObjectRef] {
+    fn claimants(&self, key: &K) -> &[Claimant] {
         self.by_key.get(key).map_or(&[], Claimants::as_slice)
     }
 
     fn winner(&self, key: &K) -> Option<&ObjectRef> {
-        self.claimants(key).last()
+        self.claimants(key).first().map(|c| &c.name)
     }
 
-    /// Add `name`'s claim, writing `value` into `map` if it wins; returns the service it took
+    /// Add a claim; true if it comes first.
+    fn insert(&mut self, key: K, claimant: Claimant) -> bool {
+        let claimants = self.by_key.entry(key.clone()).or_default();
+        let at = claimants.partition_point(|c| *c < claimant);
+        claimants.insert(at, claimant);
+        if claimants.len() > 1 {
+            self.contested.insert(key);
+        }
+        at == 0
+    }
+
+    /// Drop `name`'s claim; true if it came first.
+    fn remove(&mut self, key: &K, name: &ObjectRef) -> bool {
+        let Some(claimants) = self.by_key.get_mut(key) else {
+            return false;
+        };
+        let Some(at) = claimants.iter().position(|c| c.name == *name) else {
+            return false;
+        };
+        claimants.remove(at);
+        match claimants.len() {
+            0 => {
+                self.by_key.remove(key);
+            }
+            1 => {
+                self.contested.remove(key);
+            }
+            _ => {}
+        }
+        at == 0
+    }
+
+    /// Add a claim, writing `value` into `map` if it comes first; returns the service it took
     /// the entry from.
     fn claim<V>(
         &mut self,
         map: &mut BTreeMap<K, V>,
         key: K,
-        name: &ObjectRef,
+        claimant: &Claimant,
         value: V,
     ) -> Option<ObjectRef> {
-        let claimants = self.by_key.entry(key.clone()).or_default();
-        let before = claimants.last().cloned();
-        let at = claimants.partition_point(|c| c < name);
-        claimants.insert(at, name.clone());
-        if claimants.len() > 1 {
-            self.contested.insert(key.clone());
-        }
-        if at + 1 < claimants.len() {
+        let before = self.winner(&key).cloned();
+        if !self.insert(key.clone(), claimant.clone()) {
             return None;
         }
         map.insert(key, value);
@@ -331,24 +468,8 @@ impl<K: Clone + Ord + Hash> Claims<K> {
     /// Drop `name`'s claim; the entry leaves `map` if it was `name`'s (a remaining claimant
     /// writes its own value again, being computed again too).
     fn release<V>(&mut self, map: &mut BTreeMap<K, V>, key: &K, name: &ObjectRef) {
-        let Some(claimants) = self.by_key.get_mut(key) else {
-            return;
-        };
-        let Ok(at) = claimants.binary_search(name) else {
-            return;
-        };
-        claimants.remove(at);
-        if at == claimants.len() {
+        if self.remove(key, name) {
             map.remove(key);
-        }
-        match claimants.len() {
-            0 => {
-                self.by_key.remove(key);
-            }
-            1 => {
-                self.contested.remove(key);
-            }
-            _ => {}
         }
     }
 }

@@ -5,6 +5,11 @@
 //! sees every way an editor or `kubectl` replaces a file (rename over, truncate and write, a
 //! directory swapped by a ConfigMap mount) and still meets the 1 s contract. A file that fails
 //! to parse keeps its last good objects; a bad document in a good file is skipped alone.
+//!
+//! Only a listing says a file is gone. A root that cannot be listed (missing for a moment while
+//! a directory is swapped by rename, a dangling symlink, an error part-way through the listing)
+//! keeps every file it had, and so does a listed file whose metadata cannot be read: publishing
+//! what is left would remove working services and the backends of established flows.
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
@@ -72,9 +77,21 @@ fn keep_unchanged(old: &[Object], new: Vec<Object>) -> Vec<Object> {
 pub struct Manifests {
     roots: Vec<PathBuf>,
     files: BTreeMap<PathBuf, FileState>,
-    /// Roots that are missing or unreadable, from the last look.
-    listing_problems: Vec<Problem>,
+    /// Roots that could not be listed, from the last look.
+    unlisted: Vec<Problem>,
+    /// Listed files whose metadata could not be read, from the last look.
+    unreadable: Vec<Problem>,
     looked: bool,
+}
+
+/// What one look at the roots found.
+#[derive(Default)]
+struct Look {
+    /// Every manifest file by path, with its stamp; `None` when its version cannot be known now
+    /// (its root could not be listed, or its metadata not read): it stays as it was.
+    files: BTreeMap<PathBuf, Option<Stamp>>,
+    unlisted: Vec<Problem>,
+    unreadable: Vec<Problem>,
 }
 
 impl Manifests {
@@ -82,7 +99,8 @@ impl Manifests {
         Manifests {
             roots,
             files: BTreeMap::new(),
-            listing_problems: Vec::new(),
+            unlisted: Vec::new(),
+            unreadable: Vec::new(),
             looked: false,
         }
     }
@@ -93,12 +111,21 @@ impl Manifests {
     pub fn refresh(&mut self) -> bool {
         let first = !self.looked;
         self.looked = true;
-        self.listing_problems.clear();
-        let present = self.list();
+        let Look {
+            files,
+            unlisted,
+            unreadable,
+        } = self.look();
+        let mut changed = unlisted != self.unlisted || unreadable != self.unreadable;
+        self.unlisted = unlisted;
+        self.unreadable = unreadable;
         let before = self.files.len();
-        self.files.retain(|path, _| present.contains_key(path));
-        let mut changed = before != self.files.len();
-        for (path, stamp) in present {
+        self.files.retain(|path, _| files.contains_key(path));
+        changed |= before != self.files.len();
+        for (path, stamp) in files {
+            let Some(stamp) = stamp else {
+                continue;
+            };
             let state = self.files.entry(path.clone()).or_default();
             let settled = first || state.seen == Some(stamp);
             state.seen = Some(stamp);
@@ -112,11 +139,11 @@ impl Manifests {
         changed
     }
 
-    /// Whether the files can be trusted to describe everything: every root exists and every
-    /// file parses (or parsed before). Until then the agent must not program from them: a
+    /// Whether the files can be trusted to describe everything: every root can be listed and
+    /// every file parses (or parsed before). Until then the agent must not program from them: a
     /// missing mount or a broken file after a restart would otherwise wipe working services.
     pub fn complete(&self) -> Result<(), String> {
-        if let Some(p) = self.listing_problems.first() {
+        if let Some(p) = self.unlisted.first() {
             return Err(p.to_string());
         }
         match self.files.iter().find(|(_, f)| !f.parsed) {
@@ -133,7 +160,8 @@ impl Manifests {
     /// Every object of every file (a later file wins a name clash) and every problem.
     pub fn snapshot(&self) -> Snapshot {
         let mut snap = Snapshot::default();
-        snap.problems.extend(self.listing_problems.iter().cloned());
+        snap.problems
+            .extend(self.unlisted.iter().chain(&self.unreadable).cloned());
         for (path, state) in &self.files {
             snap.problems.extend(state.problems.iter().cloned());
             for obj in &state.objects {
@@ -151,32 +179,37 @@ impl Manifests {
         snap
     }
 
-    /// The manifest files now present, with their stamps.
-    fn list(&mut self) -> BTreeMap<PathBuf, Stamp> {
-        let problems = &mut self.listing_problems;
-        let mut out = BTreeMap::new();
+    /// The manifest files the roots hold now, with their stamps.
+    fn look(&self) -> Look {
+        let mut look = Look::default();
         for root in &self.roots {
-            match std::fs::metadata(root) {
-                Ok(m) if m.is_dir() => match std::fs::read_dir(root) {
-                    Ok(dir) => {
-                        for entry in dir.flatten() {
-                            let path = entry.path();
-                            if is_manifest(&path) {
-                                if let Ok(m) = std::fs::metadata(&path) {
-                                    out.insert(path, stamp(&m));
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => problems.push(file_problem(root, e.to_string())),
-                },
-                Ok(m) => {
-                    out.insert(root.clone(), stamp(&m));
+            // A failed or partial listing says nothing about what is gone: the root keeps every
+            // file it had.
+            if let Err(e) = look_at(root, &mut look) {
+                look.unlisted
+                    .push(file_problem(root, format!("cannot be listed: {e}")));
+                let had = self.files.keys().filter(|path| in_root(path, root));
+                for path in had {
+                    look.files.entry(path.clone()).or_insert(None);
                 }
-                Err(e) => problems.push(file_problem(root, e.to_string())),
             }
         }
-        out
+        look
+    }
+
+    /// Which roots keep their last good objects and why; `None` when every root is listed.
+    fn unlisted_warning(&self) -> Option<String> {
+        let roots: Vec<String> = self
+            .unlisted
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {}; keeping its last good objects until it can be listed again",
+                    p.object, p.message
+                )
+            })
+            .collect();
+        (!roots.is_empty()).then(|| roots.join("; "))
     }
 
     /// Poll forever, publishing a snapshot whenever the files change; the first one only once
@@ -185,7 +218,7 @@ impl Manifests {
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut published = false;
-        let mut last_complaint: Option<std::time::Instant> = None;
+        let (mut incomplete, mut unlisted) = (Complaint::default(), Complaint::default());
         loop {
             tick.tick().await;
             let changed = self.refresh();
@@ -195,14 +228,14 @@ impl Manifests {
                         tx.send_replace(Arc::new(self.snapshot()));
                         published = true;
                     }
-                    Err(why) => {
-                        if last_complaint.is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY) {
-                            tracing::warn!("not programming until the manifests are whole: {why}");
-                            last_complaint = Some(std::time::Instant::now());
-                        }
-                    }
+                    Err(why) => incomplete
+                        .warn(|| format!("not programming until the manifests are whole: {why}")),
                 }
                 continue;
+            }
+            match self.unlisted_warning() {
+                Some(why) => unlisted.warn(|| why),
+                None => unlisted.clear("every manifest root can be listed again"),
             }
             if changed {
                 super::publish_if_changed(&tx, self.snapshot());
@@ -213,13 +246,77 @@ impl Manifests {
 
 const COMPLAIN_EVERY: Duration = Duration::from_secs(5);
 
-fn is_manifest(path: &Path) -> bool {
+/// A warning repeated every [`COMPLAIN_EVERY`] while its cause lasts, so a problem that
+/// persists is never only a line scrolled away long ago.
+#[derive(Default)]
+struct Complaint {
+    last: Option<std::time::Instant>,
+}
+
+impl Complaint {
+    fn warn(&mut self, message: impl FnOnce() -> String) {
+        if self.last.is_none_or(|t| t.elapsed() >= COMPLAIN_EVERY) {
+            tracing::warn!("{}", message());
+            self.last = Some(std::time::Instant::now());
+        }
+    }
+
+    /// The cause is gone: say so once, and warn at once when it comes back.
+    fn clear(&mut self, message: &str) {
+        if self.last.take().is_some() {
+            tracing::info!("{message}");
+        }
+    }
+}
+
+/// Add the manifest files of `root` (a file, or a directory of them) to `look`; `Err` when the
+/// root cannot be listed whole.
+fn look_at(root: &Path, look: &mut Look) -> std::io::Result<()> {
+    let meta = std::fs::metadata(root)?;
+    if !meta.is_dir() {
+        look.files.insert(root.to_path_buf(), Some(stamp(&meta)));
+        return Ok(());
+    }
+    // Collected first: an error part-way must not pass for the end of the directory.
+    let entries = std::fs::read_dir(root)?.collect::<std::io::Result<Vec<_>>>()?;
+    for path in entries
+        .iter()
+        .map(|e| e.path())
+        .filter(|p| named_like_manifest(p))
+    {
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {
+                look.files.insert(path, Some(stamp(&meta)));
+            }
+            // A directory named like a manifest.
+            Ok(_) => {}
+            // Listed, so not deleted as far as we know (a dangling symlink, or deleted since
+            // the listing, which the next one will tell).
+            Err(e) => {
+                let message = format!("{e}; its last version stays");
+                look.unreadable.push(file_problem(&path, message));
+                // Another root may hold the file and know its version.
+                look.files.entry(path).or_insert(None);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` is `root` itself (a file root) or a file listed in it.
+fn in_root(path: &Path, root: &Path) -> bool {
+    path == root || path.parent() == Some(root)
+}
+
+/// Whether a directory entry is named like a manifest (hidden ones are editors' temporary
+/// files and a ConfigMap mount's `..data`).
+fn named_like_manifest(path: &Path) -> bool {
     let hidden = path
         .file_name()
         .and_then(|n| n.to_str())
         .is_none_or(|n| n.starts_with('.'));
     let ext = path.extension().and_then(|e| e.to_str());
-    !hidden && matches!(ext, Some("yaml" | "yml" | "json")) && path.is_file()
+    !hidden && matches!(ext, Some("yaml" | "yml" | "json"))
 }
 
 fn stamp(m: &std::fs::Metadata) -> Stamp {
@@ -421,6 +518,8 @@ pub fn objects_of(text: &str) -> Result<Objects, Vec<Problem>> {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::Service;
+
     use super::*;
 
     const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n";
@@ -496,13 +595,208 @@ mod tests {
         );
     }
 
+    /// A directory under the system's temporary one, removed on drop (also when a test fails).
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let name = format!("lb-manifests-{name}-{}", std::process::id());
+            let dir = std::env::temp_dir().join(name);
+            // Left by a killed earlier run with the same pid.
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn join(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Service `default/NAME` on cluster IP `ip`.
+    fn svc(name: &str, ip: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n")
+    }
+
+    /// A new directory `dir` holding `files` (name, text).
+    fn dir_with(dir: &Path, files: &[(&str, &str)]) {
+        std::fs::create_dir(dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    }
+
+    /// `ns/name clusterIP` of every service in the snapshot.
+    fn services(m: &Manifests) -> Vec<String> {
+        let snap = m.snapshot();
+        let ip = |s: &Service| s.spec.as_ref().and_then(|s| s.cluster_ip.clone());
+        snap.objects
+            .services
+            .iter()
+            .map(|(key, s)| format!("{key} {}", ip(s).unwrap_or_default()))
+            .collect()
+    }
+
+    /// The snapshot's problems, shown.
+    fn problems(m: &Manifests) -> Vec<String> {
+        m.snapshot()
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    /// A problem names `path` and says `what`.
+    fn reported(m: &Manifests, path: &Path, what: &str) -> bool {
+        let path = path.display().to_string();
+        problems(m)
+            .iter()
+            .any(|p| p.contains(&path) && p.contains(what))
+    }
+
+    #[test]
+    fn a_root_renamed_away_keeps_its_objects_until_it_is_back() {
+        let tmp = TempDir::new("swap");
+        let (conf, old, new) = (tmp.join("conf"), tmp.join("conf.old"), tmp.join("conf.new"));
+        let api = svc("api", "10.96.0.2");
+        dir_with(
+            &conf,
+            &[("web.yaml", &svc("web", "10.96.0.1")), ("api.yaml", &api)],
+        );
+        let mut m = Manifests::new(vec![conf.clone()]);
+        m.refresh();
+        let both = ["default/api 10.96.0.2", "default/web 10.96.0.1"];
+        assert_eq!(services(&m), both);
+
+        std::fs::rename(&conf, &old).unwrap();
+        assert!(m.refresh(), "the missing root is news");
+        assert_eq!(services(&m), both, "a missing root keeps its objects");
+        assert!(
+            reported(&m, &conf, "cannot be listed"),
+            "{:?}",
+            problems(&m)
+        );
+        assert!(!m.refresh(), "nothing new while it stays missing");
+        std::fs::rename(&old, &conf).unwrap();
+        assert!(m.refresh());
+        assert_eq!(services(&m), both);
+        assert_eq!(problems(&m), Vec::<String>::new());
+
+        // `mv conf conf.old; mv conf.new conf`, web changed in the new one.
+        dir_with(
+            &new,
+            &[("web.yaml", &svc("web", "10.96.0.9")), ("api.yaml", &api)],
+        );
+        let api_before = m.snapshot().objects.services.values().next().cloned();
+        std::fs::rename(&conf, &old).unwrap();
+        m.refresh();
+        std::fs::rename(&new, &conf).unwrap();
+        m.refresh();
+        assert_eq!(services(&m), both, "new files wait one look to settle");
+        m.refresh();
+        assert_eq!(
+            services(&m),
+            ["default/api 10.96.0.2", "default/web 10.96.0.9"]
+        );
+        let api_after = m.snapshot().objects.services.values().next().cloned();
+        assert!(
+            Arc::ptr_eq(&api_before.unwrap(), &api_after.unwrap()),
+            "an unchanged object read from the new directory stays the same to the model"
+        );
+
+        // A file gone from a root that is listed: a real deletion.
+        std::fs::remove_file(conf.join("api.yaml")).unwrap();
+        assert!(m.refresh());
+        assert_eq!(services(&m), ["default/web 10.96.0.9"]);
+    }
+
+    #[test]
+    fn a_root_that_cannot_be_listed_keeps_its_objects() {
+        let tmp = TempDir::new("links");
+        let (real, conf) = (tmp.join("real"), tmp.join("conf"));
+        dir_with(&real, &[("web.yaml", SVC)]);
+        std::os::unix::fs::symlink(&real, &conf).unwrap();
+        let mut m = Manifests::new(vec![conf.clone()]);
+        m.refresh();
+        let web = ["default/web 10.96.0.1"];
+        assert_eq!(services(&m), web);
+        // Root can read any directory whatever its mode: a dangling symlink and a symlink loop
+        // are what a test can make unlistable.
+        let repoint = |target: &Path| {
+            std::fs::remove_file(&conf).unwrap();
+            std::os::unix::fs::symlink(target, &conf).unwrap();
+        };
+        let unlistable = [
+            (tmp.join("missing"), "No such file"),
+            (conf.clone(), "Too many levels of symbolic links"),
+        ];
+        for (target, error) in unlistable {
+            repoint(&target);
+            assert!(m.refresh(), "{} is news", target.display());
+            assert_eq!(services(&m), web, "pointing to {}", target.display());
+            assert!(reported(&m, &conf, error), "{:?}", problems(&m));
+        }
+        repoint(&real);
+        assert!(m.refresh());
+        assert_eq!(services(&m), web);
+        assert_eq!(problems(&m), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_file_root_renamed_away_keeps_its_objects() {
+        let tmp = TempDir::new("file-root");
+        let (file, aside) = (tmp.join("web.yaml"), tmp.join("web.yaml.old"));
+        std::fs::write(&file, SVC).unwrap();
+        let mut m = Manifests::new(vec![file.clone()]);
+        m.refresh();
+        std::fs::rename(&file, &aside).unwrap();
+        m.refresh();
+        assert_eq!(services(&m), ["default/web 10.96.0.1"]);
+        assert!(reported(&m, &file, "No such file"), "{:?}", problems(&m));
+    }
+
+    #[test]
+    fn a_listed_file_without_metadata_keeps_its_last_version() {
+        let tmp = TempDir::new("half");
+        let (conf, target) = (tmp.join("conf"), tmp.join("web.yaml"));
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(&target, SVC).unwrap();
+        std::os::unix::fs::symlink(&target, conf.join("web.yaml")).unwrap();
+        let mut m = Manifests::new(vec![conf.clone()]);
+        m.refresh();
+        // Listed, but its metadata fails: as when it is deleted between listing and stat.
+        std::fs::remove_file(&target).unwrap();
+        assert!(m.refresh());
+        assert_eq!(services(&m), ["default/web 10.96.0.1"]);
+        assert!(reported(&m, &conf.join("web.yaml"), "No such file"));
+        assert_eq!(m.complete(), Ok(()));
+        std::fs::remove_file(conf.join("web.yaml")).unwrap();
+        assert!(m.refresh());
+        assert_eq!(
+            services(&m),
+            Vec::<String>::new(),
+            "the listing says it is gone"
+        );
+
+        // One never read does not hold up the first snapshot: there is nothing to wait for.
+        std::os::unix::fs::symlink(tmp.join("missing"), conf.join("new.yaml")).unwrap();
+        let mut fresh = Manifests::new(vec![conf.clone()]);
+        fresh.refresh();
+        assert_eq!(fresh.complete(), Ok(()));
+    }
+
     #[test]
     fn a_file_that_stops_parsing_keeps_its_last_good_objects() {
-        let dir = std::env::temp_dir().join(format!("lb-manifests-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = TempDir::new("parse");
+        let dir = tmp.join("conf");
+        dir_with(&dir, &[("web.yaml", SVC), ("notes.txt", "not a manifest")]);
         let file = dir.join("web.yaml");
-        std::fs::write(&file, SVC).unwrap();
-        std::fs::write(dir.join("notes.txt"), "not a manifest").unwrap();
         let mut m = Manifests::new(vec![dir.clone()]);
         assert!(m.refresh());
         assert_eq!(m.snapshot().objects.services.len(), 1);
@@ -522,18 +816,17 @@ mod tests {
             m.snapshot().objects.services.is_empty(),
             "a deleted file's objects go"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn incomplete_manifests_are_not_trusted() {
-        let dir = std::env::temp_dir().join(format!("lb-manifests-c-{}", std::process::id()));
+        let tmp = TempDir::new("complete");
+        let dir = tmp.join("conf");
         let mut m = Manifests::new(vec![dir.clone()]);
         m.refresh();
         let why = m.complete().unwrap_err();
         assert!(why.contains("No such file"), "a missing root: {why}");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("a.yaml"), "{{{ broken").unwrap();
+        dir_with(&dir, &[("a.yaml", "{{{ broken")]);
         m.refresh();
         assert!(m.complete().unwrap_err().contains("not read yet"));
         m.refresh();
@@ -542,6 +835,5 @@ mod tests {
         m.refresh();
         m.refresh();
         assert_eq!(m.complete(), Ok(()));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -17,7 +17,10 @@ const PODS: [(&str, &str, &str); 3] = [
 ];
 const CLUSTER_IP: &str = "10.96.0.10:80";
 const NODE_PORT: &str = "192.0.2.1:30080";
+/// New connections per path at least, and at most: enough that every pod answers (the chance
+/// that one of three is never picked in 100 random choices is 3·(2/3)^100, about 10^-17).
 const REQUESTS: usize = 12;
+const MAX_REQUESTS: usize = 100;
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -107,19 +110,30 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Send REQUESTS new connections and print how they spread over the pods.
+/// Send new connections until every pod has answered (at least REQUESTS of them) and print how
+/// they spread over the pods; fail when a pod never answers, as the README promises they all do.
 fn show(from: &Netns, what: &str, to: SocketAddr, udp: bool) -> Result<()> {
     let mut by_pod: BTreeMap<String, usize> = BTreeMap::new();
-    for _ in 0..REQUESTS {
+    let mut sent = 0;
+    while sent < REQUESTS || (by_pod.len() < PODS.len() && sent < MAX_REQUESTS) {
         let reply = from
             .request(to, udp, Duration::from_secs(2))
             .map_err(|e| anyhow::anyhow!("{what} {to}: {e:?}"))?;
         *by_pod.entry(reply.name).or_default() += 1;
+        sent += 1;
     }
     let spread: Vec<String> = by_pod.iter().map(|(p, n)| format!("{p} ×{n}")).collect();
     println!(
-        "{what} {to}: {REQUESTS} new connections answered by {}",
+        "{what} {to}: {sent} new connections answered by {}",
         spread.join(", ")
     );
+    let silent: Vec<&str> = PODS
+        .iter()
+        .map(|p| p.0)
+        .filter(|p| !by_pod.contains_key(*p))
+        .collect();
+    if !silent.is_empty() {
+        bail!("{what} {to}: {silent:?} never answered in {sent} new connections");
+    }
     Ok(())
 }

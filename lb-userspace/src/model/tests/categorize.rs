@@ -653,14 +653,7 @@ fn check(case: &Case) -> Vec<String> {
 
 #[test]
 fn categorize_endpoints_as_kube_proxy() {
-    let failures: Vec<String> = CASES
-        .iter()
-        .flat_map(|case| {
-            check(case)
-                .into_iter()
-                .map(move |e| format!("{}: {e}", case.name))
-        })
-        .collect();
+    let failures = super::table_failures(CASES, |c| c.name, check);
     assert!(
         failures.is_empty(),
         "TestCategorizeEndpoints: {} failure(s) over {} cases:\n{}",
@@ -672,8 +665,5 @@ fn categorize_endpoints_as_kube_proxy() {
 
 #[test]
 fn case_names_are_unique() {
-    let mut names: Vec<&str> = CASES.iter().map(|c| c.name).collect();
-    names.sort();
-    names.dedup();
-    assert_eq!(names.len(), CASES.len());
+    super::assert_unique_names(CASES.iter().map(|c| c.name));
 }

@@ -16,7 +16,12 @@ fn node() -> NodeContext {
     }
 }
 
-/// A Service; `variant` picks its address, type and policies from a few that collide.
+/// External addresses that collide: with each other, with the ClusterIPs of [`service`], and with
+/// the NodePort address [`edit`] moves between .10 and .11.
+const EXTERNAL: [&str; 3] = ["203.0.113.7", "10.96.0.11", "192.0.2.11"];
+
+/// A Service; `variant` picks its address, type, policies, external addresses and age from a few
+/// that collide.
 fn service(name: &str, variant: u64) -> Arc<Service> {
     let ip = format!("10.96.0.{}", 10 + variant % 3);
     let mut spec = json!({
@@ -26,28 +31,35 @@ fn service(name: &str, variant: u64) -> Arc<Service> {
             {"name": "dns", "port": 53, "protocol": "UDP"},
         ],
     });
+    let mut status = json!({});
     if variant % 4 == 1 {
         spec["type"] = "LoadBalancer".into();
         spec["externalTrafficPolicy"] = "Local".into();
         spec["healthCheckNodePort"] = 32000.into();
+        let ip = EXTERNAL[(variant / 4 % 3) as usize];
+        status = json!({"loadBalancer": {"ingress": [{"ip": ip}]}});
     }
     if variant % 5 == 2 {
-        spec["externalIPs"] = json!(["203.0.113.7"]);
+        spec["externalIPs"] = json!([EXTERNAL[(variant / 5 % 3) as usize]]);
         spec["internalTrafficPolicy"] = "Local".into();
     }
     if variant % 7 == 3 {
         spec["ports"][0]["port"] = 0.into(); // invalid: a problem
     }
-    let mut labels = json!({});
+    if variant % 17 == 6 {
+        spec["clusterIP"] = "fd00::10".into(); // IPv6-only: not proxied
+    }
+    let mut metadata = json!({"namespace": "ns", "name": name, "labels": {}});
     if variant % 11 == 4 {
-        labels["service.kubernetes.io/headless"] = "".into();
+        metadata["labels"]["service.kubernetes.io/headless"] = "".into();
+    }
+    if !variant.is_multiple_of(3) {
+        let created = format!("2020-01-0{}T00:00:00Z", 1 + variant % 3);
+        metadata["creationTimestamp"] = created.into();
     }
     Arc::new(
-        serde_json::from_value(json!({
-            "metadata": {"namespace": "ns", "name": name, "labels": labels},
-            "spec": spec,
-        }))
-        .expect("a Service"),
+        serde_json::from_value(json!({"metadata": metadata, "spec": spec, "status": status}))
+            .expect("a Service"),
     )
 }
 
@@ -219,13 +231,13 @@ const CASES: &[Case] = &[
         node: false,
     },
     Case {
-        name: "a new Service takes another's ClusterIP: both",
+        name: "a new Service claims another's ClusterIP: the older keeps it",
         change: |o, _| {
-            // svc-c sorts after svc-a, whose address (variant 0) it takes.
+            // svc-c, as old as svc-a (no creationTimestamp) but after it by name, loses.
             o.services
                 .insert(ObjectRef::new("ns", "svc-c"), service("svc-c", 3 * 7 * 4));
         },
-        services: &["svc-a", "svc-c"],
+        services: &["svc-c"],
         node: false,
     },
     Case {
