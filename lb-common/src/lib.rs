@@ -42,6 +42,16 @@ pub mod map_names {
     pub const IFACES: &str = "LB_IFACES";
     /// Transmitted frames the kernel dropped, per external interface (the `xmit` tracepoints).
     pub const XMIT_DROPS: &str = "LB_XMIT_DROPS";
+    /// The socket hooks' settings ([`super::SockConfig`]).
+    pub const SOCK_CONFIG: &str = "LB_SOCK_CONFIG";
+    /// Per-frontend count of connect()/sendmsg() calls the socket hooks translated (per CPU,
+    /// indexed like `LB_FRONTEND_STATS`).
+    pub const SOCK_STATS: &str = "LB_SOCK_STATS";
+    /// The node's own IPv4 addresses: externalIPs and LoadBalancer IPs are translated at the
+    /// socket only when the node holds them (the CVE-2020-8554 mitigation).
+    pub const HOST_ADDRS4: &str = "LB4_HOST_ADDRS";
+    /// Socket-local storage: the Services a socket was translated for ([`super::SockRevNat4`]).
+    pub const SOCK_RNAT4: &str = "LB4_SOCK_RNAT";
     /// Benchmarks only, not pinned: see [`super::BENCH_FRAME_LEN`].
     pub const BENCH_FRAME: &str = "LB_BENCH_FRAME";
 }
@@ -62,6 +72,7 @@ pub mod capacity {
     pub const AFFINITY: u32 = 65_536;
     pub const NODE_ADDRS: u32 = 64;
     pub const IFACES: u32 = 4_096;
+    pub const HOST_ADDRS: u32 = 1_024;
 }
 
 /// Key of `LB4_FRONTENDS`: what a packet is addressed to, and where it came from.
@@ -186,6 +197,69 @@ impl IfaceInfo {
             .unwrap_or(self.name.len());
         core::str::from_utf8(&self.name[..end]).unwrap_or("")
     }
+}
+
+/// `SockConfig::mode`: the socket hooks translate nothing (`--socket-lb off`) ...
+pub const SOCK_LB_OFF: u8 = 0;
+/// ... sockets of the agent's own network namespace only (the node: `--socket-lb host`) ...
+pub const SOCK_LB_HOST: u8 = 1;
+/// ... or every socket in the cgroup, pods' too (`--socket-lb all`).
+pub const SOCK_LB_ALL: u8 = 2;
+
+/// Value of `LB_SOCK_CONFIG[0]`: what the cgroup socket hooks do.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockConfig {
+    /// The agent's network namespace (SO_NETNS_COOKIE): its sockets are the node's.
+    pub netns_cookie: u64,
+    /// The cgroup (v2) the hooks are attached to, by id (its inode), for lbctl.
+    pub cgroup_id: u64,
+    /// The client address session affinity is keyed by for the node's own sockets: the node's
+    /// address, which is what the packet path sees when the node's traffic reaches it.
+    pub affinity_addr: u32,
+    /// `SOCK_LB_*`.
+    pub mode: u8,
+    pub _pad: [u8; 3],
+    /// Where the hooks are attached (the cgroup's path as the agent saw it), NUL-padded; lbctl only.
+    pub cgroup_path: [u8; 128],
+}
+
+impl Default for SockConfig {
+    fn default() -> Self {
+        SockConfig {
+            netns_cookie: 0,
+            cgroup_id: 0,
+            affinity_addr: 0,
+            mode: SOCK_LB_OFF,
+            _pad: [0; 3],
+            cgroup_path: [0; 128],
+        }
+    }
+}
+
+/// One Service a socket was translated for: replies from `backend` are shown as from `service`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRev4 {
+    pub backend_addr: u32,
+    pub service_addr: u32,
+    pub backend_port: u16,
+    pub service_port: u16,
+}
+
+/// How many Services one socket remembers (an unconnected UDP socket may send to several).
+pub const SOCK_REV_SLOTS: usize = 4;
+
+/// Value of the socket-local `LB4_SOCK_RNAT`: freed by the kernel with the socket, so it cannot
+/// leak, and never evicted while the socket lives (an LRU keyed by cookie can drop the entry of a
+/// live socket under pressure, and getpeername()/recvmsg() then show the backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRevNat4 {
+    pub entries: [SockRev4; SOCK_REV_SLOTS],
+    /// The slot the next new Service takes (round robin once all are used).
+    pub next: u32,
+    pub _pad: u32,
 }
 
 /// Key of `LB_SLOTS`: the n-th backend of a service.
@@ -416,4 +490,5 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for IfaceInfo {}
+    unsafe impl aya::Pod for SockConfig {}
 }

@@ -240,7 +240,9 @@ fn new_flow<P: Packet>(
     if svc.backend_count == 0 {
         return no_backend(p, f, svc.verdict);
     }
-    let Some((backend_id, be)) = select(fe.service_id, svc, f.saddr, now) else {
+    // SAFETY: helper without arguments.
+    let pick = unsafe { gen::bpf_get_prandom_u32() };
+    let Some((backend_id, be)) = select(fe.service_id, svc, f.saddr, now, pick) else {
         count(stat::DROP_MAP_FULL);
         return Action::DROP;
     };
@@ -337,9 +339,17 @@ fn no_backend<P: Packet>(p: &mut P, f: &Flow, verdict: u8) -> Action {
 }
 
 /// The backend for a new flow: the client's affinity entry while it lasts and its backend can
-/// take new connections, else a random slot.
+/// take new connections, else slot `pick` modulo the backend count (a random number, or for the
+/// socket hooks' UDP a hash of the socket). Shared by the packet path and the socket hooks, so
+/// both choose alike and share affinity.
 #[inline(always)]
-fn select(service_id: u32, svc: &Service, client: u32, now: u64) -> Option<(u32, Backend4)> {
+pub fn select(
+    service_id: u32,
+    svc: &Service,
+    client: u32,
+    now: u64,
+    pick: u32,
+) -> Option<(u32, Backend4)> {
     let aff_key = AffinityKey4 { service_id, client };
     let affinity = svc.flags & SVC_F_AFFINITY != 0;
     if affinity {
@@ -347,8 +357,7 @@ fn select(service_id: u32, svc: &Service, client: u32, now: u64) -> Option<(u32,
             return Some(found);
         }
     }
-    // SAFETY: helper without arguments.
-    let slot = unsafe { gen::bpf_get_prandom_u32() }.checked_rem(svc.backend_count)?;
+    let slot = pick.checked_rem(svc.backend_count)?;
     // SAFETY: read-only use of map values within this run.
     let id = *unsafe { LB_SLOTS.get(SlotKey { service_id, slot }) }?;
     let be = *unsafe { LB4_BACKENDS.get(id) }?;

@@ -3,6 +3,8 @@
 //! - `lb_tc_ext`: TC ingress on external interfaces when XDP is off or unavailable;
 //! - `lb_tc_pod`: TC ingress on host-side pod interfaces (traffic from pods);
 //!
+//! - `lb_sock_*`: cgroup socket hooks, the same Services for sockets at connect()/sendmsg() time
+//!   (`sock`);
 //! - `lb_xmit_*`: tracepoints counting what the kernel dropped of the frames XDP transmitted;
 //!
 //! plus bare programs that benchmarks measure lb against: `lb_xdp_floor` (XDP_PASS, the cost
@@ -22,13 +24,14 @@ mod nat;
 mod packet;
 mod parse;
 mod reject;
+mod sock;
 mod xmit;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     helpers::generated as gen,
-    macros::{classifier, tracepoint, xdp},
-    programs::{TcContext, TracePointContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, tracepoint, xdp},
+    programs::{SockAddrContext, TcContext, TracePointContext, XdpContext},
 };
 use lb_common::{SCOPE_EXTERNAL, SCOPE_INTERNAL};
 
@@ -63,6 +66,26 @@ pub fn lb_tc_ext(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lb_tc_pod(ctx: TcContext) -> i32 {
     tc(&ctx, SCOPE_INTERNAL)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn lb_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
 }
 
 #[tracepoint]

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     capacity, Affinity, AffinityKey4, Backend4, Config, Counters, Ct4, Frontend4, Frontend4Key,
-    IfaceInfo, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, Tuple4,
+    IfaceInfo, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, SockConfig, Tuple4,
 };
 
 #[map]
@@ -65,6 +65,18 @@ pub static LB_IFACES: HashMap<u32, IfaceInfo> =
 #[map]
 pub static LB_XMIT_DROPS: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::pinned(capacity::IFACES, BPF_F_NO_PREALLOC);
+
+/// The socket hooks' settings (`sock`), written by the agent.
+#[map]
+pub static LB_SOCK_CONFIG: Array<SockConfig> = Array::pinned(1, 0);
+
+/// connect()/sendmsg() calls the socket hooks translated, per CPU and frontend (by stats id).
+#[map]
+pub static LB_SOCK_STATS: PerCpuArray<u64> = PerCpuArray::pinned(capacity::FRONTENDS, 0);
+
+/// The node's own IPv4 addresses (value unused), kept by the agent.
+#[map]
+pub static LB4_HOST_ADDRS: HashMap<u32, u8> = HashMap::pinned(capacity::HOST_ADDRS, 0);
 
 #[inline(always)]
 pub fn count(stat: u32) {

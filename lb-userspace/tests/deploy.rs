@@ -354,12 +354,16 @@ fn bpffs_is_the_hosts_and_pins_land_at_the_default_path() {
     let pod = r.pod();
     let volumes = pod.volumes.as_deref().unwrap_or_default();
     let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
-    assert_eq!(names, ["bpffs", "tracefs"], "only these from the host");
+    assert_eq!(
+        names,
+        ["bpffs", "tracefs", "cgroup"],
+        "only these from the host"
+    );
     let host = volumes[0].host_path.as_ref().expect("a hostPath");
     assert_eq!(host.path, "/sys/fs/bpf");
     assert_eq!(host.type_.as_deref(), Some("Directory"));
     let mounts = r.agent().volume_mounts.as_deref().unwrap_or_default();
-    assert_eq!(mounts.len(), 2, "{mounts:?}");
+    assert_eq!(mounts.len(), 3, "{mounts:?}");
     // tracefs: where aya finds tracepoints, read only (the transmit-drop counters).
     let tracefs = &mounts[1];
     assert_eq!(tracefs.name, "tracefs");
@@ -369,6 +373,19 @@ fn bpffs_is_the_hosts_and_pins_land_at_the_default_path() {
     );
     assert_eq!(tracefs.mount_path, "/sys/kernel/tracing");
     assert_eq!(tracefs.read_only, Some(true));
+    // The host's cgroup hierarchy, read only: the socket hooks attach to its root, which
+    // --cgroup-path names (the container's /sys/fs/cgroup is its own cgroup namespace).
+    let cgroup = &mounts[2];
+    assert_eq!(cgroup.name, "cgroup");
+    assert_eq!(
+        volumes[2].host_path.as_ref().map(|h| h.path.as_str()),
+        Some("/sys/fs/cgroup")
+    );
+    assert_eq!(cgroup.read_only, Some(true));
+    assert_eq!(
+        r.run_args().cgroup_path.as_deref(),
+        Some(Path::new(&cgroup.mount_path))
+    );
     let mount = &mounts[0];
     assert_eq!(mount.name, volumes[0].name);
     assert_ne!(mount.read_only, Some(true), "the agent pins maps and links");

@@ -93,6 +93,8 @@ const PLAN: [NodePlan; 2] = [
 pub struct Cluster {
     // Field order is drop order: processes before the lab that owns their namespaces.
     agents: Vec<ChildGuard>,
+    /// The agents' flags beyond node name, manifests and pin path.
+    flags: Vec<String>,
     _servers: Vec<ChildGuard>,
     pub client: Netns,
     pub nodes: Vec<Node>,
@@ -104,6 +106,16 @@ impl Cluster {
     /// Builds the topology above and writes `objects` (file name, YAML) before starting both
     /// agents, so they start from the scenario's first state.
     pub fn start(test: &str, echo_bin: &str, objects: &[(&str, &str)]) -> Result<Cluster> {
+        Self::start_with_flags(test, echo_bin, objects, &[])
+    }
+
+    /// [`Cluster::start`] with `flags` added to both agents' [`IFACES`] flags.
+    pub fn start_with_flags(
+        test: &str,
+        echo_bin: &str,
+        objects: &[(&str, &str)],
+        flags: &[&str],
+    ) -> Result<Cluster> {
         let lab = Lab::new(test)?;
         lab.set_echo_bin(echo_bin);
         let lan = lab.netns("lan")?;
@@ -132,15 +144,17 @@ impl Cluster {
         for (name, text) in objects {
             write_manifest(&manifests, name, text);
         }
+        let flags: Vec<String> = IFACES.iter().chain(flags).map(|f| f.to_string()).collect();
         let agents = nodes
             .iter()
-            .map(|n| start_agent(n, &manifests, &IFACES))
+            .map(|n| start_agent(n, &manifests, &strs(&flags)))
             .collect::<Result<Vec<_>>>()?;
         for (node, agent) in nodes.iter().zip(&agents) {
             until_ready(node, agent)?;
         }
         Ok(Cluster {
             agents,
+            flags,
             _servers: servers,
             client,
             nodes,
@@ -174,6 +188,22 @@ impl Cluster {
         std::fs::remove_file(self.manifests.join(name)).expect("remove manifest");
     }
 
+    /// SIGKILLs the agent of node `i` (its programs and maps stay, as on a crash).
+    pub fn kill_agent(&mut self, i: usize) -> Result<()> {
+        self.agents[i].signal(libc::SIGKILL)?;
+        let status = self.agents[i].wait_timeout(APPLY)?;
+        anyhow::ensure!(status.is_some(), "agent {i} still running after SIGKILL");
+        Ok(())
+    }
+
+    /// Starts node `i`'s agent again with the same flags and waits until it is healthy.
+    pub fn restart_agent(&mut self, i: usize) -> Result<()> {
+        let agent = start_agent(&self.nodes[i], &self.manifests, &strs(&self.flags))?;
+        until_ready(&self.nodes[i], &agent)?;
+        self.agents[i] = agent;
+        Ok(())
+    }
+
     /// Both agents' logs, for failure messages.
     pub fn agent_logs(&self) -> String {
         self.agents
@@ -181,6 +211,10 @@ impl Cluster {
             .map(|a| format!("--- {} ---\n{}", a.label(), a.stderr()))
             .collect()
     }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 /// A node namespace `name` whose `eth0` (at `ip`/24) is on bridge port `port` of `lan` (the

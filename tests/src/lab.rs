@@ -42,6 +42,7 @@
 //! bpffs mounted at /sys/fs/bpf, which `ip netns exec` hides (it remounts /sys). So an `lb-agent`
 //! spawned in a namespace can pin under /sys/fs/bpf and an `lbctl` run there can read the pins.
 
+mod cgroup;
 mod child;
 pub mod echo;
 mod nsexec;
@@ -72,6 +73,8 @@ pub const REQUIRE_PRIVILEGED_ENV: &str = "LB_REQUIRE_PRIVILEGED";
 /// `cargo xtask vm-test` sets it: there, in an emulated VM, everything runs some 10 times
 /// slower (an agent takes 10-20 s to load its programs, not well under 1 s).
 pub const TIME_SCALE_ENV: &str = "LB_TEST_TIME_SCALE";
+/// The agent's `--cgroup-path` by environment: every process a lab starts has it.
+pub const LB_CGROUP_ENV: &str = "LB_CGROUP_PATH";
 /// Timeout for one [`Netns::exec`] (and friends); the command is SIGKILLed after it.
 pub const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long [`Netns::serve_echo`] waits for the server to listen.
@@ -211,6 +214,8 @@ pub(crate) struct LabInner {
     pub(crate) children: child::Children,
     spawner: child::Spawner,
     log_seq: AtomicU64,
+    /// The lab's cgroup (None: the machine has no cgroup v2).
+    cgroup: Option<cgroup::LabCgroup>,
 }
 
 /// Serializes `ip netns add` within this process: the very first one on a machine sets up the
@@ -233,10 +238,26 @@ impl Lab {
             record.remove();
             return Err(e).with_context(|| format!("creating {}", log_dir.display()));
         }
+        let cgroup = cgroup::path_for(&prefix);
+        if let Some(cg) = &cgroup {
+            // Recorded before creating, as namespaces are.
+            let made = record
+                .note("cgroup", &cg.host.to_string_lossy())
+                .map_err(anyhow::Error::from)
+                .and_then(|()| cgroup::create(cg));
+            if let Err(e) = made {
+                let _ = std::fs::remove_dir_all(&log_dir);
+                record.remove();
+                return Err(e);
+            }
+        }
         let spawner = match child::Spawner::start(&prefix) {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&log_dir);
+                if let Some(cg) = &cgroup {
+                    let _ = cgroup::destroy(&cg.host);
+                }
                 record.remove();
                 return Err(e);
             }
@@ -255,6 +276,7 @@ impl Lab {
                 children: child::Children::default(),
                 spawner,
                 log_seq: AtomicU64::new(0),
+                cgroup,
             }),
         })
     }
@@ -288,6 +310,18 @@ impl Lab {
     /// prints how to remove them by hand instead. Spawned processes are still killed on drop.
     pub fn keep(&self) {
         self.inner.keep.store(true, Ordering::SeqCst);
+    }
+
+    /// The lab's cgroup v2 directory, as the machine sees it (None: no cgroup v2 here). Every
+    /// process the lab starts gets `LB_CGROUP_PATH` naming it as its namespace sees it, so an
+    /// agent's socket hooks attach there; [`Netns::command_in_cgroup`] puts a process in it.
+    pub fn cgroup(&self) -> Option<&Path> {
+        self.inner.cgroup.as_ref().map(|c| c.host.as_path())
+    }
+
+    /// The lab's cgroup as processes in its namespaces see it (`/sys/fs/cgroup/PREFIX-lab`).
+    pub fn cgroup_inside(&self) -> Option<&Path> {
+        self.inner.cgroup.as_ref().map(|c| c.inside.as_path())
     }
 
     /// Sets the `lb-echo` binary used by [`Netns::serve_echo`] (default: [`echo_bin`]).
@@ -456,7 +490,13 @@ impl LabInner {
             self.record.remove();
             return Ok(());
         }
-        let failures = registry::destroy(&namespaces, &pins, std::slice::from_ref(&self.log_dir));
+        let cgroups: Vec<PathBuf> = self.cgroup.iter().map(|c| c.host.clone()).collect();
+        let failures = registry::destroy(
+            &namespaces,
+            &cgroups,
+            &pins,
+            std::slice::from_ref(&self.log_dir),
+        );
         if failures.is_empty() {
             self.record.remove();
             Ok(())
@@ -503,8 +543,25 @@ impl Netns {
     /// [`Netns::spawn_command`] to get a [`ChildGuard`].
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(program);
-        nsexec::enter_netns_on_exec(&mut cmd, &self.path());
+        let cgroup = self.lab.cgroup.as_ref();
+        nsexec::enter_netns_on_exec(&mut cmd, &self.path(), cgroup.map(|c| c.root.as_path()));
+        if let Some(cg) = cgroup {
+            cmd.env(LB_CGROUP_ENV, &cg.inside);
+        }
         cmd
+    }
+
+    /// Like [`Netns::command`], and the process runs in the lab's cgroup, where the lab's agents
+    /// attach their socket hooks: its connections get Services at connect() time.
+    pub fn command_in_cgroup(&self, program: impl AsRef<OsStr>) -> Result<Command> {
+        let cg = self
+            .lab
+            .cgroup
+            .as_ref()
+            .ok_or_else(|| anyhow!("this machine has no cgroup v2: no lab cgroup"))?;
+        let mut cmd = self.command(program);
+        nsexec::join_cgroup_on_exec(&mut cmd, &cg.inside.join("cgroup.procs"));
+        Ok(cmd)
     }
 
     /// Runs `program args...` inside the namespace and waits (at most [`EXEC_TIMEOUT`]). Fails
@@ -526,6 +583,24 @@ impl Netns {
         S: AsRef<OsStr>,
     {
         let (cmd, desc) = self.prepare(program.as_ref(), args);
+        let (out, timed_out) = child::output_with_timeout(cmd, EXEC_TIMEOUT)
+            .with_context(|| format!("running `{desc}`"))?;
+        if timed_out {
+            bail!("`{desc}` timed out after {EXEC_TIMEOUT:?}");
+        }
+        Ok(out)
+    }
+
+    /// Like [`Netns::exec_unchecked`], with the process in the lab's cgroup
+    /// ([`Netns::command_in_cgroup`]): where the lab's agents' socket hooks act.
+    pub fn exec_in_cgroup<I, S>(&self, program: impl AsRef<OsStr>, args: I) -> Result<Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = self.command_in_cgroup(program)?;
+        cmd.args(args);
+        let desc = describe(&cmd, Some(&self.name));
         let (out, timed_out) = child::output_with_timeout(cmd, EXEC_TIMEOUT)
             .with_context(|| format!("running `{desc}`"))?;
         if timed_out {

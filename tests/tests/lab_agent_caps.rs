@@ -73,6 +73,20 @@ fn agent_runs_restarts_and_cleans_up_with_only_the_daemonsets_capabilities() {
         Some("pod1"),
         Duration::from_secs(10),
     );
+    // The node's own connection, in the lab cgroup: the socket hooks attached with these
+    // capabilities too.
+    let from_node = || {
+        let echo = env!("CARGO_BIN_EXE_lb-echo");
+        let vip = vip.to_string();
+        let args = ["request", "--addr", &vip, "--timeout-ms", "500"];
+        let out = s.node.exec_in_cgroup(echo, args).expect("lb-echo");
+        out.status.success()
+    };
+    assert!(
+        poll_until(Duration::from_secs(10), || from_node().then_some(())).is_some(),
+        "the node reaches no Service: {}",
+        agent.stderr()
+    );
     agent
         .stop(Duration::from_secs(5))
         .expect("stopping lb-agent");
@@ -123,4 +137,5 @@ fn agent_runs_restarts_and_cleans_up_with_only_the_daemonsets_capabilities() {
         None,
         "the NodePort is no longer served"
     );
+    assert!(!from_node(), "the socket hooks outlived lb-agent cleanup");
 }

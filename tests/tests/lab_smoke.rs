@@ -94,6 +94,8 @@ fn veth_pair_carries_tcp_and_udp_and_cleans_up() -> Result<()> {
     assert_eq!(client.run("stat -f -c %T /sys/fs/bpf")?.trim(), "bpf_fs");
     // ... the same bpffs as the root namespace: a pin dir made inside is visible outside.
     let pin = lab.pin_path("smoke");
+    let cgroup = lab.cgroup().map(Path::to_path_buf);
+    assert!(cgroup.as_ref().is_none_or(|c| c.is_dir()), "no lab cgroup");
     assert!(pin.starts_with("/sys/fs/bpf") && !pin.exists());
     client.exec("mkdir", [&pin])?;
     assert!(pin.is_dir());
@@ -196,6 +198,10 @@ fn veth_pair_carries_tcp_and_udp_and_cleans_up() -> Result<()> {
         .join(format!("lb-lab-{prefix}"))
         .exists());
     assert!(!pin.exists(), "pin dir left behind");
+    assert!(
+        cgroup.as_ref().is_none_or(|c| !c.exists()),
+        "cgroup left behind"
+    );
     let status = stray.wait()?;
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),

@@ -8,6 +8,7 @@ pub mod node_local;
 
 use std::{
     collections::BTreeSet,
+    net::Ipv4Addr,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -19,7 +20,10 @@ use ipnet::Ipv4Net;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    dataplane::{conntrack, reconcile::Reconciler, Capacities, Dataplane, Options, XdpRequest},
+    dataplane::{
+        conntrack, reconcile::Reconciler, socket_lb, Capacities, Dataplane, Options, SocketLbMode,
+        XdpRequest,
+    },
     health::HealthServers,
     metrics::{self, Metrics},
     model::{NodeContext, Problem, Tracker},
@@ -55,6 +59,25 @@ impl From<XdpMode> for XdpRequest {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SocketLb {
+    /// Sockets of the agent's own network namespace: the node's processes, hostNetwork pods.
+    Host,
+    /// Pods' sockets too: pod→Service connections then need no per-packet NAT.
+    All,
+    Off,
+}
+
+impl From<SocketLb> for SocketLbMode {
+    fn from(m: SocketLb) -> Self {
+        match m {
+            SocketLb::Host => SocketLbMode::Host,
+            SocketLb::All => SocketLbMode::All,
+            SocketLb::Off => SocketLbMode::Off,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {
     /// This node's name: endpoints with this nodeName are local.
@@ -83,6 +106,14 @@ pub struct RunArgs {
     /// off (TC ingress).
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: XdpMode,
+    /// Services for sockets at connect()/sendmsg() time (cgroup socket hooks): host (the node's
+    /// own network namespace), all (pods' sockets too), or off.
+    #[arg(long, value_enum, default_value = "host")]
+    pub socket_lb: SocketLb,
+    /// The cgroup v2 directory the socket hooks attach to; they act on its processes and those
+    /// of every cgroup below. Default: the root of the cgroup v2 hierarchy (/proc/mounts).
+    #[arg(long, env = "LB_CGROUP_PATH", value_name = "DIR")]
+    pub cgroup_path: Option<PathBuf>,
     #[arg(long, default_value = crate::dataplane::DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     /// Where /metrics, /healthz and /livez are served.
@@ -115,6 +146,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         adopted_frontends = rec.programmed().frontends.len(),
         "dataplane loaded"
     );
+    set_socket_lb(&mut dp, &args);
     let (handle, mut link_events) = interfaces::watch()?;
     let mut attachments = Attachments::new(&args, metrics.clone())?;
     let mut snapshots = start_source(&args, &node_name).await?;
@@ -150,6 +182,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         let node_obj = snap.objects.nodes.get(&node.name).map(|n| &**n);
         node.nodeport_addrs = attachments.sync(&mut dp, &host, node_obj, first);
         first = false;
+        sync_host_addrs(&mut dp, &host, &node.nodeport_addrs);
         let changes = tracker.update(&seen.objects, &snap.objects, &node);
         seen = snap.clone();
         let desired = tracker.desired();
@@ -214,6 +247,48 @@ async fn rescan(handle: &rtnetlink::Handle, host: &mut interfaces::Host) {
     match interfaces::scan(handle).await {
         Ok(h) => *host = h,
         Err(e) => tracing::warn!("rescanning interfaces: {e:#}"),
+    }
+}
+
+/// Attach (or detach) the socket hooks. A failure leaves the packet path working: it is logged
+/// and the agent goes on.
+fn set_socket_lb(dp: &mut Dataplane, args: &RunArgs) {
+    let mode = SocketLbMode::from(args.socket_lb);
+    let cgroup = match &args.cgroup_path {
+        Some(p) => Ok(p.clone()),
+        None => socket_lb::cgroup2_root(),
+    };
+    let result = cgroup.and_then(|cgroup| dp.set_socket_lb(mode, &cgroup, Ipv4Addr::UNSPECIFIED));
+    match result {
+        Ok(cgroup) if mode != SocketLbMode::Off => tracing::info!(
+            mode = mode.name(),
+            cgroup = %cgroup.display(),
+            "socket hooks attached"
+        ),
+        Ok(_) => tracing::info!("socket hooks off"),
+        Err(e) => tracing::error!(
+            mode = mode.name(),
+            "socket hooks not attached, the node's own traffic gets no Services: {e:#}"
+        ),
+    }
+}
+
+/// What the socket hooks need of the node's addresses: which ones it holds (externalIPs and
+/// LoadBalancer IPs are only translated then) and the one affinity is keyed by.
+fn sync_host_addrs(dp: &mut Dataplane, host: &interfaces::Host, nodeport_addrs: &[Ipv4Addr]) {
+    let held: BTreeSet<u32> = host
+        .links
+        .values()
+        .flat_map(|l| &l.addrs)
+        .map(|a| u32::from_ne_bytes(a.octets()))
+        .collect();
+    if let Err(e) = dp.maps.set_host_addrs(&held) {
+        tracing::warn!("recording the node's addresses for the socket hooks: {e:#}");
+    }
+    if let Some(addr) = nodeport_addrs.first() {
+        if let Err(e) = dp.set_socket_affinity_addr(*addr) {
+            tracing::warn!("setting the socket hooks' affinity address: {e:#}");
+        }
     }
 }
 

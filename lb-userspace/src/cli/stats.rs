@@ -1,6 +1,7 @@
 //! `lbctl stats`: packets and bytes per frontend (`LB_FRONTEND_STATS`, per CPU, summed) and the
 //! datapath's global counters (`LB_GLOBAL_STATS`: rejects, drops, conntrack events). `--watch`
-//! refreshes and adds rates.
+//! refreshes and adds rates. Beside the packet counters: the connect()/sendmsg() calls the socket
+//! hooks translated per frontend (`LB_SOCK_STATS`), and where and how those hooks run.
 use std::{
     collections::BTreeMap,
     io::{IsTerminal, Write},
@@ -12,8 +13,9 @@ use serde::Serialize;
 
 use super::{port_label, table::Builder, units, Format};
 use crate::dataplane::{
+    socket_lb,
     view::{self, FrontendView},
-    Maps,
+    Maps, SocketLbMode,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -24,6 +26,9 @@ pub struct FrontendStats {
     pub stats_id: u32,
     pub packets: u64,
     pub bytes: u64,
+    /// connect()/sendmsg() calls the socket hooks sent to a backend of this frontend (their
+    /// packets never pass the frontend, so they are not in `packets`).
+    pub socket_translations: u64,
     /// With `--watch`, from the second refresh on: the rates over the last interval.
     pub packets_per_second: Option<f64>,
     pub bytes_per_second: Option<f64>,
@@ -33,6 +38,30 @@ pub struct FrontendStats {
 pub struct GlobalStat {
     pub value: u64,
     pub per_second: Option<f64>,
+}
+
+/// The socket hooks as the agent configured them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SocketLbState {
+    /// "host", "all" or "off" (`--socket-lb`).
+    pub mode: &'static str,
+    /// The cgroup v2 directory the hooks are attached to (null when off).
+    pub cgroup: Option<String>,
+    /// That cgroup's id (its inode number; null when off).
+    pub cgroup_id: Option<u64>,
+}
+
+impl SocketLbState {
+    fn read(maps: &Maps) -> Result<Self> {
+        let cfg = maps.sock_config()?;
+        let mode = SocketLbMode::from_code(cfg.mode).unwrap_or(SocketLbMode::Off);
+        let on = mode != SocketLbMode::Off;
+        Ok(SocketLbState {
+            mode: mode.name(),
+            cgroup: on.then(|| socket_lb::config_path(&cfg)),
+            cgroup_id: on.then_some(cfg.cgroup_id),
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -49,6 +78,9 @@ pub struct Snapshot {
     pub global_per_second: Option<BTreeMap<&'static str, f64>>,
     /// With `--watch`: the seconds the rates are measured over.
     pub interval_seconds: Option<f64>,
+    /// Sum of the frontends' `socket_translations`.
+    pub socket_translations: u64,
+    pub socket_lb: SocketLbState,
 }
 
 /// The previous reading, for rates.
@@ -71,6 +103,7 @@ impl Snapshot {
                 stats_id: s.stats_id,
                 packets: c.packets,
                 bytes: c.bytes,
+                socket_translations: maps.socket_translations(s.stats_id)?,
                 packets_per_second: None,
                 bytes_per_second: None,
             });
@@ -84,6 +117,8 @@ impl Snapshot {
                 .sum()
         };
         let mut snap = Snapshot {
+            socket_translations: frontends.iter().map(|f| f.socket_translations).sum(),
+            socket_lb: SocketLbState::read(maps)?,
             frontends,
             rejects: sum("reject_"),
             drops: sum("drop_"),
@@ -179,11 +214,13 @@ pub fn watch(
 
 pub fn table(snap: &Snapshot) -> String {
     let rates = snap.interval_seconds.is_some();
-    let mut header = vec!["SERVICE", "FRONTEND", "KIND", "SCOPE", "PACKETS", "BYTES"];
+    let mut header = vec![
+        "SERVICE", "FRONTEND", "KIND", "SCOPE", "PACKETS", "BYTES", "SOCKETS",
+    ];
     if rates {
         header.extend(["PACKETS/S", "BYTES/S"]);
     }
-    let mut t = Builder::new(&header).right(&[4, 5, 6, 7]);
+    let mut t = Builder::new(&header).right(&[4, 5, 6, 7, 8]);
     for f in &snap.frontends {
         let mut row = vec![
             port_label(&f.service, &f.port_name),
@@ -195,6 +232,7 @@ pub fn table(snap: &Snapshot) -> String {
             f.frontend.scope.into(),
             units::packets(f.packets),
             units::bytes(f.bytes),
+            units::count(f.socket_translations),
         ];
         if rates {
             row.push(units::packets_rate(f.packets_per_second.unwrap_or(0.0)));
@@ -219,11 +257,18 @@ pub fn table(snap: &Snapshot) -> String {
         }
         g.row(row);
     }
+    let sock = &snap.socket_lb;
     format!(
-        "{}\n\nrejects: {}   drops: {}\n\n{}",
+        "{}\n\nrejects: {}   drops: {}   socket translations: {} (socket hooks: {}{})\n\n{}",
         t.render(),
         units::count(snap.rejects),
         units::count(snap.drops),
+        units::count(snap.socket_translations),
+        sock.mode,
+        sock.cgroup
+            .as_deref()
+            .map(|c| format!(" on {c}"))
+            .unwrap_or_default(),
         g.render()
     )
 }

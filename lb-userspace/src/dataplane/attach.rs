@@ -7,6 +7,8 @@
 //!   changes that filter's program in place (netlink filter change, atomic), and the program
 //!   pinned at `PIN/links/<ifindex>-<hook>-nl` records which interfaces have such a filter so
 //!   that detach and cleanup remove exactly lb's filters.
+//! - Tracepoints and cgroup socket hooks attach through links pinned at `PIN/links/tp-<event>`
+//!   and `PIN/links/cgroup-<hook>`, replaced by renaming a new pin over the old one.
 use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
@@ -17,7 +19,8 @@ use aya::{
             self, NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType, TcError, TcHandle,
         },
         xdp::XdpLink,
-        Link as _, LinkOrder, ProgramError, SchedClassifier, TracePoint, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, Link as _, LinkOrder, ProgramError, SchedClassifier,
+        TracePoint, Xdp, XdpMode,
     },
     sys::SyscallError,
 };
@@ -382,6 +385,36 @@ impl Links {
             .with_context(|| format!("pinning {}", tmp.display()))?;
         std::fs::rename(&tmp, &path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    }
+
+    /// Attach a cgroup socket hook to `cgroup` beside whatever else runs there, pinned as
+    /// `links/cgroup-HOOK` (bpffs refuses dots in names). A previous agent's link is replaced
+    /// only once the new one is attached: no connect() goes untranslated in between.
+    pub fn attach_cgroup(
+        &mut self,
+        prog: &mut CgroupSockAddr,
+        hook: &str,
+        cgroup: &std::fs::File,
+    ) -> Result<()> {
+        let path = self.layout.links_dir().join(format!("cgroup-{hook}"));
+        let tmp = self.layout.links_dir().join(format!("cgroup-{hook}-new"));
+        remove_if_exists(&tmp)?;
+        // Through bpf_link_create, whose cgroup links always run beside the cgroup's other
+        // programs; the kernel refuses any flag there, BPF_F_ALLOW_MULTI included (aya's
+        // `Single` passes none).
+        let id = prog
+            .attach(cgroup, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching the {hook} hook"))?;
+        let link = FdLink::try_from(prog.take_link(id)?)?;
+        link.pin(&tmp)
+            .with_context(|| format!("pinning {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    }
+
+    /// Detach a cgroup socket hook (`--socket-lb off`), if attached.
+    pub fn detach_cgroup(&mut self, hook: &str) -> Result<()> {
+        remove_if_exists(&self.layout.links_dir().join(format!("cgroup-{hook}")))
     }
 
     /// Attach a TC ingress program in the configured [`TcMode`]; returns the mode used.

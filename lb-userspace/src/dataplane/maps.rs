@@ -11,7 +11,7 @@ use aya::{
 };
 use lb_common::{
     map_names as names, stat, Affinity, AffinityKey4, Backend4, Config, Counters, Ct4, Frontend4,
-    Frontend4Key, IfaceInfo, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, Tuple4,
+    Frontend4Key, IfaceInfo, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, SockConfig, Tuple4,
 };
 
 use super::pins::PinLayout;
@@ -31,6 +31,9 @@ pub struct Maps {
     pub service_names: HashMap<MapData, u32, ServiceName>,
     pub ifaces: HashMap<MapData, u32, IfaceInfo>,
     pub xmit_drops: PerCpuHashMap<MapData, u32, u64>,
+    pub sock_config: Array<MapData, SockConfig>,
+    pub sock_stats: PerCpuArray<MapData, u64>,
+    pub host_addrs: HashMap<MapData, u32, u8>,
 }
 
 /// The sizes of the maps the agent fills, as created (a pinned map keeps the size it was made
@@ -117,6 +120,9 @@ impl Maps {
             service_names: typed(src, names::SERVICE_NAMES)?,
             ifaces: typed(src, names::IFACES)?,
             xmit_drops: typed(src, names::XMIT_DROPS)?,
+            sock_config: typed(src, names::SOCK_CONFIG)?,
+            sock_stats: typed(src, names::SOCK_STATS)?,
+            host_addrs: typed(src, names::HOST_ADDRS4)?,
         })
     }
 
@@ -263,7 +269,37 @@ impl Maps {
     pub fn reset_frontend_counters(&mut self, stats_id: u32) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
-        Ok(self.frontend_stats.set(stats_id, zero, 0)?)
+        self.frontend_stats.set(stats_id, zero, 0)?;
+        let zero = PerCpuValues::try_from(vec![0u64; cpus])?;
+        Ok(self.sock_stats.set(stats_id, zero, 0)?)
+    }
+
+    /// The socket hooks' settings (all zero: never configured, i.e. off).
+    pub fn sock_config(&self) -> Result<SockConfig> {
+        Ok(self.sock_config.get(&0, 0)?)
+    }
+
+    pub fn set_sock_config(&mut self, config: &SockConfig) -> Result<()> {
+        Ok(self.sock_config.set(0, config, 0)?)
+    }
+
+    /// connect()/sendmsg() calls the socket hooks translated for one frontend, summed over CPUs.
+    pub fn socket_translations(&self, stats_id: u32) -> Result<u64> {
+        Ok(self.sock_stats.get(&stats_id, 0)?.iter().sum())
+    }
+
+    /// Make `LB4_HOST_ADDRS` hold exactly `addrs` (the node's own IPv4 addresses).
+    pub fn set_host_addrs(&mut self, addrs: &std::collections::BTreeSet<u32>) -> Result<()> {
+        let held: Vec<u32> = self.host_addrs.keys().filter_map(|k| k.ok()).collect();
+        for addr in held.iter().filter(|a| !addrs.contains(a)) {
+            ignore_missing(self.host_addrs.remove(addr))?;
+        }
+        for addr in addrs.iter().filter(|a| !held.contains(a)) {
+            self.host_addrs
+                .insert(addr, 1, 0)
+                .with_context(|| format!("{} {addr:#x}", names::HOST_ADDRS4))?;
+        }
+        Ok(())
     }
 
     /// Forget the session-affinity entries `stale` picks (their set or backend went away).

@@ -8,6 +8,7 @@ pub mod maps;
 mod migrate;
 pub mod pins;
 pub mod reconcile;
+pub mod socket_lb;
 pub mod view;
 pub mod xdp_mode;
 
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    programs::{SchedClassifier, TracePoint, Xdp},
+    programs::{CgroupSockAddr, SchedClassifier, TracePoint, Xdp},
     Ebpf, EbpfLoader,
 };
 use lb_common::{Config, IfaceInfo, IFACE_EXTERNAL, IFACE_POD};
@@ -23,6 +24,7 @@ use lb_common::{Config, IfaceInfo, IFACE_EXTERNAL, IFACE_POD};
 pub use attach::{ifindex, TcHook, TcMode, TC_NETLINK_PRIORITY};
 pub use maps::{Capacities, Maps};
 pub use pins::{PinLayout, DEFAULT_PIN_PATH};
+pub use socket_lb::SocketLbMode;
 pub use xdp_mode::{XdpModeUsed, XdpReason, XdpRequest};
 
 /// The compiled lb-ebpf object, built by build.rs.
@@ -91,6 +93,10 @@ impl Dataplane {
         let maps_dir = layout.maps_dir();
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&maps_dir);
+        // A BTF map (socket storage) has no pinning attribute: pinned by name here, so that the
+        // next agent's hooks find what this one's recorded for live sockets.
+        let sock_rnat = lb_common::map_names::SOCK_RNAT4;
+        loader.map_pin_path(sock_rnat, maps_dir.join(sock_rnat));
         for (name, size) in &opts.capacities {
             loader.map_max_entries(name, *size);
         }
@@ -243,6 +249,54 @@ impl Dataplane {
         let used = self.links.attach_tc(prog, iface, ifindex, TcHook::Pod)?;
         tracing::debug!("{iface}: {PROG_TC_POD} attached ({used:?})");
         self.record(ifindex, iface, IFACE_POD, XdpModeUsed::Off, XdpReason::Pod)
+    }
+
+    /// Attach the cgroup socket hooks to the cgroup v2 directory `cgroup` (see
+    /// [`socket_lb::resolve_cgroup`]) and have them translate the sockets `mode` says (`Off`:
+    /// detach them). Affinity for the node's own sockets is keyed by `affinity_addr`. Returns
+    /// the cgroup attached to.
+    pub fn set_socket_lb(
+        &mut self,
+        mode: SocketLbMode,
+        cgroup: &std::path::Path,
+        affinity_addr: std::net::Ipv4Addr,
+    ) -> Result<PathBuf> {
+        if mode == SocketLbMode::Off {
+            self.maps.set_sock_config(&Default::default())?;
+            for (_, hook) in socket_lb::HOOKS {
+                self.links.detach_cgroup(hook)?;
+            }
+            return Ok(cgroup.to_path_buf());
+        }
+        let cgroup = socket_lb::resolve_cgroup(cgroup)?;
+        let cfg = socket_lb::config(mode, &cgroup, affinity_addr)?;
+        self.maps.set_sock_config(&cfg)?;
+        let dir = std::fs::File::open(&cgroup)
+            .with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
+        for (name, hook) in socket_lb::HOOKS {
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("no program {name}"))?
+                .try_into()?;
+            if prog.fd().is_err() {
+                prog.load().with_context(|| format!("verifying {name}"))?;
+            }
+            self.links.attach_cgroup(prog, hook, &dir)?;
+        }
+        Ok(cgroup)
+    }
+
+    /// The node address session affinity is keyed by for the node's own sockets (it follows
+    /// the node's addresses).
+    pub fn set_socket_affinity_addr(&mut self, addr: std::net::Ipv4Addr) -> Result<()> {
+        let mut cfg = self.maps.sock_config()?;
+        let addr = u32::from_ne_bytes(addr.octets());
+        if cfg.mode != lb_common::SOCK_LB_OFF && cfg.affinity_addr != addr {
+            cfg.affinity_addr = addr;
+            self.maps.set_sock_config(&cfg)?;
+        }
+        Ok(())
     }
 
     /// Attach the transmit-drop tracepoints, pinned so that they outlive the agent (each one

@@ -4,9 +4,14 @@
 //! lb-echo serve --name NAME --port PORT [--udp] [--bind IP]
 //!     Listens on IP:PORT (default 0.0.0.0), prints "READY tcp|udp ADDR" to stdout once it does,
 //!     then answers every line (TCP) or datagram (UDP) with "NAME PEER_IP:PEER_PORT\n".
-//! lb-echo request --addr IP:PORT [--udp] [--timeout-ms N]
-//!     Sends one request (default timeout 2000 ms, covering connect and reply) and prints the
-//!     reply line. On failure prints "lb-echo: KIND: ..." to stderr and exits with
+//! lb-echo request --addr IP:PORT [--udp [--unconnected]] [--timeout-ms N] [--show-peer]
+//!                [--count N [--interval-ms M] [--hold]]
+//!     Sends a request (default timeout 2000 ms, covering connect and reply) and prints the
+//!     reply line; with --show-peer followed by " from ADDR", the peer as the socket reports it
+//!     (getpeername, or recvfrom's source with --unconnected: sendto/recvfrom on an unconnected
+//!     UDP socket). --count: N requests M ms apart (default 0), each on a new connection, or all
+//!     on one with --hold; each failure prints "ERROR KIND" on stdout and the run goes on. On
+//!     failure prints "lb-echo: KIND: ..." to stderr and exits with the first failure's code:
 //!     3 refused, 4 timeout, 5 unreachable, 6 reset, 1 other error (2: usage).
 //! ```
 
@@ -18,7 +23,8 @@ use lb_tests::lab::echo;
 
 const USAGE: &str = "usage:
   lb-echo serve --name NAME --port PORT [--udp] [--bind IP]
-  lb-echo request --addr IP:PORT [--udp] [--timeout-ms N]
+  lb-echo request --addr IP:PORT [--udp [--unconnected]] [--timeout-ms N] [--show-peer]
+                 [--count N [--interval-ms M] [--hold]]
 request exit codes: 0 ok, 1 error, 2 usage, 3 refused, 4 timeout, 5 unreachable, 6 reset";
 
 fn main() -> ExitCode {
@@ -119,30 +125,84 @@ fn serve(args: &[String]) -> i32 {
 }
 
 fn request(args: &[String]) -> i32 {
-    let o = match Opts::parse(args, &["--addr", "--timeout-ms"], &["--udp"]) {
+    let o = match Opts::parse(
+        args,
+        &["--addr", "--timeout-ms", "--count", "--interval-ms"],
+        &["--udp", "--unconnected", "--show-peer", "--hold"],
+    ) {
         Ok(o) => o,
         Err(e) => return usage(&e),
     };
     let Some(Ok(addr)) = o.get("--addr").map(str::parse::<SocketAddr>) else {
         return usage("request needs --addr IP:PORT");
     };
-    let timeout_ms = match o.get("--timeout-ms").map(str::parse::<u64>) {
-        None => 2000,
-        Some(Ok(ms)) if ms > 0 => ms,
-        Some(_) => return usage("--timeout-ms needs a positive number"),
+    let number = |flag: &str, default: u64| match o.get(flag).map(str::parse::<u64>) {
+        None => Ok(default),
+        Some(Ok(n)) => Ok(n),
+        Some(Err(_)) => Err(usage(&format!("{flag} needs a number"))),
+    };
+    let (timeout_ms, count, interval_ms) = match (
+        number("--timeout-ms", 2000),
+        number("--count", 1),
+        number("--interval-ms", 0),
+    ) {
+        (Ok(t), Ok(c), Ok(i)) if t > 0 && c > 0 => (t, c, i),
+        (Err(code), _, _) | (_, Err(code), _) | (_, _, Err(code)) => return code,
+        _ => return usage("--timeout-ms and --count need positive numbers"),
     };
     let udp = o.has("--udp");
-    match echo::request(addr, udp, Duration::from_millis(timeout_ms)) {
-        Ok(reply) => {
-            println!("{reply}");
-            echo::EXIT_OK
+    let unconnected = o.has("--unconnected");
+    if unconnected && (!udp || o.has("--hold")) {
+        return usage("--unconnected needs --udp and excludes --hold");
+    }
+    let timeout = Duration::from_millis(timeout_ms);
+    let mut held: Option<echo::EchoConn> = None;
+    let mut first_failure = echo::EXIT_OK;
+    for i in 0..count {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(interval_ms));
         }
-        Err(e) => {
-            eprintln!(
-                "lb-echo: {e} ({} {addr}, timeout {timeout_ms} ms)",
-                if udp { "udp" } else { "tcp" }
-            );
-            e.exit_code()
+        let result = if unconnected {
+            echo::request_unconnected(addr, timeout)
+        } else {
+            connected_request(addr, udp, timeout, o.has("--hold"), &mut held)
+        };
+        match result {
+            Ok((reply, from)) if o.has("--show-peer") => println!("{reply} from {from}"),
+            Ok((reply, _)) => println!("{reply}"),
+            Err(e) => {
+                println!("ERROR {}", e.kind());
+                eprintln!(
+                    "lb-echo: {e} ({} {addr}, timeout {timeout_ms} ms)",
+                    if udp { "udp" } else { "tcp" }
+                );
+                if first_failure == echo::EXIT_OK {
+                    first_failure = e.exit_code();
+                }
+                held = None;
+            }
         }
     }
+    first_failure
+}
+
+/// One request over a connection: a new one, or with `hold` the one kept in `held`. Returns
+/// the reply and the peer the socket reports (getpeername).
+fn connected_request(
+    addr: SocketAddr,
+    udp: bool,
+    timeout: Duration,
+    hold: bool,
+    held: &mut Option<echo::EchoConn>,
+) -> Result<(echo::Reply, SocketAddr), echo::RequestError> {
+    let mut conn = match held.take() {
+        Some(c) => c,
+        None => echo::EchoConn::connect(addr, udp, timeout)?,
+    };
+    let reply = conn.ask(timeout)?;
+    let peer = conn.reported_peer()?;
+    if hold {
+        *held = Some(conn);
+    }
+    Ok((reply, peer))
 }

@@ -151,6 +151,29 @@ pub fn request(addr: SocketAddr, udp: bool, timeout: Duration) -> Result<Reply, 
     conn.ask(deadline.saturating_duration_since(Instant::now()))
 }
 
+/// One request over an unconnected UDP socket (sendto/recvfrom): the reply and the address it
+/// came from, as the socket reports it (what a DNS stub resolver checks against its server).
+pub fn request_unconnected(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(Reply, SocketAddr), RequestError> {
+    if timeout.is_zero() {
+        return Err(RequestError::Timeout);
+    }
+    let any: SocketAddr = if addr.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(any)?;
+    sock.set_read_timeout(Some(timeout))?;
+    sock.send_to(REQUEST, addr)?;
+    let mut buf = vec![0u8; 2048];
+    let (n, from) = sock.recv_from(&mut buf)?;
+    buf.truncate(n);
+    Ok((String::from_utf8_lossy(&buf).parse()?, from))
+}
+
 /// A TCP connection or connected UDP socket to an echo server, for several requests over the
 /// same 5-tuple.
 #[derive(Debug)]
@@ -208,6 +231,15 @@ impl EchoConn {
     /// The address connected to.
     pub fn remote_addr(&self) -> SocketAddr {
         self.remote
+    }
+
+    /// The peer as the socket reports it (getpeername): the Service it connected to, also when
+    /// a socket hook sent it to a backend.
+    pub fn reported_peer(&self) -> io::Result<SocketAddr> {
+        match &self.conn {
+            Conn::Tcp(reader) => reader.get_ref().peer_addr(),
+            Conn::Udp(sock) => sock.peer_addr(),
+        }
     }
 
     /// Sends one request and waits up to `timeout` for its reply.

@@ -2,7 +2,8 @@
 //!
 //! Each lab owns a file `REGISTRY_DIR/PREFIX` (created with O_EXCL, which is what makes a prefix
 //! unique across processes) holding lines:
-//! `owner PID STARTTIME`, `test NAME`, and one `netns NAME` / `pin PATH` / `dir PATH` line per
+//! `owner PID STARTTIME`, `test NAME`, and one `netns NAME` / `pin PATH` / `dir PATH` /
+//! `cgroup PATH` line per
 //! object, written *before* the object is created. A live lab removes its file after cleaning
 //! up. [`reap_stale`] removes the objects of files whose owner process is gone (pid reuse is
 //! detected by the start time), after renaming the file to `PREFIX.reaping-PID` so that only
@@ -150,6 +151,7 @@ pub(crate) struct Parsed {
     pub(crate) netns: Vec<String>,
     pub(crate) pins: Vec<PathBuf>,
     pub(crate) dirs: Vec<PathBuf>,
+    pub(crate) cgroups: Vec<PathBuf>,
 }
 
 /// Parses a record, keeping only entries that belong to `prefix` (anything else is ignored, so
@@ -193,6 +195,9 @@ pub(crate) fn parse(prefix: &str, text: &str) -> Parsed {
                 }
             }
             "dir" if Path::new(value) == log_dir => p.dirs.push(log_dir.clone()),
+            "cgroup" if super::cgroup::belongs_to(prefix, Path::new(value)) => {
+                p.cgroups.push(PathBuf::from(value))
+            }
             _ => {}
         }
     }
@@ -270,7 +275,7 @@ pub(crate) fn reap_stale() {
         if fs::rename(entry.path(), &mine).is_err() {
             continue; // someone else got it
         }
-        let failures = destroy(&parsed.netns, &parsed.pins, &parsed.dirs);
+        let failures = destroy(&parsed.netns, &parsed.cgroups, &parsed.pins, &parsed.dirs);
         eprintln!(
             "lb lab: reaped stale lab {prefix} (test {:?}, owner {:?} gone): namespaces {:?}, pins {:?}",
             parsed.test, parsed.owner, parsed.netns, parsed.pins
@@ -286,15 +291,27 @@ pub(crate) fn reap_stale() {
     }
 }
 
-/// Kills processes inside `namespaces`, deletes them, then removes `pins` and `dirs`
-/// (recursively). Missing objects are fine. Returns descriptions of what failed.
-pub(crate) fn destroy(namespaces: &[String], pins: &[PathBuf], dirs: &[PathBuf]) -> Vec<String> {
+/// Kills processes inside `namespaces`, deletes them, removes `cgroups` (killing what is in
+/// them), then removes `pins` and `dirs` (recursively). Missing objects are fine. Returns
+/// descriptions of what failed.
+pub(crate) fn destroy(
+    namespaces: &[String],
+    cgroups: &[PathBuf],
+    pins: &[PathBuf],
+    dirs: &[PathBuf],
+) -> Vec<String> {
     let mut failures = Vec::new();
     for ns in namespaces {
         kill_netns_processes(ns);
     }
     for ns in namespaces {
         if let Err(e) = delete_netns(ns) {
+            eprintln!("lb lab: {e:#}");
+            failures.push(format!("{e:#}"));
+        }
+    }
+    for cg in cgroups {
+        if let Err(e) = super::cgroup::destroy(cg) {
             eprintln!("lb lab: {e:#}");
             failures.push(format!("{e:#}"));
         }

@@ -86,6 +86,16 @@ fn records_keep_only_own_objects() {
     );
     assert_eq!(p.dirs, vec![tmp.join("lb-lab-lb00aa")]);
     assert_eq!(registry::parse("lb00aa", "").owner, None);
+    // Cgroups: only the lab's own, directly under the cgroup2 root.
+    if let Ok(root) = lb::dataplane::socket_lb::cgroup2_root() {
+        let r = root.display();
+        let text = format!(
+            "cgroup {r}/lb00aa-lab\ncgroup {r}/lb00ab-lab\ncgroup {r}/lb00aa-lab/../x\n\
+             cgroup {r}\ncgroup /tmp/lb00aa-lab\n"
+        );
+        let p = registry::parse("lb00aa", &text);
+        assert_eq!(p.cgroups, vec![root.join("lb00aa-lab")]);
+    }
 }
 
 #[test]

@@ -1,0 +1,184 @@
+//! Socket-level load balancing: cgroup v2 `sock_addr` hooks that give Services to the sockets of
+//! the node itself (and, with `--socket-lb all`, of pods) at connect()/sendmsg() time, so their
+//! packets leave already addressed to a backend and need no NAT on the way.
+//!
+//! - `connect4` (TCP, connected UDP) and `sendmsg4` (unconnected UDP) rewrite a frontend address
+//!   to a backend chosen as the packet path chooses it (`lb::select`, affinity included), and
+//!   remember the pair in the socket's own storage;
+//! - `recvmsg4` (UDP) and `getpeername4` rewrite the backend back to the Service, so a resolver
+//!   that checks where its answer came from accepts it and the socket reports what it connected to.
+//!
+//! The storage is socket-local (`BPF_MAP_TYPE_SK_STORAGE`), freed by the kernel with the socket:
+//! nothing to delete on close, and nothing evicted from a live socket (an LRU keyed by cookie, as
+//! in Cilium before #44767, loses live sockets' entries under pressure).
+use aya_ebpf::{
+    btf_maps::SkStorage, helpers::generated as gen, macros::btf_map, programs::SockAddrContext,
+    EbpfContext,
+};
+use lb_common::{
+    SockConfig, SockRev4, SockRevNat4, KIND_EXTERNAL_IP, KIND_LOAD_BALANCER, PROTO_TCP, PROTO_UDP,
+    SCOPE_INTERNAL, SOCK_LB_ALL, SOCK_LB_HOST, SOCK_REV_SLOTS, SVC_F_AFFINITY, VERDICT_DROP,
+};
+
+use crate::{
+    lb,
+    maps::{LB4_FRONTENDS, LB4_HOST_ADDRS, LB_SERVICES, LB_SOCK_CONFIG, LB_SOCK_STATS},
+};
+
+/// What the socket hooks translated, per socket.
+#[btf_map]
+static LB4_SOCK_RNAT: SkStorage<SockRevNat4> = SkStorage::new();
+
+/// The hook's return values: 1 lets the call go on, 0 fails it (with the errno set before).
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+const ECONNREFUSED: i32 = 111;
+const ETIMEDOUT: i32 = 110;
+
+/// connect() and sendmsg(): a frontend address becomes a backend's.
+#[inline(always)]
+pub fn forward(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the kernel passes a valid context for the program's whole run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let proto = sa.protocol as u8;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return ALLOW;
+    }
+    let Some(cfg) = LB_SOCK_CONFIG.get(0) else {
+        return ALLOW;
+    };
+    let host = is_host(ctx, cfg);
+    if !host && cfg.mode != SOCK_LB_ALL {
+        return ALLOW;
+    }
+    let key = lb_common::Frontend4Key {
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+        proto,
+        scope: SCOPE_INTERNAL,
+    };
+    // SAFETY: read-only use of map values within this run.
+    let Some(fe) = (unsafe { LB4_FRONTENDS.get(&key) }) else {
+        return ALLOW;
+    };
+    // CVE-2020-8554: an externalIP or LoadBalancer IP is the Service's only where the node holds
+    // it; elsewhere it is somebody else's address, and traffic to it goes there untouched.
+    let external = fe.kind == KIND_EXTERNAL_IP || fe.kind == KIND_LOAD_BALANCER;
+    // SAFETY: existence check only.
+    if external && unsafe { LB4_HOST_ADDRS.get(&key.addr) }.is_none() {
+        return ALLOW;
+    }
+    // SAFETY: read-only use of the map value within this run.
+    let Some(svc) = (unsafe { LB_SERVICES.get(fe.service_id) }) else {
+        return ALLOW;
+    };
+    if svc.backend_count == 0 {
+        let errno = if svc.verdict == VERDICT_DROP {
+            ETIMEDOUT
+        } else {
+            ECONNREFUSED
+        };
+        // SAFETY: plain helper call.
+        unsafe { gen::bpf_set_retval(-errno) };
+        return DENY;
+    }
+    // Affinity is keyed by client address. A pod socket's address is unknown before it is bound
+    // (the hook runs before the route is chosen), so its connections to such a Service are left
+    // to the packet path, which sees the pod's address: the two paths never disagree.
+    if svc.flags & SVC_F_AFFINITY != 0 && !host {
+        return ALLOW;
+    }
+    // SAFETY: coarse clock read, no arguments.
+    let now = unsafe { gen::bpf_ktime_get_coarse_ns() };
+    // UDP by socket (Cilium's choice): an unconnected socket's datagrams to one Service go to one
+    // backend, so a client's retries and its replies stay together.
+    let pick = if proto == PROTO_UDP {
+        // SAFETY: plain helper call on the program's context.
+        let cookie = unsafe { gen::bpf_get_socket_cookie(ctx.as_ptr()) };
+        (cookie ^ (cookie >> 32)) as u32
+    } else {
+        // SAFETY: helper without arguments.
+        unsafe { gen::bpf_get_prandom_u32() }
+    };
+    let Some((_, be)) = lb::select(fe.service_id, svc, cfg.affinity_addr, now, pick) else {
+        return ALLOW;
+    };
+    remember(
+        ctx,
+        SockRev4 {
+            backend_addr: be.addr,
+            service_addr: key.addr,
+            backend_port: be.port,
+            service_port: key.port,
+        },
+    );
+    sa.user_ip4 = be.addr;
+    sa.user_port = u32::from(be.port);
+    if let Some(c) = LB_SOCK_STATS.get_ptr_mut(fe.stats_id) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *c += 1 };
+    }
+    ALLOW
+}
+
+/// recvmsg() and getpeername(): a backend this socket was sent to shows as its Service.
+#[inline(always)]
+pub fn reverse(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the kernel passes a valid context for the program's whole run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    // SAFETY: lookup without creating; the pointer is valid for this run.
+    let rev = unsafe { LB4_SOCK_RNAT.get_ptr_mut(ctx) };
+    if rev.is_null() {
+        return ALLOW;
+    }
+    // SAFETY: non-null storage of this socket.
+    let rev = unsafe { &*rev };
+    let (addr, port) = (sa.user_ip4, sa.user_port as u16);
+    for e in rev.entries.iter() {
+        if e.backend_addr == addr && e.backend_port == port && e.service_addr != 0 {
+            sa.user_ip4 = e.service_addr;
+            sa.user_port = u32::from(e.service_port);
+            break;
+        }
+    }
+    ALLOW
+}
+
+/// Whether the socket belongs to the agent's own network namespace (the node).
+#[inline(always)]
+fn is_host(ctx: &SockAddrContext, cfg: &SockConfig) -> bool {
+    if cfg.mode != SOCK_LB_HOST && cfg.mode != SOCK_LB_ALL {
+        return false;
+    }
+    // SAFETY: plain helper call on the program's context.
+    unsafe { gen::bpf_get_netns_cookie(ctx.as_ptr()) == cfg.netns_cookie }
+}
+
+/// Records `entry` in the socket's storage: in the slot of the same backend if there is one
+/// (a reconnect, or the same Service again), else in the next slot round robin.
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, entry: SockRev4) {
+    // SAFETY: the helper creates the storage zeroed if the socket has none.
+    let rev = unsafe { LB4_SOCK_RNAT.get_or_insert_ptr_mut(ctx, None) };
+    if rev.is_null() {
+        return;
+    }
+    // SAFETY: non-null storage of this socket; a socket's calls are serialized by its lock.
+    let rev = unsafe { &mut *rev };
+    let mut slot = rev.next as usize % SOCK_REV_SLOTS;
+    let mut fresh = true;
+    for (i, e) in rev.entries.iter().enumerate() {
+        if e.backend_addr == entry.backend_addr && e.backend_port == entry.backend_port {
+            slot = i;
+            fresh = false;
+            break;
+        }
+    }
+    if let Some(e) = rev.entries.get_mut(slot) {
+        *e = entry;
+    }
+    if fresh {
+        rev.next = rev.next.wrapping_add(1);
+    }
+}

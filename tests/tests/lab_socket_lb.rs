@@ -1,0 +1,359 @@
+//! Socket-level load balancing on the two-node lab cluster ([`lb_tests::cluster_lab`]), with
+//! the real agents at their defaults (`--socket-lb host`) attaching their hooks to the lab's
+//! cgroup: processes in a node's own network namespace, moved into that cgroup, reach Services
+//! as kube-proxy's OUTPUT rules give them to a node (hostNetwork pods, node daemons, the API
+//! server), and pods do with `--socket-lb all`. A process outside the cgroup is the control: the
+//! hooks, and nothing else, serve it.
+use std::time::{Duration, Instant};
+
+use lb_tests::{
+    cluster_lab::{ready, service, slice, terminating, until_frontend, Cluster, APPLY},
+    lab::{poll_until, require_privileged, scaled, Netns},
+};
+
+const A: &str = "node-a";
+const B: &str = "node-b";
+const A_IP: &str = "192.0.2.10";
+const A1: &str = "10.244.1.5";
+const A2: &str = "10.244.1.6";
+const B1: &str = "10.244.2.5";
+const ECHO: &str = env!("CARGO_BIN_EXE_lb-echo");
+
+/// An address node-a holds beside its node address (on lo), for an externalIP it owns.
+const HELD_IP: &str = "192.0.2.50";
+/// An externalIP nobody in the lab holds.
+const FOREIGN_IP: &str = "192.0.2.60";
+
+fn cluster(test: &str, objects: &[(&str, &str)], flags: &[&str]) -> Option<Cluster> {
+    if !require_privileged("lab_socket_lb") {
+        return None;
+    }
+    Some(Cluster::start_with_flags(test, ECHO, objects, flags).expect("cluster lab"))
+}
+
+/// What one `lb-echo request --show-peer` line says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// The answering pod, and the peer the client's socket reported.
+    From {
+        pod: String,
+        peer: String,
+    },
+    Error(String),
+}
+
+/// Runs `lb-echo request --show-peer ARGS` in `ns`, in the lab's cgroup, and parses its lines.
+fn ask(ns: &Netns, args: &[&str]) -> Vec<Answer> {
+    let args = [&["request", "--show-peer"][..], args].concat();
+    let out = ns.exec_in_cgroup(ECHO, &args).expect("lb-echo request");
+    parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse(stdout: &str) -> Vec<Answer> {
+    stdout
+        .lines()
+        .map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            ["ERROR", kind] => Answer::Error(kind.into()),
+            [pod, _client, "from", peer] => Answer::From {
+                pod: pod.into(),
+                peer: peer.into(),
+            },
+            _ => panic!("unexpected lb-echo line {l:?}"),
+        })
+        .collect()
+}
+
+/// The pods that answered, sorted and deduplicated; panics on an error or a peer other than
+/// `service` (what getpeername()/recvfrom() must report: the Service, not the backend).
+fn pods(answers: &[Answer], service: &str) -> Vec<String> {
+    let mut pods: Vec<String> = answers
+        .iter()
+        .map(|a| match a {
+            Answer::From { pod, peer } if peer == service => pod.clone(),
+            other => panic!("{service}: {other:?} in {answers:?}"),
+        })
+        .collect();
+    pods.sort();
+    pods.dedup();
+    pods
+}
+
+/// Polls `ask` until its pods are `want` (the agent may still be applying an edit).
+fn until_pods(ns: &Netns, args: &[&str], service: &str, want: &[&str]) {
+    let mut last = Vec::new();
+    let ok = poll_until(APPLY, || {
+        last = ask(ns, args);
+        let clean = last
+            .iter()
+            .all(|a| matches!(a, Answer::From { peer, .. } if peer == service));
+        (clean && pods(&last, service) == want).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "{service} {args:?}: wanted {want:?}, last {last:?}"
+    );
+}
+
+/// `lbctl stats` of `node`: the socket translations of frontend `ip:port/proto` and the packets
+/// the per-packet path counted on it (pod scope).
+fn counters(c: &Cluster, node: &str, ip: &str, port: u16, proto: &str) -> (u64, u64) {
+    let stats = c.node(node).lbctl_json(&["stats"]).expect("lbctl stats");
+    let mut socket = 0;
+    let mut packets = 0;
+    for f in stats["frontends"].as_array().expect("frontends") {
+        let fe = &f["frontend"];
+        if fe["ip"] == ip && fe["port"] == port && fe["protocol"] == proto {
+            socket += f["socket_translations"]
+                .as_u64()
+                .expect("socket_translations");
+            packets += f["packets"].as_u64().expect("packets");
+        }
+    }
+    (socket, packets)
+}
+
+fn web(endpoints: &str) -> String {
+    service(
+        "web",
+        "",
+        "  type: NodePort\n  clusterIP: 10.96.0.10\n  ports:\n  \
+         - {name: http, port: 80, targetPort: 8080, nodePort: 30080}\n  \
+         - {name: dns, port: 53, targetPort: 8080, protocol: UDP}\n",
+    ) + &slice(
+        "web",
+        "web-1",
+        "[{name: http, port: 8080}, {name: dns, port: 8080, protocol: UDP}]",
+        endpoints,
+    )
+}
+
+fn objects() -> Vec<(&'static str, String)> {
+    let sticky = service(
+        "sticky",
+        "",
+        "  clusterIP: 10.96.0.11\n  sessionAffinity: ClientIP\n  ports:\n  \
+         - {port: 80, targetPort: 8080}\n",
+    ) + &slice(
+        "sticky",
+        "sticky-1",
+        "[{port: 8080}]",
+        &(ready(A1, A) + &ready(A2, A) + &ready(B1, B)),
+    );
+    let empty = service(
+        "empty",
+        "",
+        "  clusterIP: 10.96.0.12\n  ports:\n  - {port: 80, targetPort: 8080}\n",
+    ) + &slice("empty", "empty-1", "[{port: 8080}]", "");
+    let external = service(
+        "external",
+        "",
+        &format!(
+            "  clusterIP: 10.96.0.13\n  externalIPs: [{HELD_IP}, {FOREIGN_IP}]\n  ports:\n  \
+             - {{port: 80, targetPort: 8080}}\n"
+        ),
+    ) + &slice("external", "external-1", "[{port: 8080}]", &ready(B1, B));
+    vec![
+        ("web.yaml", web(&(ready(A1, A) + &ready(B1, B)))),
+        ("sticky.yaml", sticky),
+        ("empty.yaml", empty),
+        ("external.yaml", external),
+    ]
+}
+
+fn start(test: &str, flags: &[&str]) -> Option<Cluster> {
+    let objects = objects();
+    let refs: Vec<(&str, &str)> = objects.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let c = cluster(test, &refs, flags)?;
+    let node = c.node(A);
+    node.ns
+        .add_addr("lo", &format!("{HELD_IP}/32"))
+        .expect("held address");
+    until_frontend(node, "10.96.0.10", 80, false, Some(&[A1, B1]));
+    Some(c)
+}
+
+/// TCP, connected and unconnected UDP, NodePort on the node's own address, externalIPs held or
+/// not, affinity, no endpoints: from a process in node-a's namespace, as a hostNetwork pod is.
+#[test]
+fn the_node_reaches_services_at_connect_time() {
+    let Some(c) = start("socket-lb-host", &[]) else {
+        return;
+    };
+    let node = &c.node(A).ns;
+    let many = ["--count", "40"];
+
+    // ClusterIP over TCP: local and remote backends, and the socket reports the Service.
+    let tcp = [&["--addr", "10.96.0.10:80"][..], &many].concat();
+    until_pods(node, &tcp, "10.96.0.10:80", &["a1", "b1"]);
+    // UDP on a connected socket (recv) and an unconnected one (recvfrom's source is what a DNS
+    // stub resolver checks): both see the Service address.
+    let udp = [&["--udp", "--addr", "10.96.0.10:53"][..], &many].concat();
+    until_pods(node, &udp, "10.96.0.10:53", &["a1", "b1"]);
+    let unconnected = [&udp[..], &["--unconnected"]].concat();
+    let answers = ask(node, &unconnected);
+    assert!(!pods(&answers, "10.96.0.10:53").is_empty(), "{answers:?}");
+    // NodePort on the node's own address.
+    let nodeport = format!("{A_IP}:30080");
+    until_pods(
+        node,
+        &["--addr", &nodeport, "--count", "40"],
+        &nodeport,
+        &["a1", "b1"],
+    );
+
+    // Outside the cgroup nothing translates: the hooks are what serve the node, and they stay
+    // in the cgroup they were given.
+    let outside = node.exec_unchecked(
+        ECHO,
+        ["request", "--addr", "10.96.0.10:80", "--timeout-ms", "300"],
+    );
+    let outside = outside.expect("lb-echo outside the cgroup");
+    assert!(
+        !outside.status.success(),
+        "answered outside the cgroup: {outside:?}"
+    );
+
+    // An externalIP the node holds is the Service's; one it does not hold is someone else's
+    // (CVE-2020-8554): not translated, so it goes where the network sends it (nowhere here).
+    let held = format!("{HELD_IP}:80");
+    until_pods(node, &["--addr", &held], &held, &["b1"]);
+    let foreign = ask(
+        node,
+        &["--addr", &format!("{FOREIGN_IP}:80"), "--timeout-ms", "300"],
+    );
+    assert!(matches!(foreign[..], [Answer::Error(_)]), "{foreign:?}");
+    assert_eq!(
+        counters(&c, A, FOREIGN_IP, 80, "TCP").0,
+        0,
+        "foreign externalIP translated"
+    );
+
+    // Session affinity: every connection lands on one backend.
+    let sticky = ask(node, &["--addr", "10.96.0.11:80", "--count", "30"]);
+    assert_eq!(pods(&sticky, "10.96.0.11:80").len(), 1, "{sticky:?}");
+
+    // No endpoints: connect() fails with ECONNREFUSED at once, as a rejecting packet path does.
+    let t = Instant::now();
+    let refused = ask(node, &["--addr", "10.96.0.12:80"]);
+    let took = t.elapsed();
+    assert_eq!(refused, [Answer::Error("refused".into())]);
+    // The process start is in it too; the refusal itself is immediate.
+    assert!(
+        took < scaled(Duration::from_millis(500)),
+        "refused after {took:?}"
+    );
+
+    // lbctl: where and how the hooks run, and what they translated per frontend.
+    let stats = c.node(A).lbctl_json(&["stats"]).expect("lbctl stats");
+    assert_eq!(stats["socket_lb"]["mode"], "host", "{stats}");
+    let cgroup = c
+        .lab
+        .cgroup_inside()
+        .expect("lab cgroup")
+        .display()
+        .to_string();
+    assert_eq!(stats["socket_lb"]["cgroup"], cgroup.as_str(), "{stats}");
+    let (socket, packets) = counters(&c, A, "10.96.0.10", 80, "TCP");
+    assert!(socket >= 40, "socket translations {socket}");
+    assert_eq!(
+        packets, 0,
+        "the node's connections went through the packet path"
+    );
+}
+
+/// A held connection to a backend that starts terminating keeps working; new ones go to the
+/// ready backend.
+#[test]
+fn a_terminating_backend_keeps_its_held_connection() {
+    let Some(c) = start("socket-lb-term", &[]) else {
+        return;
+    };
+    let node = &c.node(A).ns;
+    c.write("web.yaml", &web(&ready(A1, A)));
+    until_frontend(c.node(A), "10.96.0.10", 80, false, Some(&[A1]));
+    let mut cmd = node.command_in_cgroup(ECHO).expect("cgroup");
+    cmd.args([
+        "request",
+        "--show-peer",
+        "--addr",
+        "10.96.0.10:80",
+        "--hold",
+    ]);
+    cmd.args(["--count", "40", "--interval-ms", "100"]);
+    let mut held = node.spawn_command("held", cmd).expect("held connection");
+    // Let it connect, then a1 terminates and b1 is the ready one.
+    poll_until(APPLY, || (!held.stdout().is_empty()).then_some(())).expect("first answer");
+    c.write("web.yaml", &web(&(terminating(A1, A) + &ready(B1, B))));
+    until_frontend(c.node(A), "10.96.0.10", 80, false, Some(&[B1]));
+    until_pods(node, &["--addr", "10.96.0.10:80"], "10.96.0.10:80", &["b1"]);
+    let status = held
+        .wait_timeout(scaled(APPLY))
+        .expect("wait")
+        .expect("held run ended");
+    let answers = parse(&held.stdout());
+    assert!(status.success(), "{answers:?}\n{}", held.stderr());
+    assert_eq!(answers.len(), 40);
+    assert_eq!(pods(&answers, "10.96.0.10:80"), ["a1"]);
+}
+
+/// kill -9 of the agent and a restart while the node connects in a loop: no connection fails
+/// (the hooks and maps stay; the new agent replaces the hooks without a gap).
+#[test]
+fn agent_restart_fails_no_connection_from_the_node() {
+    let Some(mut c) = start("socket-lb-restart", &[]) else {
+        return;
+    };
+    let node = c.node(A).ns.clone();
+    let mut cmd = node.command_in_cgroup(ECHO).expect("cgroup");
+    cmd.args(["request", "--show-peer", "--addr", "10.96.0.10:80"]);
+    cmd.args(["--count", "300", "--interval-ms", "20"]);
+    let mut looping = node.spawn_command("loop", cmd).expect("connection loop");
+    poll_until(APPLY, || (!looping.stdout().is_empty()).then_some(())).expect("first answer");
+    c.kill_agent(0).expect("kill -9");
+    c.restart_agent(0).expect("restart");
+    let status = looping
+        .wait_timeout(scaled(4 * APPLY))
+        .expect("wait")
+        .expect("loop ended");
+    let answers = parse(&looping.stdout());
+    assert!(status.success(), "{answers:?}\n{}", c.agent_logs());
+    assert_eq!(answers.len(), 300);
+    assert_eq!(pods(&answers, "10.96.0.10:80"), ["a1", "b1"]);
+}
+
+/// `--socket-lb all`: a pod's process in the cgroup reaches the Service at connect() time, so the
+/// pod-side TC program never sees the ClusterIP; a pod outside the cgroup still gets it per packet.
+#[test]
+fn socket_lb_all_serves_pods_without_per_packet_nat() {
+    let Some(c) = start("socket-lb-all", &["--socket-lb", "all"]) else {
+        return;
+    };
+    let inside = &c.pod("a2").ns;
+    until_pods(
+        inside,
+        &["--addr", "10.96.0.10:80", "--count", "40"],
+        "10.96.0.10:80",
+        &["a1", "b1"],
+    );
+    let (socket, packets) = counters(&c, A, "10.96.0.10", 80, "TCP");
+    assert!(socket >= 40, "socket translations {socket}");
+    assert_eq!(packets, 0, "TC saw packets addressed to the ClusterIP");
+    // The same pod outside the cgroup: the per-packet path serves it.
+    let outside = c
+        .pod("a2")
+        .ns
+        .exec(ECHO, ["request", "--addr", "10.96.0.10:80"]);
+    let line = String::from_utf8(outside.expect("per-packet request").stdout).expect("utf-8");
+    assert!(line.starts_with("a1 ") || line.starts_with("b1 "), "{line}");
+    let (_, packets) = counters(&c, A, "10.96.0.10", 80, "TCP");
+    assert!(
+        packets > 0,
+        "the per-packet path did not count the pod outside the cgroup"
+    );
+    // Session affinity stays with the packet path for pods (their address is unknown at connect
+    // time): still one backend.
+    let sticky = ask(inside, &["--addr", "10.96.0.11:80", "--count", "20"]);
+    assert_eq!(pods(&sticky, "10.96.0.11:80").len(), 1, "{sticky:?}");
+    let stats = c.node(A).lbctl_json(&["stats"]).expect("lbctl stats");
+    assert_eq!(stats["socket_lb"]["mode"], "all", "{stats}");
+}
