@@ -214,9 +214,10 @@ pub struct SockConfig {
     pub netns_cookie: u64,
     /// The cgroup (v2) the hooks are attached to, by id (its inode), for lbctl.
     pub cgroup_id: u64,
-    /// The client address session affinity is keyed by for the node's own sockets: the node's
-    /// address, which is what the packet path sees when the node's traffic reaches it.
-    pub affinity_addr: u32,
+    /// The node's address: the client address session affinity is keyed by for the node's own
+    /// sockets (what the packet path sees when the node's traffic reaches it), and where a
+    /// NodePort asked for on a loopback address (`localhost:NODEPORT`) is looked up.
+    pub node_addr: u32,
     /// `SOCK_LB_*`.
     pub mode: u8,
     pub _pad: [u8; 3],
@@ -229,7 +230,7 @@ impl Default for SockConfig {
         SockConfig {
             netns_cookie: 0,
             cgroup_id: 0,
-            affinity_addr: 0,
+            node_addr: 0,
             mode: SOCK_LB_OFF,
             _pad: [0; 3],
             cgroup_path: [0; 128],

@@ -16,8 +16,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    SockConfig, SockRev4, SockRevNat4, KIND_EXTERNAL_IP, KIND_LOAD_BALANCER, PROTO_TCP, PROTO_UDP,
-    SCOPE_INTERNAL, SOCK_LB_ALL, SOCK_LB_HOST, SOCK_REV_SLOTS, SVC_F_AFFINITY, VERDICT_DROP,
+    Frontend4, Frontend4Key, SockConfig, SockRev4, SockRevNat4, KIND_EXTERNAL_IP,
+    KIND_LOAD_BALANCER, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL, SOCK_LB_ALL,
+    SOCK_LB_HOST, SOCK_REV_SLOTS, SVC_F_AFFINITY, VERDICT_DROP,
 };
 
 use crate::{
@@ -52,14 +53,13 @@ pub fn forward(ctx: &SockAddrContext) -> i32 {
     if !host && cfg.mode != SOCK_LB_ALL {
         return ALLOW;
     }
-    let key = lb_common::Frontend4Key {
+    let key = Frontend4Key {
         addr: sa.user_ip4,
         port: sa.user_port as u16,
         proto,
         scope: SCOPE_INTERNAL,
     };
-    // SAFETY: read-only use of map values within this run.
-    let Some(fe) = (unsafe { LB4_FRONTENDS.get(&key) }) else {
+    let Some(fe) = frontend(&key, cfg.node_addr) else {
         return ALLOW;
     };
     // CVE-2020-8554: an externalIP or LoadBalancer IP is the Service's only where the node holds
@@ -101,7 +101,7 @@ pub fn forward(ctx: &SockAddrContext) -> i32 {
         // SAFETY: helper without arguments.
         unsafe { gen::bpf_get_prandom_u32() }
     };
-    let Some((_, be)) = lb::select(fe.service_id, svc, cfg.affinity_addr, now, pick) else {
+    let Some((_, be)) = lb::select(fe.service_id, svc, cfg.node_addr, now, pick) else {
         return ALLOW;
     };
     remember(
@@ -120,6 +120,27 @@ pub fn forward(ctx: &SockAddrContext) -> i32 {
         unsafe { *c += 1 };
     }
     ALLOW
+}
+
+/// The frontend `key` names. On a loopback address only a NodePort, found on the node's address:
+/// `localhost:NODEPORT` works as with kube-proxy's iptables mode (and Cilium).
+#[inline(always)]
+fn frontend(key: &Frontend4Key, node_addr: u32) -> Option<&'static Frontend4> {
+    // SAFETY: read-only use of map values within this run.
+    if let Some(fe) = unsafe { LB4_FRONTENDS.get(key) } {
+        return Some(fe);
+    }
+    // The first byte of a network-order address is its first octet.
+    let loopback = key.addr.to_ne_bytes()[0] == 127;
+    if !loopback || node_addr == 0 {
+        return None;
+    }
+    let on_node = Frontend4Key {
+        addr: node_addr,
+        ..*key
+    };
+    // SAFETY: as above.
+    unsafe { LB4_FRONTENDS.get(&on_node) }.filter(|fe| fe.kind == KIND_NODE_PORT)
 }
 
 /// recvmsg() and getpeername(): a backend this socket was sent to shows as its Service.

@@ -2,8 +2,8 @@
 //! replayed on a two-node lab cluster ([`lb_tests::cluster_lab`]) with the real lb-agent on each
 //! node in manifests mode: objects are written and deleted as `kubectl` would change the API
 //! server, pods and an outside client send real TCP and UDP. Each test names the upstream test it
-//! mirrors. What the upstream tests do with hostNetwork pods or from the node itself is left out:
-//! lb does not proxy traffic that originates on the node (README).
+//! mirrors. What the upstream tests do from hostNetwork pods or the node itself goes through the
+//! socket hooks and is tested in lab_socket_lb.rs.
 use std::net::SocketAddr;
 
 use lb_tests::{

@@ -172,8 +172,9 @@ fn start(test: &str, flags: &[&str]) -> Option<Cluster> {
     Some(c)
 }
 
-/// TCP, connected and unconnected UDP, NodePort on the node's own address, externalIPs held or
-/// not, affinity, no endpoints: from a process in node-a's namespace, as a hostNetwork pod is.
+/// TCP, connected and unconnected UDP, NodePort on the node's own address and on localhost,
+/// externalIPs held or not, affinity, no endpoints: from a process in node-a's namespace, as a
+/// hostNetwork pod is.
 #[test]
 fn the_node_reaches_services_at_connect_time() {
     let Some(c) = start("socket-lb-host", &[]) else {
@@ -198,6 +199,14 @@ fn the_node_reaches_services_at_connect_time() {
         node,
         &["--addr", &nodeport, "--count", "40"],
         &nodeport,
+        &["a1", "b1"],
+    );
+    // ... and on localhost, as kube-proxy's iptables mode serves it.
+    let localhost = "127.0.0.1:30080";
+    until_pods(
+        node,
+        &["--addr", localhost, "--count", "20"],
+        localhost,
         &["a1", "b1"],
     );
 
@@ -335,8 +344,15 @@ fn socket_lb_all_serves_pods_without_per_packet_nat() {
         "10.96.0.10:80",
         &["a1", "b1"],
     );
-    let (socket, packets) = counters(&c, A, "10.96.0.10", 80, "TCP");
-    assert!(socket >= 40, "socket translations {socket}");
+    // Both agents' hooks are on the lab's one cgroup and in `all` mode act on every pod socket:
+    // the first to run translates, counting in its own node's maps (one agent per machine in a
+    // real cluster).
+    let (socket_a, packets) = counters(&c, A, "10.96.0.10", 80, "TCP");
+    let (socket_b, _) = counters(&c, B, "10.96.0.10", 80, "TCP");
+    assert!(
+        socket_a + socket_b >= 40,
+        "socket translations {socket_a} + {socket_b}"
+    );
     assert_eq!(packets, 0, "TC saw packets addressed to the ClusterIP");
     // The same pod outside the cgroup: the per-packet path serves it.
     let outside = c

@@ -352,6 +352,18 @@ fn program(dp: &mut Dataplane) -> Ids {
     maps.global_stats
         .set(stat::DROP_NO_LOCAL_BACKEND, global(1), 0)
         .expect("stats");
+    // The socket hooks translated 4 connect() calls per CPU for the same frontend, and run in
+    // host mode on a cgroup.
+    maps.sock_stats
+        .set(web_cip_ext.stats_id, global(4), 0)
+        .expect("socket stats");
+    let mut sock = lb_common::SockConfig {
+        mode: lb_common::SOCK_LB_HOST,
+        cgroup_id: 4242,
+        ..Default::default()
+    };
+    sock.cgroup_path[..14].copy_from_slice(b"/sys/fs/cgroup");
+    maps.set_sock_config(&sock).expect("socket config");
     let mut frags = vec![0u64; cpus];
     frags[0] = 3;
     maps.global_stats
@@ -690,8 +702,15 @@ fn check_stats(pin: &Path, ids: &Ids, maps: &mut Maps) {
     assert_eq!(web["packets"], 10 * n);
     assert_eq!(web["bytes"], 1500 * n);
     assert_eq!(web["packets_per_second"], Value::Null);
+    assert_eq!(web["socket_translations"], 4 * n);
     let other = find(frontends, |r| scope_is(r, "203.0.113.7", 443, "external"));
     assert_eq!((&other["packets"], &other["bytes"]), (&json!(0), &json!(0)));
+    assert_eq!(other["socket_translations"], 0);
+    assert_eq!(snap["socket_translations"], 4 * n);
+    assert_eq!(
+        snap["socket_lb"],
+        json!({"mode": "host", "cgroup": "/sys/fs/cgroup", "cgroup_id": 4242})
+    );
 
     let global = &snap["global"];
     assert_eq!(

@@ -286,7 +286,7 @@ fn sync_host_addrs(dp: &mut Dataplane, host: &interfaces::Host, nodeport_addrs: 
         tracing::warn!("recording the node's addresses for the socket hooks: {e:#}");
     }
     if let Some(addr) = nodeport_addrs.first() {
-        if let Err(e) = dp.set_socket_affinity_addr(*addr) {
+        if let Err(e) = dp.set_socket_node_addr(*addr) {
             tracing::warn!("setting the socket hooks' affinity address: {e:#}");
         }
     }

@@ -253,13 +253,13 @@ impl Dataplane {
 
     /// Attach the cgroup socket hooks to the cgroup v2 directory `cgroup` (see
     /// [`socket_lb::resolve_cgroup`]) and have them translate the sockets `mode` says (`Off`:
-    /// detach them). Affinity for the node's own sockets is keyed by `affinity_addr`. Returns
+    /// detach them). Affinity for the node's own sockets is keyed by `node_addr`. Returns
     /// the cgroup attached to.
     pub fn set_socket_lb(
         &mut self,
         mode: SocketLbMode,
         cgroup: &std::path::Path,
-        affinity_addr: std::net::Ipv4Addr,
+        node_addr: std::net::Ipv4Addr,
     ) -> Result<PathBuf> {
         if mode == SocketLbMode::Off {
             self.maps.set_sock_config(&Default::default())?;
@@ -269,7 +269,7 @@ impl Dataplane {
             return Ok(cgroup.to_path_buf());
         }
         let cgroup = socket_lb::resolve_cgroup(cgroup)?;
-        let cfg = socket_lb::config(mode, &cgroup, affinity_addr)?;
+        let cfg = socket_lb::config(mode, &cgroup, node_addr)?;
         self.maps.set_sock_config(&cfg)?;
         let dir = std::fs::File::open(&cgroup)
             .with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
@@ -289,11 +289,11 @@ impl Dataplane {
 
     /// The node address session affinity is keyed by for the node's own sockets (it follows
     /// the node's addresses).
-    pub fn set_socket_affinity_addr(&mut self, addr: std::net::Ipv4Addr) -> Result<()> {
+    pub fn set_socket_node_addr(&mut self, addr: std::net::Ipv4Addr) -> Result<()> {
         let mut cfg = self.maps.sock_config()?;
         let addr = u32::from_ne_bytes(addr.octets());
-        if cfg.mode != lb_common::SOCK_LB_OFF && cfg.affinity_addr != addr {
-            cfg.affinity_addr = addr;
+        if cfg.mode != lb_common::SOCK_LB_OFF && cfg.node_addr != addr {
+            cfg.node_addr = addr;
             self.maps.set_sock_config(&cfg)?;
         }
         Ok(())

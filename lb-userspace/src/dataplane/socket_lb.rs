@@ -133,12 +133,12 @@ pub fn resolve_cgroup(path: &Path) -> Result<PathBuf> {
 }
 
 /// The settings the programs read, for `mode` on the cgroup v2 directory `path`.
-pub fn config(mode: SocketLbMode, path: &Path, affinity_addr: Ipv4Addr) -> Result<SockConfig> {
+pub fn config(mode: SocketLbMode, path: &Path, node_addr: Ipv4Addr) -> Result<SockConfig> {
     let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
     let mut cfg = SockConfig {
         netns_cookie: own_netns_cookie()?,
         cgroup_id: meta.ino(),
-        affinity_addr: u32::from_ne_bytes(affinity_addr.octets()),
+        node_addr: u32::from_ne_bytes(node_addr.octets()),
         mode: mode.code(),
         ..Default::default()
     };

@@ -1,6 +1,7 @@
 //! End-to-end benchmark (`cargo xtask bench e2e`): TCP connections per second and connection
-//! latency through a ClusterIP and a NodePort, for lb and for kube-proxy's iptables and nftables
-//! rulesets, with 1 to 10,000 services of 5 endpoints on the node. See docs/bench/README.md.
+//! latency through a ClusterIP and a NodePort, for lb (per packet, and with socket-level load
+//! balancing) and for kube-proxy's iptables and nftables rulesets, with 1 to 10,000 services of 5
+//! endpoints on the node, beside the direct pod-to-pod rate. See docs/bench/README.md.
 pub mod node;
 pub mod report;
 pub mod services;
@@ -23,6 +24,9 @@ pub use traffic::{Closer, LoadOptions};
 pub enum Mode {
     /// lb-agent in manifests mode: XDP on the client-facing link, TC on the pods' links.
     Lb,
+    /// The same with `--socket-lb all`: the client pod (in the lab's cgroup) is given a backend
+    /// at connect() time, and its packets need no NAT.
+    LbSocket,
     /// kube-proxy's iptables ruleset through iptables-nft (Debian 12's default `iptables`).
     Iptables,
     /// The same ruleset through the legacy (x_tables) backend.
@@ -32,8 +36,9 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 4] = [
+    pub const ALL: [Mode; 5] = [
         Mode::Lb,
+        Mode::LbSocket,
         Mode::Iptables,
         Mode::IptablesLegacy,
         Mode::Nftables,
@@ -42,6 +47,7 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Lb => "lb",
+            Mode::LbSocket => "lb-socket",
             Mode::Iptables => "iptables",
             Mode::IptablesLegacy => "iptables-legacy",
             Mode::Nftables => "nftables",
@@ -51,7 +57,9 @@ impl Mode {
     pub fn parse(name: &str) -> Result<Mode> {
         match Mode::ALL.into_iter().find(|m| m.name() == name) {
             Some(m) => Ok(m),
-            None => bail!("unknown mode {name:?} (lb, iptables, iptables-legacy, nftables)"),
+            None => {
+                bail!("unknown mode {name:?} (lb, lb-socket, iptables, iptables-legacy, nftables)")
+            }
         }
     }
 }
@@ -118,7 +126,9 @@ pub fn programs(set: &ServiceSet) -> Programs {
     }
 }
 
-/// One mode in a fresh lab: the ClusterIP from the client pod, then the NodePort from the client.
+/// One mode in a fresh lab: the ClusterIP from the client pod, then the NodePort from the client;
+/// with socket-level load balancing also the direct pod-to-pod limit (the client pod to one
+/// endpoint's address), the rate a connect()-time translation can at best reach.
 fn run_one(
     plan: &Plan,
     bin: &Path,
@@ -132,14 +142,19 @@ fn run_one(
     let node_port = format!("{NODE_IP}:{}", svc.node_port.expect("measured NodePort")).parse()?;
     let mut lab = BenchLab::build(bin, plan.server_threads, plan.load.closer)?;
     let programmed = lab.program(mode, programs, &plan.xdp_mode, [cluster_ip, node_port])?;
-    let paths = [
-        ("clusterip", &lab.client_pod, cluster_ip),
-        ("nodeport", &lab.client, node_port),
+    let socket = mode == Mode::LbSocket;
+    let mut paths = vec![
+        ("clusterip", &lab.client_pod, cluster_ip, socket),
+        ("nodeport", &lab.client, node_port, false),
     ];
+    if socket {
+        let direct = SocketAddr::from((node::pod_ips()[0], services::TARGET_PORT));
+        paths.push(("direct", &lab.client_pod, direct, false));
+    }
     let mut out = Vec::new();
-    for (path, from, addr) in paths {
+    for (path, from, addr, in_cgroup) in paths {
         let load_avg = report::load_average();
-        let report = lab.load(from, addr, &plan.load)?;
+        let report = lab.load(from, addr, &plan.load, in_cgroup)?;
         out.push(Measurement {
             services: set.services.len(),
             mode: mode.name().into(),

@@ -102,7 +102,8 @@ impl BenchLab {
     ) -> Result<Duration> {
         let start = Instant::now();
         match mode {
-            Mode::Lb => self.start_agent(&programs.manifests, xdp_mode)?,
+            Mode::Lb => self.start_agent(&programs.manifests, xdp_mode, "host")?,
+            Mode::LbSocket => self.start_agent(&programs.manifests, xdp_mode, "all")?,
             Mode::Iptables | Mode::IptablesLegacy => {
                 // kube-proxy sets it to serve NodePorts on localhost (its default).
                 self.node.sysctl("net.ipv4.conf.all.route_localnet", "1")?;
@@ -124,8 +125,15 @@ impl BenchLab {
         Ok(start.elapsed())
     }
 
-    /// Runs `bin load` against `addr` from `from` and returns its report.
-    pub fn load(&self, from: &Netns, addr: SocketAddr, opts: &LoadOptions) -> Result<LoadReport> {
+    /// Runs `bin load` against `addr` from `from` (`in_cgroup`: in the lab's cgroup, where the
+    /// agent's socket hooks act) and returns its report.
+    pub fn load(
+        &self,
+        from: &Netns,
+        addr: SocketAddr,
+        opts: &LoadOptions,
+        in_cgroup: bool,
+    ) -> Result<LoadReport> {
         let args = [
             "load".to_string(),
             "--addr".into(),
@@ -139,7 +147,12 @@ impl BenchLab {
             "--closer".into(),
             closer_arg(opts.closer).into(),
         ];
-        let mut child = from.spawn(&format!("load-{addr}"), &self.bin, &args)?;
+        let mut cmd = match in_cgroup {
+            true => from.command_in_cgroup(&self.bin)?,
+            false => from.command(&self.bin),
+        };
+        cmd.args(&args);
+        let mut child = from.spawn_command(&format!("load-{addr}"), cmd)?;
         let deadline = opts.warmup + opts.duration + Duration::from_secs(30);
         match child.wait_timeout(deadline)? {
             Some(status) if status.success() => {}
@@ -150,7 +163,12 @@ impl BenchLab {
         serde_json::from_str(line).with_context(|| format!("load output {line:?}"))
     }
 
-    fn start_agent(&mut self, manifests: &[(String, String)], xdp_mode: &str) -> Result<()> {
+    fn start_agent(
+        &mut self,
+        manifests: &[(String, String)],
+        xdp_mode: &str,
+        socket_lb: &str,
+    ) -> Result<()> {
         let dir = self.lab.log_dir().join("manifests");
         std::fs::create_dir_all(&dir).context("manifest dir")?;
         for (name, text) in manifests {
@@ -169,6 +187,8 @@ impl BenchLab {
             "h*",
             "--xdp-mode",
             xdp_mode,
+            "--socket-lb",
+            socket_lb,
             "--pin-path",
             pin.to_str().context("pin path")?,
         ];

@@ -151,8 +151,21 @@ pub fn targets(all: &[Measurement]) -> String {
         return String::new();
     };
     let mut out = String::new();
+    let socket = paired_ratios(
+        all,
+        (max, "lb-socket", "clusterip"),
+        (max, "lb-socket", "direct"),
+    );
+    if let Some((median, lo, hi)) = spread(&socket) {
+        let _ = writeln!(
+            out,
+            "clusterip: lb-socket / direct pod-to-pod at {max} services: {median:.2}x (rounds \
+             {lo:.2}-{hi:.2}; target >= 0.97x): {}",
+            verdict(median >= 0.97)
+        );
+    }
     for path in ["clusterip", "nodeport"] {
-        let vs_iptables = paired_ratios(all, path, (max, "lb"), (max, "iptables"));
+        let vs_iptables = paired_ratios(all, (max, "lb", path), (max, "iptables", path));
         if let Some((median, lo, hi)) = spread(&vs_iptables) {
             let _ = writeln!(
                 out,
@@ -161,7 +174,7 @@ pub fn targets(all: &[Measurement]) -> String {
                 verdict(median >= 1.5)
             );
         }
-        let vs_min = paired_ratios(all, path, (max, "lb"), (min, "lb"));
+        let vs_min = paired_ratios(all, (max, "lb", path), (min, "lb", path));
         if let Some((median, lo, hi)) = spread(&vs_min).filter(|_| min < max) {
             let pct = |r: f64| (r - 1.0) * 100.0;
             let _ = writeln!(
@@ -178,9 +191,10 @@ pub fn targets(all: &[Measurement]) -> String {
     out
 }
 
-/// Per round (repetition) in which both were measured: a's connection rate / b's.
-fn paired_ratios(all: &[Measurement], path: &str, a: (usize, &str), b: (usize, &str)) -> Vec<f64> {
-    let rate = |(services, mode): (usize, &str), rep: usize| {
+/// Per round (repetition) in which both were measured: a's connection rate / b's, each given as
+/// (services, mode, path).
+fn paired_ratios(all: &[Measurement], a: (usize, &str, &str), b: (usize, &str, &str)) -> Vec<f64> {
+    let rate = |(services, mode, path): (usize, &str, &str), rep: usize| {
         all.iter()
             .find(|m| m.services == services && m.mode == mode && m.path == path && m.rep == rep)
             .map(|m| m.report.conns_per_sec)
@@ -363,6 +377,8 @@ mod tests {
                 (1, "lb", "nodeport", 100.0),
                 (10, "lb", "nodeport", 90.0),
                 (10, "iptables", "nodeport", 80.0),
+                (10, "lb-socket", "clusterip", 96.0),
+                (10, "lb-socket", "direct", 100.0),
             ] {
                 let mut m = m(services, mode, path, cps * speed);
                 m.rep = rep;
@@ -378,6 +394,10 @@ mod tests {
             "clusterip: lb at 10 vs 1 services: -3.0% (rounds -3%..-3%; target within 5%): met"
         ));
         assert!(text.contains("nodeport: lb / iptables at 10 services: 1.12x"));
+        assert!(
+            text.contains("lb-socket / direct pod-to-pod at 10 services: 0.96x (rounds 0.96-0.96; target >= 0.97x): MISSED"),
+            "{text}"
+        );
         assert!(text.contains("): MISSED\nnodeport: lb at 10 vs 1 services: -10.0%"));
     }
 

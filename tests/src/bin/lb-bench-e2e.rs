@@ -2,7 +2,7 @@
 //! (`cargo xtask bench e2e`; method in docs/bench/README.md).
 //!
 //! ```text
-//! lb-bench-e2e run [--services 1,1000,10000] [--modes lb,iptables,nftables] [--reps 3] ...
+//! lb-bench-e2e run [--services 1,1000,10000] [--modes lb,lb-socket,iptables,nftables] ...
 //!     Builds the lab per run, measures, prints a table and writes results to --out.
 //! lb-bench-e2e serve --port PORT --threads N      (in the pods; started by `run`)
 //! lb-bench-e2e load --addr IP:PORT --conns N ...  (in the clients; prints one JSON line)
@@ -68,8 +68,13 @@ struct RunArgs {
     /// Service counts (each service has 5 endpoints).
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
     services: Vec<usize>,
-    /// Modes, run in turn: lb, iptables (iptables-nft), iptables-legacy, nftables.
-    #[arg(long, value_delimiter = ',', default_value = "lb,iptables,nftables")]
+    /// Modes, run in turn: lb, lb-socket (`--socket-lb all`, measured beside the direct
+    /// pod-to-pod rate), iptables (iptables-nft), iptables-legacy, nftables.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lb,lb-socket,iptables,nftables"
+    )]
     modes: Vec<String>,
     /// Repetitions of every (services, mode); the summary takes the median.
     #[arg(long, default_value_t = 3)]
@@ -119,7 +124,9 @@ fn main() -> Result<()> {
         Command::Rules { services, mode } => {
             let programs = bench_e2e::programs(&ServiceSet::new(services, &node::pod_ips()));
             match Mode::parse(&mode)? {
-                Mode::Lb => programs.manifests.iter().for_each(|(_, t)| print!("{t}")),
+                Mode::Lb | Mode::LbSocket => {
+                    programs.manifests.iter().for_each(|(_, t)| print!("{t}"))
+                }
                 Mode::Iptables | Mode::IptablesLegacy => print!("{}", programs.iptables),
                 Mode::Nftables => print!("{}", programs.nft.concat()),
             }
