@@ -460,6 +460,36 @@ fn stale(key: &Tuple4, now: u64) -> bool {
     }
 }
 
+/// A packet leaving the node (TC egress of pod and external interfaces): a reply no ingress hook
+/// translated, because it was sent by the node itself (a Service whose endpoint is the node's
+/// own address, as the `kubernetes` Service on a control-plane node, or a hostNetwork pod), gets
+/// its source back to the frontend. Every other reply was translated where it entered the node,
+/// and no reverse entry is keyed by a frontend address, so nothing is translated twice.
+pub fn egress<P: Packet>(p: &mut P) -> Action {
+    let Some(f) = parse(p) else {
+        return Action::PASS;
+    };
+    if (f.proto != PROTO_TCP && f.proto != PROTO_UDP) || f.fragment {
+        return Action::PASS;
+    }
+    let Some(rn) = LB4_RNAT.get_ptr_mut(&f.tuple()) else {
+        return Action::PASS;
+    };
+    // SAFETY: map value valid for this run; racing writers only move last_seen_ns.
+    let rn = unsafe { &mut *rn };
+    // SNAT and hairpin replies are addressed to the node or bounced: ingress handles them.
+    if rn.flags & (CT_F_SNAT | CT_F_HAIRPIN) != 0 {
+        return Action::PASS;
+    }
+    // SAFETY: coarse clock read, no arguments.
+    let now = unsafe { gen::bpf_ktime_get_coarse_ns() };
+    match reply(p, &f, rn, now).verdict {
+        Verdict::Drop => Action::DROP,
+        // Already on its way out: whatever ingress would have done with it is the stack's now.
+        _ => Action::PASS,
+    }
+}
+
 /// A reply from a backend: source back to the frontend, destination back to the client.
 #[inline(always)]
 fn reply<P: Packet>(p: &mut P, f: &Flow, rn: &mut RevNat4, now: u64) -> Action {

@@ -1,7 +1,8 @@
-//! lb's kernel programs. One load-balancing core (`lb`) behind three attach points:
+//! lb's kernel programs. One load-balancing core (`lb`) behind four attach points:
 //! - `lb_xdp_ext`: XDP on external interfaces, the north-south fast path;
 //! - `lb_tc_ext`: TC ingress on external interfaces when XDP is off or unavailable;
 //! - `lb_tc_pod`: TC ingress on host-side pod interfaces (traffic from pods);
+//! - `lb_tc_egress`: TC egress on both, for replies the node itself sends as an endpoint;
 //!
 //! - `lb_sock_*`: cgroup socket hooks, the same Services for sockets at connect()/sendmsg() time
 //!   (`sock`);
@@ -86,6 +87,16 @@ pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
     sock::reverse(&ctx)
+}
+
+/// TC egress on pod and external interfaces: replies the node itself sent as a Service endpoint.
+#[classifier]
+pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    let mut p = Tc(&ctx);
+    match lb::egress(&mut p).verdict {
+        Verdict::Drop => TC_ACT_SHOT,
+        _ => TC_ACT_OK,
+    }
 }
 
 #[tracepoint]

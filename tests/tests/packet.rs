@@ -10,7 +10,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
-use lb::dataplane::{Dataplane, Options, PROG_TC_POD, PROG_XDP_EXT};
+use lb::dataplane::{Dataplane, Options, PROG_TC_EGRESS, PROG_TC_POD, PROG_XDP_EXT};
 use lb_common::{
     map_names, Backend4, Frontend4, Frontend4Key, Service, BE_F_LOCAL, BE_F_TERMINATING,
     KIND_CLUSTER_IP, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
@@ -119,9 +119,18 @@ impl Node {
 
     /// Run the pod-side TC program on `input` as if it came from a pod through eth0.
     fn tc(&self, input: &[u8]) -> (u32, Vec<u8>) {
+        self.tc_prog(PROG_TC_POD, input)
+    }
+
+    /// Run the TC egress program on `input` as if it left through eth0.
+    fn tc_egress(&self, input: &[u8]) -> (u32, Vec<u8>) {
+        self.tc_prog(PROG_TC_EGRESS, input)
+    }
+
+    fn tc_prog(&self, name: &str, input: &[u8]) -> (u32, Vec<u8>) {
         let mut ctx = [0u8; 192]; // struct __sk_buff
         ctx[40..44].copy_from_slice(&self.eth0.to_ne_bytes()); // ifindex
-        run(self.dp.tc(PROG_TC_POD).expect("tc program"), input, &ctx)
+        run(self.dp.tc(name).expect("tc program"), input, &ctx)
     }
 }
 
@@ -209,6 +218,8 @@ struct Case {
 enum Hook {
     Xdp,
     Tc,
+    /// TC egress (pod and external interfaces alike).
+    TcEgress,
 }
 
 fn check(node: &Node, cases: &[Case]) {
@@ -216,10 +227,11 @@ fn check(node: &Node, cases: &[Case]) {
         let (verdict, out) = match c.hook {
             Hook::Xdp => node.xdp(&c.input),
             Hook::Tc => node.tc(&c.input),
+            Hook::TcEgress => node.tc_egress(&c.input),
         };
         assert_eq!(verdict, c.verdict, "{}: verdict", c.name);
         let want = c.output.as_ref().unwrap_or(&c.input);
-        if verdict != XDP_DROP || matches!(c.hook, Hook::Tc) {
+        if verdict != XDP_DROP || !matches!(c.hook, Hook::Xdp) {
             assert_eq!(hex(&out), hex(want), "{}: packet out", c.name);
             if c.output.is_some() {
                 assert_checksums(&out);
@@ -416,6 +428,66 @@ fn fixtures_dnat_reverse_nat_and_untouched_traffic() {
 
 fn packets_client_mac() -> [u8; 6] {
     lb_tests::packets::CLIENT_MAC
+}
+
+/// The node itself as the endpoint (the `kubernetes` Service on a control-plane node, a
+/// hostNetwork pod): the pod's SYN is DNATed to the node's address and delivered locally; the
+/// node's reply leaves through the pod's interface, where only TC egress sees it.
+#[test]
+fn fixture_the_node_as_endpoint_is_reverse_natted_on_egress() {
+    with_node("pkt-egress", |node| {
+        node.program(&Svc {
+            id: 3,
+            frontends: &[("10.96.0.1", 443, SCOPE_INTERNAL, KIND_CLUSTER_IP)],
+            proto: PROTO_TCP,
+            backends: &[(5, NODE, 6443, BE_F_LOCAL)],
+            flags: 0,
+            verdict: VERDICT_REJECT,
+        });
+        let syn = Pkt::new("10.244.1.5:41000", "10.96.0.1:443", SYN);
+        let synack = L4::Tcp {
+            syn: true,
+            ack: Some(1001),
+            fin: false,
+            rst: false,
+            seq: 7000,
+        };
+        let other = Pkt::new("192.0.2.10:6443", "10.244.1.5:41001", synack);
+        let synack = Pkt::new("192.0.2.10:6443", "10.244.1.5:41000", synack);
+        check(
+            node,
+            &[
+                Case {
+                    name: "pod to the kubernetes ClusterIP: DNAT to the node's address",
+                    hook: Hook::Tc,
+                    input: syn.build(),
+                    verdict: TC_ACT_OK,
+                    output: Some(syn.nat("10.244.1.5:41000", "192.0.2.10:6443").build()),
+                },
+                Case {
+                    name: "the node's reply gets the ClusterIP back on egress",
+                    hook: Hook::TcEgress,
+                    input: synack.build(),
+                    verdict: TC_ACT_OK,
+                    output: Some(synack.nat("10.96.0.1:443", "10.244.1.5:41000").build()),
+                },
+                Case {
+                    name: "the node's traffic of no flow leaves untouched",
+                    hook: Hook::TcEgress,
+                    input: other.build(),
+                    verdict: TC_ACT_OK,
+                    output: None,
+                },
+                Case {
+                    name: "an already translated reply is not translated again",
+                    hook: Hook::TcEgress,
+                    input: synack.nat("10.96.0.1:443", "10.244.1.5:41000").build(),
+                    verdict: TC_ACT_OK,
+                    output: None,
+                },
+            ],
+        );
+    });
 }
 
 #[test]

@@ -44,8 +44,12 @@ pub enum TcMode {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcHook {
+    /// Ingress of an external interface (with `--xdp-mode off`).
     Ext,
+    /// Ingress of a pod interface.
     Pod,
+    /// Egress of an external or pod interface: replies the node itself sent as an endpoint.
+    Egress,
 }
 
 /// Priority ("pref" in `tc filter show`) of lb's netlink TC filters; with
@@ -53,10 +57,20 @@ pub enum TcHook {
 pub const TC_NETLINK_PRIORITY: u16 = 0x4c42;
 
 impl TcHook {
+    pub const ALL: [TcHook; 3] = [TcHook::Ext, TcHook::Pod, TcHook::Egress];
+
     fn pin_name(self) -> &'static str {
         match self {
             TcHook::Ext => "tc-ext",
             TcHook::Pod => "tc-pod",
+            TcHook::Egress => "tc-egress",
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            TcHook::Ext | TcHook::Pod => TcAttachType::Ingress,
+            TcHook::Egress => TcAttachType::Egress,
         }
     }
 
@@ -75,6 +89,7 @@ impl TcHook {
         match self {
             TcHook::Ext => 0x4c42_0001,
             TcHook::Pod => 0x4c42_0002,
+            TcHook::Egress => 0x4c42_0003,
         }
     }
 }
@@ -180,7 +195,7 @@ fn netlink_replace_or_create(
     for _ in 0..2 {
         let existing = SchedClassifierLink::attached(
             iface,
-            TcAttachType::Ingress,
+            hook.attach_type(),
             TC_NETLINK_PRIORITY,
             handle,
             None,
@@ -210,8 +225,7 @@ fn netlink_replace_or_create(
             classid: None,
         };
         // NLM_F_CREATE | NLM_F_EXCL: fails with EEXIST rather than touching another filter.
-        match prog.attach_with_options(iface, TcAttachType::Ingress, TcAttachOptions::Netlink(opts))
-        {
+        match prog.attach_with_options(iface, hook.attach_type(), TcAttachOptions::Netlink(opts)) {
             Ok(id) => {
                 keep_attached(prog.take_link(id)?);
                 return Ok(false);
@@ -219,7 +233,10 @@ fn netlink_replace_or_create(
             Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => {}
             Err(e) => {
                 return Err(e).with_context(|| {
-                    format!("{iface}: attaching a TC ingress filter over netlink")
+                    format!(
+                        "{iface}: attaching a TC {:?} filter over netlink",
+                        hook.attach_type()
+                    )
                 });
             }
         }
@@ -238,7 +255,7 @@ pub(super) fn detach_netlink(layout: &PinLayout, ifindex: u32, hook: TcHook) -> 
     if let Some(iface) = ifname(ifindex) {
         let link = SchedClassifierLink::attached(
             &iface,
-            TcAttachType::Ingress,
+            hook.attach_type(),
             TC_NETLINK_PRIORITY,
             TcHandle::from(hook.netlink_handle()),
             None,
@@ -294,7 +311,7 @@ fn netlink_records(layout: &PinLayout) -> Vec<(u32, TcHook)> {
 fn parse_netlink_record(name: &str) -> Option<(u32, TcHook)> {
     let (ifindex, rest) = name.split_once('-')?;
     let rest = rest.strip_suffix("-new").unwrap_or(rest);
-    let hook = [TcHook::Ext, TcHook::Pod]
+    let hook = TcHook::ALL
         .into_iter()
         .find(|h| h.netlink_pin_name() == rest)?;
     Some((ifindex.parse().ok()?, hook))
@@ -374,13 +391,19 @@ impl Links {
         category: &str,
         event: &str,
     ) -> Result<()> {
-        let path = self.layout.links_dir().join(format!("tp-{event}"));
-        let tmp = self.layout.links_dir().join(format!("tp-{event}-new"));
-        remove_if_exists(&tmp)?;
         let id = prog
             .attach(category, event)
             .with_context(|| format!("attaching to {category}:{event}"))?;
         let link = FdLink::try_from(prog.take_link(id)?)?;
+        self.pin_over(link, &format!("tp-{event}"))
+    }
+
+    /// Pin `link` as `PIN/links/NAME`, replacing what is pinned there (whose program, if that
+    /// was the last reference, is detached then): pinned beside it first, then renamed over it.
+    fn pin_over(&self, link: FdLink, name: &str) -> Result<()> {
+        let path = self.layout.links_dir().join(name);
+        let tmp = self.layout.links_dir().join(format!("{name}-new"));
+        remove_if_exists(&tmp)?;
         link.pin(&tmp)
             .with_context(|| format!("pinning {}", tmp.display()))?;
         std::fs::rename(&tmp, &path)
@@ -396,9 +419,6 @@ impl Links {
         hook: &str,
         cgroup: &std::fs::File,
     ) -> Result<()> {
-        let path = self.layout.links_dir().join(format!("cgroup-{hook}"));
-        let tmp = self.layout.links_dir().join(format!("cgroup-{hook}-new"));
-        remove_if_exists(&tmp)?;
         // Through bpf_link_create, whose cgroup links always run beside the cgroup's other
         // programs; the kernel refuses any flag there, BPF_F_ALLOW_MULTI included (aya's
         // `Single` passes none).
@@ -406,10 +426,7 @@ impl Links {
             .attach(cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching the {hook} hook"))?;
         let link = FdLink::try_from(prog.take_link(id)?)?;
-        link.pin(&tmp)
-            .with_context(|| format!("pinning {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        self.pin_over(link, &format!("cgroup-{hook}"))
     }
 
     /// Detach a cgroup socket hook (`--socket-lb off`), if attached.
@@ -478,10 +495,12 @@ impl Links {
             let id = prog
                 .attach_with_options(
                     iface,
-                    TcAttachType::Ingress,
+                    hook.attach_type(),
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
-                .with_context(|| format!("{iface}: attaching TC ingress with tcx"))?;
+                .with_context(|| {
+                    format!("{iface}: attaching TC {:?} with tcx", hook.attach_type())
+                })?;
             let link = FdLink::try_from(prog.take_link(id)?)?;
             link.pin(&path)
                 .with_context(|| format!("pinning {}", path.display()))?;
@@ -544,7 +563,7 @@ impl Links {
     /// detaches) and delete lb's netlink filters.
     pub fn detach(&mut self, ifindex: u32) -> Result<()> {
         self.detach_xdp(ifindex)?;
-        for hook in [TcHook::Ext, TcHook::Pod] {
+        for hook in TcHook::ALL {
             self.detach_tc(ifindex, hook)?;
         }
         Ok(())
@@ -616,6 +635,10 @@ mod tests {
             parse_netlink_record("12-tc-ext-nl-new"),
             Some((12, TcHook::Ext))
         );
+        assert_eq!(
+            parse_netlink_record("3-tc-egress-nl"),
+            Some((3, TcHook::Egress))
+        );
         for other in [
             "7-tc-pod",
             "7-xdp",
@@ -646,7 +669,9 @@ mod tests {
 
     #[test]
     fn lb_owns_distinct_netlink_handles() {
-        assert_ne!(TcHook::Ext.netlink_handle(), TcHook::Pod.netlink_handle());
+        let mut handles: Vec<u32> = TcHook::ALL.iter().map(|h| h.netlink_handle()).collect();
+        handles.dedup();
+        assert_eq!(handles.len(), TcHook::ALL.len());
         assert_eq!(TcMode::default(), TcMode::Auto);
     }
 

@@ -33,6 +33,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb
 pub const PROG_XDP_EXT: &str = "lb_xdp_ext";
 pub const PROG_TC_EXT: &str = "lb_tc_ext";
 pub const PROG_TC_POD: &str = "lb_tc_pod";
+pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
 /// Bare programs for benchmarks: XDP_PASS, XDP_TX and XDP_DROP (lb-ebpf's main.rs).
 pub const PROG_XDP_FLOOR: &str = "lb_xdp_floor";
 pub const PROG_XDP_FLOOR_TX: &str = "lb_xdp_floor_tx";
@@ -111,7 +112,7 @@ impl Dataplane {
                 .load()
                 .with_context(|| format!("verifying {name}"))?;
         }
-        for name in [PROG_TC_EXT, PROG_TC_POD] {
+        for name in [PROG_TC_EXT, PROG_TC_POD, PROG_TC_EGRESS] {
             tc_mut(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("verifying {name}"))?;
@@ -238,6 +239,7 @@ impl Dataplane {
             self.count_xmit();
             used
         };
+        self.attach_egress(iface, ifindex)?;
         self.record(ifindex, iface, IFACE_EXTERNAL, mode, reason)?;
         Ok(Attached { mode, reason })
     }
@@ -248,7 +250,17 @@ impl Dataplane {
         let prog = tc_mut(&mut self.ebpf, PROG_TC_POD)?;
         let used = self.links.attach_tc(prog, iface, ifindex, TcHook::Pod)?;
         tracing::debug!("{iface}: {PROG_TC_POD} attached ({used:?})");
+        self.attach_egress(iface, ifindex)?;
         self.record(ifindex, iface, IFACE_POD, XdpModeUsed::Off, XdpReason::Pod)
+    }
+
+    /// TC egress, on external and pod interfaces alike: replies the node itself sends as a
+    /// Service's endpoint get their frontend back as they leave (`lb::egress`).
+    fn attach_egress(&mut self, iface: &str, ifindex: u32) -> Result<()> {
+        let prog = tc_mut(&mut self.ebpf, PROG_TC_EGRESS)?;
+        let used = self.links.attach_tc(prog, iface, ifindex, TcHook::Egress)?;
+        tracing::debug!("{iface}: {PROG_TC_EGRESS} attached ({used:?})");
+        Ok(())
     }
 
     /// Attach the cgroup socket hooks to the cgroup v2 directory `cgroup` (see
