@@ -21,7 +21,7 @@ pub fn handle_error<P: Packet>(p: &mut P, f: &Flow) -> Action {
             count(stat::ICMP_ERROR_NATED);
             action
         }
-        Ok(None) => Action::PASS,
+        Ok(None) => Action::UNTOUCHED,
         Err(()) => {
             count(stat::DROP_REWRITE);
             Action::DROP

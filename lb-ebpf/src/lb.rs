@@ -23,7 +23,10 @@ use crate::{
 #[derive(Clone, Copy)]
 #[repr(u32)]
 pub enum Verdict {
-    /// Not ours, or rewritten for a destination the stack delivers (a local pod).
+    /// Not lb's: left exactly as it came. TC hands it to the next program of the tcx chain
+    /// (TCX_NEXT), so programs attached after lb still see the traffic lb does not touch.
+    Untouched,
+    /// Rewritten for a destination the stack delivers (a local pod).
     Pass,
     Drop,
     /// Rewritten for a destination outside the node ([`Action::daddr`]), with a node address as
@@ -48,6 +51,7 @@ pub struct Action {
 }
 
 impl Action {
+    pub const UNTOUCHED: Self = Self::new(Verdict::Untouched, 0);
     pub const PASS: Self = Self::new(Verdict::Pass, 0);
     pub const DROP: Self = Self::new(Verdict::Drop, 0);
     pub const BOUNCE: Self = Self::new(Verdict::Bounce, 0);
@@ -68,12 +72,12 @@ const SNAT_TRIES: u32 = 16;
 
 pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
     let Some(f) = parse(p) else {
-        return Action::PASS;
+        return Action::UNTOUCHED;
     };
     match f.proto {
         PROTO_TCP | PROTO_UDP => {}
         PROTO_ICMP => return icmp::handle_error(p, &f),
-        _ => return Action::PASS,
+        _ => return Action::UNTOUCHED,
     }
     if f.fragment {
         return fragment(&f, scope);
@@ -102,7 +106,7 @@ pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
         // SAFETY: as for conntrack.
         return reply(p, &f, unsafe { &mut *rn }, now);
     }
-    Action::PASS
+    Action::UNTOUCHED
 }
 
 /// Fragments carry ports in the first piece only, so they cannot be balanced consistently:
@@ -110,7 +114,7 @@ pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
 #[inline(always)]
 fn fragment(f: &Flow, scope: u8) -> Action {
     if f.later_fragment {
-        return Action::PASS;
+        return Action::UNTOUCHED;
     }
     let fe_key = Frontend4Key {
         addr: f.daddr,
@@ -123,7 +127,7 @@ fn fragment(f: &Flow, scope: u8) -> Action {
         count(stat::DROP_FRAGMENT);
         return Action::DROP;
     }
-    Action::PASS
+    Action::UNTOUCHED
 }
 
 #[inline(always)]
@@ -467,19 +471,19 @@ fn stale(key: &Tuple4, now: u64) -> bool {
 /// and no reverse entry is keyed by a frontend address, so nothing is translated twice.
 pub fn egress<P: Packet>(p: &mut P) -> Action {
     let Some(f) = parse(p) else {
-        return Action::PASS;
+        return Action::UNTOUCHED;
     };
     if (f.proto != PROTO_TCP && f.proto != PROTO_UDP) || f.fragment {
-        return Action::PASS;
+        return Action::UNTOUCHED;
     }
     let Some(rn) = LB4_RNAT.get_ptr_mut(&f.tuple()) else {
-        return Action::PASS;
+        return Action::UNTOUCHED;
     };
     // SAFETY: map value valid for this run; racing writers only move last_seen_ns.
     let rn = unsafe { &mut *rn };
     // SNAT and hairpin replies are addressed to the node or bounced: ingress handles them.
     if rn.flags & (CT_F_SNAT | CT_F_HAIRPIN) != 0 {
-        return Action::PASS;
+        return Action::UNTOUCHED;
     }
     // SAFETY: coarse clock read, no arguments.
     let now = unsafe { gen::bpf_ktime_get_coarse_ns() };

@@ -41,12 +41,16 @@ use crate::{
     packet::{read, Packet, Tc, Xdp},
 };
 
+/// TC_ACT_UNSPEC: on tcx, go on to the next program (TCX_NEXT); on a clsact filter, to the next
+/// filter, and past the last one as TC_ACT_OK would. TC_ACT_OK would end a tcx chain.
+const TCX_NEXT: i32 = -1;
+
 #[xdp]
 pub fn lb_xdp_ext(ctx: XdpContext) -> u32 {
     let mut p = Xdp(&ctx);
     let action = lb::handle(&mut p, SCOPE_EXTERNAL);
     match action.verdict {
-        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Untouched | Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Forward => match fib::xdp_next_hop(&mut p, action.daddr) {
             0 => xdp_action::XDP_PASS,
@@ -94,6 +98,7 @@ pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
     let mut p = Tc(&ctx);
     match lb::egress(&mut p).verdict {
+        Verdict::Untouched => TCX_NEXT,
         Verdict::Drop => TC_ACT_SHOT,
         _ => TC_ACT_OK,
     }
@@ -144,6 +149,7 @@ fn tc(ctx: &TcContext, scope: u8) -> i32 {
     let mut p = Tc(ctx);
     let action = lb::handle(&mut p, scope);
     match action.verdict {
+        Verdict::Untouched => TCX_NEXT,
         Verdict::Pass => TC_ACT_OK,
         Verdict::Forward => match fib::redirect_neigh(&mut p, action.daddr) {
             Some(verdict) => verdict as i32,

@@ -27,6 +27,8 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const TC_ACT_OK: u32 = 0;
+/// TC_ACT_UNSPEC (-1): the next program of the tcx chain gets the packet.
+const TCX_NEXT: u32 = u32::MAX;
 const TC_ACT_REDIRECT: u32 = 7;
 
 const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
@@ -410,15 +412,36 @@ fn fixtures_dnat_reverse_nat_and_untouched_traffic() {
                 Case {
                     name: "non-IP (ARP ethertype) passes untouched",
                     hook: Hook::Xdp,
-                    input: arp,
+                    input: arp.clone(),
                     verdict: XDP_PASS,
                     output: None,
                 },
                 Case {
                     name: "ICMP echo (not TCP/UDP) passes untouched",
                     hook: Hook::Xdp,
-                    input: echo,
+                    input: echo.clone(),
                     verdict: XDP_PASS,
+                    output: None,
+                },
+                Case {
+                    name: "TC: pod traffic to no Service goes on to the next tcx program",
+                    hook: Hook::Tc,
+                    input: pod_syn.nat("10.244.1.5:40000", "10.244.2.9:80").build(),
+                    verdict: TCX_NEXT,
+                    output: None,
+                },
+                Case {
+                    name: "TC: ICMP echo goes on to the next tcx program",
+                    hook: Hook::Tc,
+                    input: echo,
+                    verdict: TCX_NEXT,
+                    output: None,
+                },
+                Case {
+                    name: "TC: non-IP goes on to the next tcx program",
+                    hook: Hook::Tc,
+                    input: arp,
+                    verdict: TCX_NEXT,
                     output: None,
                 },
             ],
@@ -475,14 +498,14 @@ fn fixture_the_node_as_endpoint_is_reverse_natted_on_egress() {
                     name: "the node's traffic of no flow leaves untouched",
                     hook: Hook::TcEgress,
                     input: other.build(),
-                    verdict: TC_ACT_OK,
+                    verdict: TCX_NEXT,
                     output: None,
                 },
                 Case {
                     name: "an already translated reply is not translated again",
                     hook: Hook::TcEgress,
                     input: synack.nat("10.96.0.1:443", "10.244.1.5:41000").build(),
-                    verdict: TC_ACT_OK,
+                    verdict: TCX_NEXT,
                     output: None,
                 },
             ],
