@@ -305,8 +305,11 @@ pub const CT_F_HAIRPIN: u8 = 1 << 1;
 pub const CT_F_CLOSING: u8 = 1 << 3;
 /// The client is outside the node: replies leave through an external interface.
 pub const CT_F_EXTERNAL: u8 = 1 << 4;
-/// TCP: the client sent a packet without SYN (the handshake went through).
+/// TCP: the client acknowledged after the backend answered (the handshake went through). A
+/// first packet without SYN (an ACK flood, or a flow lb lost) does not make a flow established.
 pub const CT_F_ESTABLISHED: u8 = 1 << 5;
+/// TCP: the backend has answered (a reply was reverse-NATed).
+pub const CT_F_REPLIED: u8 = 1 << 6;
 
 /// Conntrack idle timeouts, in seconds (kube-proxy's conntrack settings, Cilium's closing one).
 pub mod timeout {
@@ -314,6 +317,10 @@ pub mod timeout {
     pub const TCP_ESTABLISHED: u64 = 86_400;
     pub const TCP_CLOSING: u64 = 10;
     pub const UDP: u64 = 60;
+    /// How long a closed SNATed TCP flow keeps its source port: the backend holds TIME_WAIT on
+    /// that 4-tuple for up to 60 s (netfilter's TIME_WAIT is 120 s), and a new flow reusing the
+    /// port inside it would be refused or misrouted.
+    pub const TCP_TIME_WAIT: u64 = 120;
 
     /// The idle timeout of a flow with these `CT_F_*` flags, in seconds.
     #[inline(always)]
@@ -326,6 +333,18 @@ pub mod timeout {
             TCP_ESTABLISHED
         } else {
             TCP_SYN
+        }
+    }
+
+    /// How long after its last packet a flow with these flags holds what it holds (its entry
+    /// and, with SNAT, its source port): the idle timeout, or TIME_WAIT for a closed SNATed flow.
+    #[inline(always)]
+    pub const fn hold(proto: u8, flags: u8) -> u64 {
+        let closed_snat = super::CT_F_CLOSING | super::CT_F_SNAT;
+        if proto == super::PROTO_TCP && flags & closed_snat == closed_snat {
+            TCP_TIME_WAIT
+        } else {
+            idle(proto, flags)
         }
     }
 }

@@ -4,8 +4,8 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated as gen};
 use lb_common::{
     stat, timeout, Affinity, AffinityKey4, Backend4, Ct4, Frontend4, Frontend4Key, RevNat4,
     Service, SlotKey, Tuple4, BE_F_LOCAL, BE_F_TERMINATING, CT_F_CLOSING, CT_F_ESTABLISHED,
-    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
-    SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, VERDICT_DROP,
+    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_REPLIED, CT_F_SNAT, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, VERDICT_DROP,
 };
 
 use crate::{
@@ -165,15 +165,26 @@ fn replies_alive(ct: &Ct4, f: &Flow, now: u64) -> bool {
     }
 }
 
+/// A client packet's effect on its flow's state: FIN or RST close it; an ACK once the backend
+/// has answered completes the handshake.
 #[inline(always)]
 fn tcp_state(flags: u8, tcp_flags: u8) -> u8 {
     let mut flags = flags;
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         flags |= CT_F_CLOSING;
-    } else if tcp_flags & TCP_SYN == 0 && tcp_flags & TCP_ACK != 0 {
+    } else if tcp_flags & TCP_SYN == 0 && tcp_flags & TCP_ACK != 0 && flags & CT_F_REPLIED != 0 {
         flags |= CT_F_ESTABLISHED;
     }
     flags
+}
+
+/// A SYN without ACK on a closed flow opens a new connection on the same 4-tuple (a client
+/// reusing its port): it starts over, with a fresh state and backend choice.
+#[inline(always)]
+fn reopens(ct: &Ct4, f: &Flow) -> bool {
+    f.proto == PROTO_TCP
+        && ct.flags & CT_F_CLOSING != 0
+        && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// Where a client's packet goes once rewritten towards `backend`.
@@ -192,7 +203,7 @@ fn action_for(flags: u8, backend: u32) -> Action {
 /// backend still exists (terminating backends keep their flows). Otherwise None: a new flow.
 #[inline(always)]
 fn established<P: Packet>(p: &mut P, f: &Flow, ct: &mut Ct4, now: u64) -> Option<Action> {
-    if !alive(ct, f.proto, now) && !replies_alive(ct, f, now) {
+    if reopens(ct, f) || (!alive(ct, f.proto, now) && !replies_alive(ct, f, now)) {
         return None;
     }
     // SAFETY: read-only use of the map value within this run.
@@ -457,8 +468,9 @@ fn stale(key: &Tuple4, now: u64) -> bool {
         Some(ct) => {
             ct.snat_port != key.dport
                 || ct.snat_addr != key.daddr
-                || (!alive(ct, key.proto, now)
-                    && now.saturating_sub(rn.last_seen_ns) >= idle_timeout(key.proto, ct.flags))
+                || (now.saturating_sub(ct.last_seen_ns) >= timeout::hold(key.proto, ct.flags) * NS
+                    && now.saturating_sub(rn.last_seen_ns)
+                        >= timeout::hold(key.proto, ct.flags) * NS)
         }
         None => true,
     }
@@ -500,12 +512,43 @@ fn reply<P: Packet>(p: &mut P, f: &Flow, rn: &mut RevNat4, now: u64) -> Action {
     if now - rn.last_seen_ns > TOUCH_NS {
         rn.last_seen_ns = now;
     }
+    if f.proto == PROTO_TCP {
+        backend_state(f, rn);
+    }
     count(stat::RNAT_HIT);
     if rewrite(p, f, rn.saddr, rn.daddr, rn.sport, rn.dport).is_err() {
         count(stat::DROP_REWRITE);
         return Action::DROP;
     }
     reply_action(rn.flags, rn.daddr)
+}
+
+/// What a backend's TCP reply tells its flow: that it answered (the client's next ACK completes
+/// the handshake) and whether it closed (FIN, RST). Written to the flow's conntrack entry, and
+/// remembered in the reverse entry so that later replies skip the lookup until the backend closes.
+#[inline(always)]
+fn backend_state(f: &Flow, rn: &mut RevNat4) {
+    let closes = f.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    if rn.flags & CT_F_REPLIED != 0 && (!closes || rn.flags & CT_F_CLOSING != 0) {
+        return;
+    }
+    let mut set = CT_F_REPLIED;
+    if closes {
+        set |= CT_F_CLOSING;
+    }
+    rn.flags |= set;
+    let key = Tuple4 {
+        saddr: rn.daddr,
+        daddr: rn.saddr,
+        sport: rn.dport,
+        dport: rn.sport,
+        proto: f.proto,
+        _pad: [0; 3],
+    };
+    if let Some(ct) = LB4_CT.get_ptr_mut(&key) {
+        // SAFETY: map value valid for this run; racing writers only add flags.
+        unsafe { (*ct).flags |= set };
+    }
 }
 
 /// Where a reverse-NATed packet goes: to a client outside the node it is forwarded.

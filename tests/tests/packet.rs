@@ -802,6 +802,79 @@ fn fixture_a_flow_lives_while_either_side_talks() {
     });
 }
 
+fn tcp(syn: bool, ack: bool, fin: bool, rst: bool) -> L4 {
+    L4::Tcp {
+        syn,
+        ack: ack.then_some(5000),
+        fin,
+        rst,
+        seq: 1000,
+    }
+}
+
+/// The TCP state machine, row by row: (what, packet, its hook, the conntrack flags the client's
+/// flow holds afterwards of ESTABLISHED/REPLIED/CLOSING).
+#[test]
+fn fixture_tcp_states() {
+    use lb_common::{CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_REPLIED};
+    with_node("pkt-tcp-states", |node| {
+        node.program(&pod_service(&CIP_80, PROTO_TCP, 0, &TWO_PODS[..1]));
+        let (client, vip, backend) = ("10.244.1.5:42000", "10.96.0.10:80", "10.244.1.7:8080");
+        let state = |node: &Node| {
+            let ct = node.dp.maps.ct.get(&tuple(&Pkt::new(client, vip, SYN)), 0);
+            ct.expect("the client's flow").flags & (CT_F_ESTABLISHED | CT_F_REPLIED | CT_F_CLOSING)
+        };
+        let from_client = |l4| Pkt::new(client, vip, l4).build();
+        let from_backend = |l4| {
+            Pkt::new(backend, client, l4)
+                .macs(POD_MAC, NODE_MAC)
+                .build()
+        };
+        let rows: [(&str, Vec<u8>, u8); 6] = [
+            ("SYN opens the flow, not established", from_client(SYN), 0),
+            (
+                "an ACK before any answer does not establish it",
+                from_client(ACK),
+                0,
+            ),
+            (
+                "the backend's SYN-ACK is recorded",
+                from_backend(tcp(true, true, false, false)),
+                CT_F_REPLIED,
+            ),
+            (
+                "the client's ACK completes the handshake",
+                from_client(ACK),
+                CT_F_REPLIED | CT_F_ESTABLISHED,
+            ),
+            (
+                "the backend's RST closes the flow",
+                from_backend(tcp(false, true, false, true)),
+                CT_F_REPLIED | CT_F_ESTABLISHED | CT_F_CLOSING,
+            ),
+            (
+                "a new SYN on the closed 4-tuple starts over",
+                from_client(SYN),
+                0,
+            ),
+        ];
+        // Flags are only ever added to a live entry: the last row's zero is a new entry.
+        for (what, packet, want) in rows {
+            let (verdict, _) = node.tc(&packet);
+            assert_eq!(verdict, TC_ACT_OK, "{what}: verdict");
+            let flags = state(node);
+            assert_eq!(flags, want, "{what}: flags {flags:#x}");
+            println!("ok: {what}");
+        }
+        // A flow whose first packet is a bare ACK (an ACK flood, a flow lb lost) is tracked,
+        // but not as established: it expires in 60 s, not 24 h.
+        let stray = Pkt::new("10.244.1.5:42001", vip, ACK);
+        assert_eq!(node.tc(&stray.build()).0, TC_ACT_OK);
+        let ct = node.dp.maps.ct.get(&tuple(&stray), 0).expect("stray flow");
+        assert_eq!(ct.flags & CT_F_ESTABLISHED, 0, "{:#x}", ct.flags);
+    });
+}
+
 fn tuple(p: &Pkt) -> lb_common::Tuple4 {
     let proto = match p.l4 {
         L4::Tcp { .. } => PROTO_TCP,

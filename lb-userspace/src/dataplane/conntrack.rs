@@ -69,7 +69,8 @@ pub fn collect(maps: &mut Maps, now: u64) -> Result<Collected> {
     let mut out = Collected::default();
     let flows: Vec<(Tuple4, Ct4)> = maps.ct.iter().filter_map(|e| e.ok()).collect();
     for (key, ct) in flows {
-        let limit = timeout::idle(key.proto, ct.flags) * NS;
+        // A closed SNATed flow is kept through the backend's TIME_WAIT: its port stays taken.
+        let limit = timeout::hold(key.proto, ct.flags) * NS;
         let rkey = reply_key(&key, &ct);
         let reply_seen = maps.rnat.get(&rkey, 0).map(|r| r.last_seen_ns).unwrap_or(0);
         let idle = now.saturating_sub(ct.last_seen_ns.max(reply_seen));
@@ -79,6 +80,12 @@ pub fn collect(maps: &mut Maps, now: u64) -> Result<Collected> {
                 .or_default() += 1;
             continue;
         }
+        // The datapath may have replaced the flow at this key since the snapshot (a client
+        // reusing its port): only the flow that was read is removed.
+        match maps.ct.get(&key, 0) {
+            Ok(now_ct) if now_ct.created_ns == ct.created_ns => {}
+            _ => continue,
+        }
         // Gone already (evicted, or reclaimed by the datapath): nothing to do.
         if maps.ct.remove(&key).is_ok() {
             out.removed += 1;
@@ -86,4 +93,28 @@ pub fn collect(maps: &mut Maps, now: u64) -> Result<Collected> {
         let _ = maps.rnat.remove(&rkey);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{timeout, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_SNAT, PROTO_TCP, PROTO_UDP};
+
+    #[test]
+    fn a_closed_snat_flow_holds_its_port_through_time_wait() {
+        let closed = CT_F_ESTABLISHED | CT_F_CLOSING;
+        let table = [
+            (PROTO_TCP, closed, timeout::TCP_CLOSING),
+            (PROTO_TCP, closed | CT_F_SNAT, timeout::TCP_TIME_WAIT),
+            (
+                PROTO_TCP,
+                CT_F_ESTABLISHED | CT_F_SNAT,
+                timeout::TCP_ESTABLISHED,
+            ),
+            (PROTO_TCP, CT_F_SNAT, timeout::TCP_SYN),
+            (PROTO_UDP, CT_F_SNAT | CT_F_CLOSING, timeout::UDP),
+        ];
+        for (proto, flags, want) in table {
+            assert_eq!(timeout::hold(proto, flags), want, "{proto} {flags:#x}");
+        }
+    }
 }

@@ -127,8 +127,8 @@ pub fn programs(set: &ServiceSet) -> Programs {
 }
 
 /// One mode in a fresh lab: the ClusterIP from the client pod, then the NodePort from the client;
-/// with socket-level load balancing also the direct pod-to-pod limit (the client pod to one
-/// endpoint's address), the rate a connect()-time translation can at best reach.
+/// with socket-level load balancing also the direct pod-to-pod limit (the client pod to the
+/// endpoints' own addresses), the rate a connect()-time translation can at best reach.
 fn run_one(
     plan: &Plan,
     bin: &Path,
@@ -144,17 +144,19 @@ fn run_one(
     let programmed = lab.program(mode, programs, &plan.xdp_mode, [cluster_ip, node_port])?;
     let socket = mode == Mode::LbSocket;
     let mut paths = vec![
-        ("clusterip", &lab.client_pod, cluster_ip, socket),
-        ("nodeport", &lab.client, node_port, false),
+        ("clusterip", &lab.client_pod, vec![cluster_ip], socket),
+        ("nodeport", &lab.client, vec![node_port], false),
     ];
     if socket {
-        let direct = SocketAddr::from((node::pod_ips()[0], services::TARGET_PORT));
-        paths.push(("direct", &lab.client_pod, direct, false));
+        // The same endpoints the Service spreads over, taken in turn by the connection loops.
+        let pods = node::pod_ips().into_iter();
+        let direct = pods.map(|ip| SocketAddr::from((ip, services::TARGET_PORT)));
+        paths.push(("direct", &lab.client_pod, direct.collect(), false));
     }
     let mut out = Vec::new();
-    for (path, from, addr, in_cgroup) in paths {
+    for (path, from, addrs, in_cgroup) in paths {
         let load_avg = report::load_average();
-        let report = lab.load(from, addr, &plan.load, in_cgroup)?;
+        let report = lab.load(from, &addrs, &plan.load, in_cgroup)?;
         out.push(Measurement {
             services: set.services.len(),
             mode: mode.name().into(),

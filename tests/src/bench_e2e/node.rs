@@ -125,19 +125,21 @@ impl BenchLab {
         Ok(start.elapsed())
     }
 
-    /// Runs `bin load` against `addr` from `from` (`in_cgroup`: in the lab's cgroup, where the
+    /// Runs `bin load` against `addrs` from `from` (`in_cgroup`: in the lab's cgroup, where the
     /// agent's socket hooks act) and returns its report.
     pub fn load(
         &self,
         from: &Netns,
-        addr: SocketAddr,
+        addrs: &[SocketAddr],
         opts: &LoadOptions,
         in_cgroup: bool,
     ) -> Result<LoadReport> {
+        let addr: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+        let addr = addr.join(",");
         let args = [
             "load".to_string(),
             "--addr".into(),
-            addr.to_string(),
+            addr.clone(),
             "--conns".into(),
             opts.conns.to_string(),
             "--warmup-ms".into(),

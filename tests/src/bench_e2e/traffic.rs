@@ -127,14 +127,18 @@ pub struct LoadOptions {
     pub closer: Closer,
 }
 
-/// Runs `opts.conns` connection loops against `addr`, measuring after the warm-up.
-pub fn load(addr: SocketAddr, opts: &LoadOptions) -> LoadReport {
+/// Runs `opts.conns` connection loops, loop i against `addrs[i % addrs.len()]` (one address: a
+/// Service; several: endpoints spread over by hand), measuring after the warm-up.
+pub fn load(addrs: &[SocketAddr], opts: &LoadOptions) -> LoadReport {
     let from = Instant::now() + opts.warmup;
     let until = from + opts.duration;
     let closer = opts.closer;
     let per_thread: Vec<(Vec<u32>, u64)> = std::thread::scope(|s| {
         let loops: Vec<_> = (0..opts.conns)
-            .map(|_| s.spawn(move || connection_loop(addr, closer, from, until)))
+            .map(|i| {
+                let addr = addrs[i % addrs.len()];
+                s.spawn(move || connection_loop(addr, closer, from, until))
+            })
             .collect();
         loops
             .into_iter()
@@ -235,7 +239,7 @@ mod tests {
                 duration: Duration::from_millis(300),
                 closer,
             };
-            let report = load(addr, &opts);
+            let report = load(&[addr], &opts);
             assert!(report.completed > 10, "{closer:?}: {report:?}");
             assert_eq!(report.errors, 0, "{closer:?}: {report:?}");
             assert!(

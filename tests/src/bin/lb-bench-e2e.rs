@@ -5,7 +5,7 @@
 //! lb-bench-e2e run [--services 1,1000,10000] [--modes lb,lb-socket,iptables,nftables] ...
 //!     Builds the lab per run, measures, prints a table and writes results to --out.
 //! lb-bench-e2e serve --port PORT --threads N      (in the pods; started by `run`)
-//! lb-bench-e2e load --addr IP:PORT --conns N ...  (in the clients; prints one JSON line)
+//! lb-bench-e2e load --addr IP:PORT[,..] --conns N ...  (in the clients; one JSON line)
 //! lb-bench-e2e chart DIR                          (DIR/e2e-conns.svg from DIR/e2e-runs.jsonl)
 //! ```
 use std::net::SocketAddr;
@@ -50,8 +50,9 @@ enum Command {
     },
     /// Open connections to ADDR in closed loops and print a JSON report (runs in the clients).
     Load {
-        #[arg(long)]
-        addr: SocketAddr,
+        /// Comma-separated: the connection loops take them in turn.
+        #[arg(long, value_delimiter = ',', required = true)]
+        addr: Vec<SocketAddr>,
         #[arg(long)]
         conns: usize,
         #[arg(long)]
@@ -145,7 +146,7 @@ fn main() -> Result<()> {
                 duration: Duration::from_secs_f64(secs),
                 closer,
             };
-            let report = traffic::load(addr, &opts);
+            let report = traffic::load(&addr, &opts);
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
