@@ -471,7 +471,7 @@ impl LabInner {
         let pins = lock(&self.pin_dirs).clone();
         if self.keep.load(Ordering::SeqCst) {
             eprintln!(
-                "lb lab {} ({}): keeping namespaces {namespaces:?}, pin dirs {pins:?}, logs in {}",
+                "lb lab {} ({}): keeping namespaces {namespaces:?}, pin dirs {pins:?}, its cgroup, logs in {}",
                 self.prefix,
                 self.test,
                 self.log_dir.display()
@@ -481,8 +481,13 @@ impl LabInner {
                 .chain([&self.log_dir])
                 .map(|p| p.display().to_string())
                 .collect();
+            let cgroup = self
+                .cgroup
+                .as_ref()
+                .map(|c| format!("; rmdir {}", c.host.display()))
+                .unwrap_or_default();
             eprintln!(
-                "  remove with: for n in {}; do ip netns del $n; done; rm -rf {}",
+                "  remove with: for n in {}; do ip netns del $n; done; rm -rf {}{cgroup}",
                 namespaces.join(" "),
                 paths.join(" ")
             );

@@ -283,16 +283,22 @@ fn keep_leaves_namespaces_for_inspection() -> Result<()> {
     let prefix = lab.prefix().to_string();
     let ns = lab.netns("kept")?;
     let name = ns.name().to_string();
+    let cgroup = lab.cgroup().map(Path::to_path_buf);
     lab.keep();
     drop(lab);
     let kept = listed(&prefix);
+    let cgroup_kept = cgroup.as_ref().is_none_or(|c| c.is_dir());
     // Remove it ourselves before asserting, so a failure leaves nothing behind either.
     let del = Command::new("ip")
         .args(["netns", "del", &name])
         .output()
         .context("ip netns del")?;
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("lb-lab-{prefix}")));
+    if let Some(c) = &cgroup {
+        let _ = std::fs::remove_dir(c);
+    }
     assert_eq!(kept, vec![name.clone()]);
+    assert!(cgroup_kept, "the lab's cgroup is kept too");
     assert!(del.status.success(), "{del:?}");
     assert!(
         !Path::new(REGISTRY_DIR).join(&prefix).exists(),
