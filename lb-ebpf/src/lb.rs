@@ -104,7 +104,20 @@ pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
     }
     if let Some(rn) = LB4_RNAT.get_ptr_mut(&key) {
         // SAFETY: as for conntrack.
-        return reply(p, &f, unsafe { &mut *rn }, now);
+        return ingress_reply(p, &f, unsafe { &mut *rn }, now);
+    }
+    Action::UNTOUCHED
+}
+
+/// A reply arriving from a backend. One addressed to the node (SNAT) or to be bounced (hairpin)
+/// is translated here. Any other goes on as the backend sent it and gets its frontend back as it
+/// leaves the node (`egress`): netfilter in between (kube-proxy's `--ctstate INVALID -j DROP`,
+/// Calico, firewalld) then sees the reply of the flow it saw leave, not an INVALID stranger, and
+/// its conntrack entries close as the connections do.
+#[inline(always)]
+fn ingress_reply<P: Packet>(p: &mut P, f: &Flow, rn: &mut RevNat4, now: u64) -> Action {
+    if rn.flags & (CT_F_SNAT | CT_F_HAIRPIN) != 0 {
+        return reply(p, f, rn, now);
     }
     Action::UNTOUCHED
 }
@@ -476,11 +489,12 @@ fn stale(key: &Tuple4, now: u64) -> bool {
     }
 }
 
-/// A packet leaving the node (TC egress of pod and external interfaces): a reply no ingress hook
-/// translated, because it was sent by the node itself (a Service whose endpoint is the node's
-/// own address, as the `kubernetes` Service on a control-plane node, or a hostNetwork pod), gets
-/// its source back to the frontend. Every other reply was translated where it entered the node,
-/// and no reverse entry is keyed by a frontend address, so nothing is translated twice.
+/// A packet leaving the node (TC egress of pod and external interfaces): a backend's reply to a
+/// client whose source lb preserved gets its frontend back, whether it entered the node from a
+/// local pod or a remote one (`ingress_reply` left it alone) or was sent by the node itself (a
+/// Service whose endpoint is the node's own address, as the `kubernetes` Service on a
+/// control-plane node, or a hostNetwork pod). No reverse entry is keyed by a frontend address,
+/// so nothing is translated twice.
 pub fn egress<P: Packet>(p: &mut P) -> Action {
     let Some(f) = parse(p) else {
         return Action::UNTOUCHED;

@@ -352,18 +352,31 @@ fn fixtures_dnat_reverse_nat_and_untouched_traffic() {
                     ),
                 },
                 Case {
-                    // Its source is now a node address: handed to the stack (TC_ACT_OK) it would
-                    // be dropped as a martian, so it is redirected to the next hop.
-                    name: "reply from the local backend is reverse-NATed to the NodePort and \
-                           redirected towards the client",
+                    // Netfilter between the two hooks sees the reply of the flow it forwarded.
+                    name: "reply from the local backend enters untouched",
                     hook: Hook::Tc,
                     input: reply.build(),
-                    verdict: TC_ACT_REDIRECT,
+                    verdict: TCX_NEXT,
+                    output: None,
+                },
+                Case {
+                    name: "... and leaves reverse-NATed to the NodePort",
+                    hook: Hook::TcEgress,
+                    input: reply.build(),
+                    verdict: TC_ACT_OK,
                     output: Some(reply.nat("192.0.2.10:30080", "198.51.100.7:40001").build()),
                 },
                 Case {
-                    name: "reply to a pod is reverse-NATed to the ClusterIP and left to the stack",
+                    name: "reply to a pod enters untouched",
                     hook: Hook::Tc,
+                    input: pod_reply.build(),
+                    verdict: TCX_NEXT,
+                    output: None,
+                },
+                Case {
+                    name:
+                        "... and leaves through the pod's interface reverse-NATed to the ClusterIP",
+                    hook: Hook::TcEgress,
                     input: pod_reply.build(),
                     verdict: TC_ACT_OK,
                     output: Some(pod_reply.nat("10.96.0.10:80", "10.244.1.5:40000").build()),
@@ -860,7 +873,10 @@ fn fixture_tcp_states() {
         ];
         // Flags are only ever added to a live entry: the last row's zero is a new entry.
         for (what, packet, want) in rows {
-            let (verdict, _) = node.tc(&packet);
+            let (verdict, _) = match packet[6..12] == POD_MAC {
+                true => node.tc_egress(&packet),
+                false => node.tc(&packet),
+            };
             assert_eq!(verdict, TC_ACT_OK, "{what}: verdict");
             let flags = state(node);
             assert_eq!(flags, want, "{what}: flags {flags:#x}");

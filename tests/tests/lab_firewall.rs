@@ -1,0 +1,65 @@
+//! lb beside a stateful firewall: both lab nodes drop what netfilter's conntrack calls INVALID in
+//! FORWARD, as kube-proxy's own `KUBE-FORWARD` rule, Calico and firewalld do. Netfilter must see
+//! each translated flow whole (the reply of the flow it forwarded), or it drops the replies.
+use lb_tests::{
+    cluster_lab::{ready, service, slice, spread, Cluster},
+    lab::require_privileged,
+};
+
+const A: &str = "node-a";
+const B: &str = "node-b";
+
+#[test]
+fn services_work_beside_a_firewall_that_drops_invalid_conntrack_state() {
+    if !require_privileged("lab_firewall") {
+        return;
+    }
+    let web = service(
+        "web",
+        "",
+        "  type: NodePort\n  clusterIP: 10.96.0.20\n  ports:\n  \
+         - {name: http, port: 80, targetPort: 8080, nodePort: 30090}\n  \
+         - {name: dns, port: 53, targetPort: 8080, protocol: UDP}\n",
+    ) + &slice(
+        "web",
+        "web-1",
+        "[{name: http, port: 8080}, {name: dns, port: 8080, protocol: UDP}]",
+        &(ready("10.244.1.5", A) + &ready("10.244.2.5", B)),
+    );
+    let c = Cluster::start(
+        "firewall",
+        env!("CARGO_BIN_EXE_lb-echo"),
+        &[("web.yaml", &web)],
+    )
+    .expect("cluster lab");
+    for node in &c.nodes {
+        node.ns
+            .run("iptables -I FORWARD -m conntrack --ctstate INVALID -j DROP")
+            .expect("the firewall rule");
+    }
+    let vip = "10.96.0.20:80".parse().unwrap();
+    let dns = "10.96.0.20:53".parse().unwrap();
+    let nodeport = "192.0.2.10:30090".parse().unwrap();
+    // Pod → ClusterIP, to the pod beside it and to the one on the other node, TCP and UDP.
+    spread(&c.pod("a2").ns, vip, false, &["a1", "b1"]);
+    spread(&c.pod("a2").ns, dns, true, &["a1", "b1"]);
+    // Outside → NodePort: the local backend (forwarded by the stack) and the remote one.
+    spread(&c.client, nodeport, false, &["a1", "b1"]);
+    // The firewall saw them, and dropped nothing of them: its rule counted no packet.
+    for node in &c.nodes {
+        let rules = node
+            .ns
+            .run("iptables -L FORWARD -v -n -x")
+            .expect("iptables -L");
+        let invalid = rules
+            .lines()
+            .find(|l| l.contains("INVALID"))
+            .expect("the INVALID rule");
+        let packets: u64 = invalid
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("packet count");
+        assert_eq!(packets, 0, "{}: INVALID drops: {invalid}", node.name);
+    }
+}
