@@ -127,18 +127,16 @@ pub struct LoadOptions {
     pub closer: Closer,
 }
 
-/// Runs `opts.conns` connection loops, loop i against `addrs[i % addrs.len()]` (one address: a
-/// Service; several: endpoints spread over by hand), measuring after the warm-up.
+/// Runs `opts.conns` connection loops against `addrs` (one address: a Service; several: its
+/// endpoints, each connection to one of them at random, as the Service spreads them), measuring
+/// after the warm-up.
 pub fn load(addrs: &[SocketAddr], opts: &LoadOptions) -> LoadReport {
     let from = Instant::now() + opts.warmup;
     let until = from + opts.duration;
     let closer = opts.closer;
     let per_thread: Vec<(Vec<u32>, u64)> = std::thread::scope(|s| {
         let loops: Vec<_> = (0..opts.conns)
-            .map(|i| {
-                let addr = addrs[i % addrs.len()];
-                s.spawn(move || connection_loop(addr, closer, from, until))
-            })
+            .map(|i| s.spawn(move || connection_loop(addrs, i as u64, closer, from, until)))
             .collect();
         loops
             .into_iter()
@@ -161,19 +159,27 @@ pub fn load(addrs: &[SocketAddr], opts: &LoadOptions) -> LoadReport {
 
 /// One closed loop: latencies (µs) of the connections that started at or after `from` and ended
 /// by `until`, and how many of those failed.
+///
+/// Each connection goes to an address of `addrs` drawn uniformly: to a Service's endpoints this
+/// is the spread the Service itself gives (lb picks a backend at random), so the two differ only
+/// by the translation. A loop pinned to one endpoint would be kinder than any Service: no
+/// moment where two loops meet on one pod.
 fn connection_loop(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
+    seed: u64,
     closer: Closer,
     from: Instant,
     until: Instant,
 ) -> (Vec<u32>, u64) {
     let mut latencies = Vec::with_capacity(1 << 16);
     let mut errors = 0;
+    let mut draw = fastrand::Rng::with_seed(seed);
     loop {
         let start = Instant::now();
         if start >= until {
             return (latencies, errors);
         }
+        let addr = addrs[draw.usize(..addrs.len())];
         let result = connection(addr, closer);
         let end = Instant::now();
         if start < from || end > until {

@@ -92,8 +92,10 @@ struct RunArgs {
     /// Which side closes each connection first (and so holds its TIME_WAIT).
     #[arg(long, value_enum, default_value_t = Closer::Client)]
     closer: Closer,
-    /// Accepting threads per pod server.
-    #[arg(long, default_value_t = 2)]
+    /// Accepting threads per pod server. As many as the client's loops: a Service's random
+    /// spread sometimes sends every loop to one pod, and a pod short of threads would then
+    /// queue them (a wait the direct path's spread meets alike, but neither should measure).
+    #[arg(long, default_value_t = 4)]
     server_threads: usize,
     /// lb-agent's --xdp-mode. Generic by default: native XDP on a veth (the lab's stand-in for
     /// a NIC) copies every frame a TCP stack sends (a clone) into a page-pool buffer and passes
