@@ -25,8 +25,15 @@ pub mod map_names {
     pub const SERVICES: &str = "LB_SERVICES";
     pub const SLOTS: &str = "LB_SLOTS";
     pub const BACKENDS4: &str = "LB4_BACKENDS";
+    /// TCP flows, client direction (the name predates the split from other protocols).
     pub const CT4: &str = "LB4_CT";
+    /// TCP flows, reply direction and SNAT ports.
     pub const RNAT4: &str = "LB4_RNAT";
+    /// Flows of every other protocol (UDP), client direction: a table of their own, so that
+    /// many short UDP flows never evict TCP connections.
+    pub const CT_ANY4: &str = "LB4_CT_ANY";
+    /// The same, reply direction.
+    pub const RNAT_ANY4: &str = "LB4_RNAT_ANY";
     pub const AFFINITY4: &str = "LB4_AFFINITY";
     pub const NODE_ADDRS4: &str = "LB4_NODE_ADDRS";
     pub const CONFIG: &str = "LB_CONFIG";
@@ -68,7 +75,10 @@ pub mod capacity {
     pub const SERVICES: u32 = 131_072;
     pub const SLOTS: u32 = 1_048_576;
     pub const BACKENDS: u32 = 524_288;
+    /// TCP flows (`--conntrack-max` sets it; see the agent for its default).
     pub const CT: u32 = 262_144;
+    /// Flows of other protocols (`--conntrack-udp-max`).
+    pub const CT_ANY: u32 = 131_072;
     pub const AFFINITY: u32 = 65_536;
     pub const NODE_ADDRS: u32 = 64;
     pub const IFACES: u32 = 4_096;
@@ -316,7 +326,11 @@ pub mod timeout {
     pub const TCP_SYN: u64 = 60;
     pub const TCP_ESTABLISHED: u64 = 86_400;
     pub const TCP_CLOSING: u64 = 10;
+    /// A UDP flow the backend answered (netfilter: 30 s, 120 s once "stream"; lb keeps one).
     pub const UDP: u64 = 60;
+    /// A UDP flow without any reply yet (netfilter's nf_conntrack_udp_timeout): scans, floods
+    /// and lost queries free their entries in half the time.
+    pub const UDP_UNREPLIED: u64 = 30;
     /// How long a closed SNATed TCP flow keeps its source port: the backend holds TIME_WAIT on
     /// that 4-tuple for up to 60 s (netfilter's TIME_WAIT is 120 s), and a new flow reusing the
     /// port inside it would be refused or misrouted.
@@ -326,7 +340,11 @@ pub mod timeout {
     #[inline(always)]
     pub const fn idle(proto: u8, flags: u8) -> u64 {
         if proto != super::PROTO_TCP {
-            UDP
+            if flags & super::CT_F_REPLIED != 0 {
+                UDP
+            } else {
+                UDP_UNREPLIED
+            }
         } else if flags & super::CT_F_CLOSING != 0 {
             TCP_CLOSING
         } else if flags & super::CT_F_ESTABLISHED != 0 {

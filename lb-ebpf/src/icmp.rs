@@ -6,7 +6,7 @@ use lb_common::{stat, Tuple4, PROTO_TCP, PROTO_UDP};
 use crate::{
     csum,
     lb::{reply_action, Action},
-    maps::{count, LB4_RNAT},
+    maps::{count, rnat_map},
     nat::set_addr,
     packet::{read, Packet, Res},
     parse::{Flow, Ipv4, IP_DADDR, IP_SADDR},
@@ -67,7 +67,7 @@ fn nat_error<P: Packet>(p: &mut P, f: &Flow) -> Res<Option<Action>> {
         _pad: [0; 3],
     };
     // SAFETY: read-only copy of the map value.
-    let Some(rn) = (unsafe { LB4_RNAT.get(&key) }).copied() else {
+    let Some(rn) = (unsafe { rnat_map(key.proto).get(&key) }).copied() else {
         return Ok(None);
     };
     let icmp_csum = f.l4 + 2;

@@ -11,8 +11,8 @@ use lb_common::{
 use crate::{
     fib, icmp,
     maps::{
-        count, count_frontend, LB4_AFFINITY, LB4_BACKENDS, LB4_CT, LB4_FRONTENDS, LB4_NODE_ADDRS,
-        LB4_RNAT, LB_CONFIG, LB_SERVICES, LB_SLOTS,
+        count, count_frontend, ct_map, rnat_map, LB4_AFFINITY, LB4_BACKENDS, LB4_FRONTENDS,
+        LB4_NODE_ADDRS, LB_CONFIG, LB_SERVICES, LB_SLOTS,
     },
     nat::rewrite,
     packet::Packet,
@@ -85,7 +85,7 @@ pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
     // SAFETY: coarse clock read, no arguments.
     let now = unsafe { gen::bpf_ktime_get_coarse_ns() };
     let key = f.tuple();
-    if let Some(ct) = LB4_CT.get_ptr_mut(&key) {
+    if let Some(ct) = ct_map(f.proto).get_ptr_mut(&key) {
         // SAFETY: map values stay valid for the program run; concurrent writers only race on
         // last_seen/flags, which is harmless.
         if let Some(action) = established(p, &f, unsafe { &mut *ct }, now) {
@@ -102,7 +102,7 @@ pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
     if let Some(fe) = unsafe { LB4_FRONTENDS.get(&fe_key) } {
         return new_flow(p, &f, &key, fe, scope, now);
     }
-    if let Some(rn) = LB4_RNAT.get_ptr_mut(&key) {
+    if let Some(rn) = rnat_map(f.proto).get_ptr_mut(&key) {
         // SAFETY: as for conntrack.
         return ingress_reply(p, &f, unsafe { &mut *rn }, now);
     }
@@ -172,7 +172,7 @@ fn replies_alive(ct: &Ct4, f: &Flow, now: u64) -> bool {
         _pad: [0; 3],
     };
     // SAFETY: read-only use of the map value within this run.
-    match unsafe { LB4_RNAT.get(&key) } {
+    match unsafe { rnat_map(f.proto).get(&key) } {
         Some(rn) => now.saturating_sub(rn.last_seen_ns) < idle_timeout(f.proto, ct.flags),
         None => false,
     }
@@ -329,11 +329,11 @@ fn new_flow<P: Packet>(
         };
         ct.snat_addr = addr;
         ct.snat_port = port;
-    } else if LB4_RNAT.insert(&reply, &rn, 0).is_err() {
+    } else if rnat_map(f.proto).insert(&reply, &rn, 0).is_err() {
         count(stat::DROP_MAP_FULL);
         return Action::DROP;
     }
-    if LB4_CT.insert(key, &ct, 0).is_err() {
+    if ct_map(f.proto).insert(key, &ct, 0).is_err() {
         count(stat::DROP_MAP_FULL);
         return Action::DROP;
     }
@@ -453,10 +453,13 @@ fn snat_port(reply: &Tuple4, addr: u32, rn: &RevNat4, now: u64) -> Option<u16> {
     };
     for i in 0..SNAT_TRIES {
         key.dport = ((start.wrapping_add(i).checked_rem(range)? + min) as u16).to_be();
-        if LB4_RNAT.insert(&key, rn, u64::from(BPF_NOEXIST)).is_ok() {
+        if rnat_map(key.proto)
+            .insert(&key, rn, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
             return Some(key.dport);
         }
-        if stale(&key, now) && LB4_RNAT.insert(&key, rn, 0).is_ok() {
+        if stale(&key, now) && rnat_map(key.proto).insert(&key, rn, 0).is_ok() {
             return Some(key.dport);
         }
     }
@@ -467,7 +470,7 @@ fn snat_port(reply: &Tuple4, addr: u32, rn: &RevNat4, now: u64) -> Option<u16> {
 #[inline(always)]
 fn stale(key: &Tuple4, now: u64) -> bool {
     // SAFETY: read-only use of map values within this run.
-    let Some(rn) = (unsafe { LB4_RNAT.get(key) }) else {
+    let Some(rn) = (unsafe { rnat_map(key.proto).get(key) }) else {
         return true;
     };
     let ct_key = Tuple4 {
@@ -477,7 +480,7 @@ fn stale(key: &Tuple4, now: u64) -> bool {
         dport: rn.sport,
         ..*key
     };
-    match unsafe { LB4_CT.get(&ct_key) } {
+    match unsafe { ct_map(key.proto).get(&ct_key) } {
         Some(ct) => {
             ct.snat_port != key.dport
                 || ct.snat_addr != key.daddr
@@ -502,7 +505,7 @@ pub fn egress<P: Packet>(p: &mut P) -> Action {
     if (f.proto != PROTO_TCP && f.proto != PROTO_UDP) || f.fragment {
         return Action::UNTOUCHED;
     }
-    let Some(rn) = LB4_RNAT.get_ptr_mut(&f.tuple()) else {
+    let Some(rn) = rnat_map(f.proto).get_ptr_mut(&f.tuple()) else {
         return Action::UNTOUCHED;
     };
     // SAFETY: map value valid for this run; racing writers only move last_seen_ns.
@@ -526,9 +529,7 @@ fn reply<P: Packet>(p: &mut P, f: &Flow, rn: &mut RevNat4, now: u64) -> Action {
     if now - rn.last_seen_ns > TOUCH_NS {
         rn.last_seen_ns = now;
     }
-    if f.proto == PROTO_TCP {
-        backend_state(f, rn);
-    }
+    backend_state(f, rn);
     count(stat::RNAT_HIT);
     if rewrite(p, f, rn.saddr, rn.daddr, rn.sport, rn.dport).is_err() {
         count(stat::DROP_REWRITE);
@@ -537,8 +538,9 @@ fn reply<P: Packet>(p: &mut P, f: &Flow, rn: &mut RevNat4, now: u64) -> Action {
     reply_action(rn.flags, rn.daddr)
 }
 
-/// What a backend's TCP reply tells its flow: that it answered (the client's next ACK completes
-/// the handshake) and whether it closed (FIN, RST). Written to the flow's conntrack entry, and
+/// What a backend's reply tells its flow: that it answered (a TCP client's next ACK completes the
+/// handshake; a UDP flow gets the longer timeout of a flow with replies) and, for TCP, whether it
+/// closed (FIN, RST; a UDP flow has no flags here). Written to the flow's conntrack entry, and
 /// remembered in the reverse entry so that later replies skip the lookup until the backend closes.
 #[inline(always)]
 fn backend_state(f: &Flow, rn: &mut RevNat4) {
@@ -559,7 +561,7 @@ fn backend_state(f: &Flow, rn: &mut RevNat4) {
         proto: f.proto,
         _pad: [0; 3],
     };
-    if let Some(ct) = LB4_CT.get_ptr_mut(&key) {
+    if let Some(ct) = ct_map(key.proto).get_ptr_mut(&key) {
         // SAFETY: map value valid for this run; racing writers only add flags.
         unsafe { (*ct).flags |= set };
     }

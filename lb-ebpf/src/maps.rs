@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     capacity, Affinity, AffinityKey4, Backend4, Config, Counters, Ct4, Frontend4, Frontend4Key,
-    IfaceInfo, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, SockConfig, Tuple4,
+    IfaceInfo, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, SockConfig, Tuple4, PROTO_TCP,
 };
 
 #[map]
@@ -22,14 +22,43 @@ pub static LB_SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(capacity::SLOTS, 0)
 #[map]
 pub static LB4_BACKENDS: HashMap<u32, Backend4> = HashMap::pinned(capacity::BACKENDS, 0);
 
-/// Client-direction flows. LRU: a full table evicts the least recently used flow.
+/// Client-direction TCP flows. LRU: a full table evicts the least recently used flow.
 #[map]
 pub static LB4_CT: LruHashMap<Tuple4, Ct4> = LruHashMap::pinned(capacity::CT, 0);
 
-/// Reply-direction flows, keyed as replies arrive; also the SNAT port allocation table (a port is
-/// taken by inserting its reply tuple with BPF_NOEXIST).
+/// Reply-direction TCP flows, keyed as replies arrive; also the SNAT port allocation table (a
+/// port is taken by inserting its reply tuple with BPF_NOEXIST).
 #[map]
 pub static LB4_RNAT: LruHashMap<Tuple4, RevNat4> = LruHashMap::pinned(capacity::CT, 0);
+
+/// The same two for every other protocol (UDP). Apart from TCP's so that a burst of short UDP
+/// flows (DNS at thousands of queries a second) evicts only UDP flows: in one shared LRU it would
+/// push out idle TCP connections, whose next packet would then meet another backend and a RST.
+#[map]
+pub static LB4_CT_ANY: LruHashMap<Tuple4, Ct4> = LruHashMap::pinned(capacity::CT_ANY, 0);
+
+#[map]
+pub static LB4_RNAT_ANY: LruHashMap<Tuple4, RevNat4> = LruHashMap::pinned(capacity::CT_ANY, 0);
+
+/// The client-direction conntrack table of protocol `proto`.
+#[inline(always)]
+pub fn ct_map(proto: u8) -> &'static LruHashMap<Tuple4, Ct4> {
+    if proto == PROTO_TCP {
+        &LB4_CT
+    } else {
+        &LB4_CT_ANY
+    }
+}
+
+/// The reply-direction table of protocol `proto`.
+#[inline(always)]
+pub fn rnat_map(proto: u8) -> &'static LruHashMap<Tuple4, RevNat4> {
+    if proto == PROTO_TCP {
+        &LB4_RNAT
+    } else {
+        &LB4_RNAT_ANY
+    }
+}
 
 #[map]
 pub static LB4_AFFINITY: LruHashMap<AffinityKey4, Affinity> =

@@ -186,9 +186,19 @@ impl Metrics {
         ct_capacity.set(caps.ct.into());
         registry.register(
             "lb_conntrack_capacity",
-            "Size of the conntrack table: at lb_conntrack_flows' sum it is full and the least \
-             recently used flows are evicted",
+            "Size of the TCP conntrack table: when the TCP states of lb_conntrack_flows (SYN, \
+             ESTABLISHED, CLOSING) sum to it, it is full and the least recently used TCP flows \
+             are evicted",
             ct_capacity,
+        );
+        let ct_udp_capacity = Gauge::<i64>::default();
+        ct_udp_capacity.set(caps.ct_any.into());
+        registry.register(
+            "lb_conntrack_udp_capacity",
+            "Size of the conntrack table of UDP (and other non-TCP) flows: at \
+             lb_conntrack_flows{state=\"UDP\"} it is full and the least recently used UDP flows \
+             are evicted (never TCP ones)",
+            ct_udp_capacity,
         );
         let ct_collected = Counter::default();
         registry.register(
@@ -519,6 +529,7 @@ mod tests {
         slots: 32,
         backends: 4,
         ct: 64,
+        ct_any: 32,
     };
 
     fn set_key() -> SetKey {
@@ -705,6 +716,7 @@ mod tests {
         let text = m.render();
         for (prefix, want) in [
             ("lb_conntrack_capacity ", 64.0),
+            ("lb_conntrack_udp_capacity ", 32.0),
             ("lb_conntrack_flows{state=\"ESTABLISHED\"} ", 5.0),
             ("lb_conntrack_flows{state=\"UDP\"} ", 0.0),
             ("lb_conntrack_collected_total ", 4.0),

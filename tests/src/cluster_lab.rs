@@ -375,6 +375,26 @@ spec:
 
 /// EndpointSlice `e2e/SLICE` of service NAME with `ports` (flow-sequence text) and `endpoints`
 /// (list items from [`ready`] / [`terminating`]; empty for none).
+/// The scenarios' usual Service `web`: NodePort `node_port` and ClusterIP `cluster_ip`, with
+/// ports `http` (TCP 80) and `dns` (UDP 53), both to the pods' 8080, and its EndpointSlice of
+/// `endpoints` (see [`ready`], [`terminating`]).
+pub fn web_service(cluster_ip: &str, node_port: u16, endpoints: &str) -> String {
+    service(
+        "web",
+        "",
+        &format!(
+            "  type: NodePort\n  clusterIP: {cluster_ip}\n  ports:\n  \
+             - {{name: http, port: 80, targetPort: 8080, nodePort: {node_port}}}\n  \
+             - {{name: dns, port: 53, targetPort: 8080, protocol: UDP}}\n"
+        ),
+    ) + &slice(
+        "web",
+        "web-1",
+        "[{name: http, port: 8080}, {name: dns, port: 8080, protocol: UDP}]",
+        endpoints,
+    )
+}
+
 pub fn slice(service: &str, slice: &str, ports: &str, endpoints: &str) -> String {
     let endpoints = if endpoints.is_empty() {
         "endpoints: []\n".to_string()

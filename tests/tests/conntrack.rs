@@ -7,7 +7,8 @@ use lb::dataplane::{
     Dataplane, Options,
 };
 use lb_common::{
-    Ct4, RevNat4, Tuple4, CT_F_ESTABLISHED, CT_F_EXTERNAL, CT_F_SNAT, PROTO_TCP, PROTO_UDP,
+    Ct4, RevNat4, Tuple4, CT_F_ESTABLISHED, CT_F_EXTERNAL, CT_F_REPLIED, CT_F_SNAT, PROTO_TCP,
+    PROTO_UDP,
 };
 use lb_tests::{
     clock::monotonic_ns_after,
@@ -76,37 +77,40 @@ fn expired_flows_are_collected_live_ones_counted() {
             false,
         ),
         (40004, PROTO_TCP, 0, 61, None, false),
+        // UDP without a reply expires after 30 s, with one after 60 s; in their own table.
+        (40005, PROTO_UDP, 0, 40, None, false),
+        (40006, PROTO_UDP, CT_F_REPLIED, 40, None, true),
     ];
     let mut keys = Vec::new();
     for (port, proto, flags, ago, reply_ago, _) in cases {
         let key = tuple(("198.51.100.7", port), vip, proto);
         let ct = flow(flags, ago, 61000 + port % 100);
-        dp.maps.ct.insert(key, ct, 0).expect("ct");
+        dp.maps.flows(proto).ct.insert(key, ct, 0).expect("ct");
         let rkey = reply_key(&key, &ct);
         if let Some(r) = reply_ago {
             let rn = RevNat4 {
                 last_seen_ns: now - r * NS,
                 ..Default::default()
             };
-            dp.maps.rnat.insert(rkey, rn, 0).expect("rnat");
+            dp.maps.flows(proto).rnat.insert(rkey, rn, 0).expect("rnat");
         }
         keys.push((key, rkey));
     }
     let got = collect(&mut dp.maps, monotonic_ns()).expect("collect");
-    assert_eq!(got.removed, 2, "{got:?}");
+    assert_eq!(got.removed, 3, "{got:?}");
     assert_eq!(got.live.get("ESTABLISHED"), Some(&1), "{got:?}");
-    assert_eq!(got.live.get("UDP"), Some(&1), "{got:?}");
+    assert_eq!(got.live.get("UDP"), Some(&2), "{got:?}");
     for ((key, rkey), case) in keys.iter().zip(cases) {
         let kept = case.5;
         assert_eq!(
-            dp.maps.ct.get(key, 0).is_ok(),
+            dp.maps.flows(case.1).ct.get(key, 0).is_ok(),
             kept,
             "flow from port {}",
             case.0
         );
         if case.4.is_some() {
             assert_eq!(
-                dp.maps.rnat.get(rkey, 0).is_ok(),
+                dp.maps.flows(case.1).rnat.get(rkey, 0).is_ok(),
                 kept,
                 "reply of {}",
                 case.0

@@ -2,7 +2,7 @@
 //! FORWARD, as kube-proxy's own `KUBE-FORWARD` rule, Calico and firewalld do. Netfilter must see
 //! each translated flow whole (the reply of the flow it forwarded), or it drops the replies.
 use lb_tests::{
-    cluster_lab::{ready, service, slice, spread, Cluster},
+    cluster_lab::{ready, spread, web_service, Cluster},
     lab::require_privileged,
 };
 
@@ -14,16 +14,9 @@ fn services_work_beside_a_firewall_that_drops_invalid_conntrack_state() {
     if !require_privileged("lab_firewall") {
         return;
     }
-    let web = service(
-        "web",
-        "",
-        "  type: NodePort\n  clusterIP: 10.96.0.20\n  ports:\n  \
-         - {name: http, port: 80, targetPort: 8080, nodePort: 30090}\n  \
-         - {name: dns, port: 53, targetPort: 8080, protocol: UDP}\n",
-    ) + &slice(
-        "web",
-        "web-1",
-        "[{name: http, port: 8080}, {name: dns, port: 8080, protocol: UDP}]",
+    let web = web_service(
+        "10.96.0.20",
+        30090,
         &(ready("10.244.1.5", A) + &ready("10.244.2.5", B)),
     );
     let c = Cluster::start(

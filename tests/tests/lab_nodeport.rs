@@ -269,6 +269,8 @@ fn program_node1(pin: PathBuf, mode: XdpRequest) -> anyhow::Result<XdpModeUsed> 
         capacities: vec![
             (map_names::CT4, 4096),
             (map_names::RNAT4, 4096),
+            (map_names::CT_ANY4, 4096),
+            (map_names::RNAT_ANY4, 4096),
             (map_names::SLOTS, 1024),
         ],
     };

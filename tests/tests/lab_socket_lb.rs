@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant};
 
 use lb_tests::{
-    cluster_lab::{ready, service, slice, terminating, until_frontend, Cluster, APPLY},
+    cluster_lab::{
+        ready, service, slice, terminating, until_frontend, web_service, Cluster, APPLY,
+    },
     lab::{poll_until, require_privileged, scaled, Netns},
 };
 
@@ -113,18 +115,7 @@ fn counters(c: &Cluster, node: &str, ip: &str, port: u16, proto: &str) -> (u64, 
 }
 
 fn web(endpoints: &str) -> String {
-    service(
-        "web",
-        "",
-        "  type: NodePort\n  clusterIP: 10.96.0.10\n  ports:\n  \
-         - {name: http, port: 80, targetPort: 8080, nodePort: 30080}\n  \
-         - {name: dns, port: 53, targetPort: 8080, protocol: UDP}\n",
-    ) + &slice(
-        "web",
-        "web-1",
-        "[{name: http, port: 8080}, {name: dns, port: 8080, protocol: UDP}]",
-        endpoints,
-    )
+    web_service("10.96.0.10", 30080, endpoints)
 }
 
 fn objects() -> Vec<(&'static str, String)> {

@@ -183,6 +183,8 @@ fn with_node(test: &str, f: impl FnOnce(&mut Node) + Send + 'static) {
             capacities: vec![
                 (map_names::CT4, 1024),
                 (map_names::RNAT4, 1024),
+                (map_names::CT_ANY4, 1024),
+                (map_names::RNAT_ANY4, 1024),
                 (map_names::SLOTS, 1024),
             ],
         };
@@ -592,6 +594,7 @@ fn fixture_snat_to_remote_backend_and_unsnat() {
         let ct = node
             .dp
             .maps
+            .tcp_flows
             .ct
             .get(&tuple(&syn), 0)
             .expect("conntrack entry");
@@ -630,6 +633,7 @@ fn fixture_snat_to_remote_backend_and_unsnat() {
         let ct2 = node
             .dp
             .maps
+            .tcp_flows
             .ct
             .get(&tuple(&syn2), 0)
             .expect("conntrack entry");
@@ -644,7 +648,13 @@ fn fixture_snat_out_of_another_interface_is_redirected() {
         let syn = Pkt::new("198.51.100.7:42000", "192.0.2.10:30080", SYN);
         let (verdict, out) = node.xdp(&syn.build());
         assert_eq!(verdict, XDP_REDIRECT, "the route leaves through eth1");
-        let ct = node.dp.maps.ct.get(&tuple(&syn), 0).expect("conntrack");
+        let ct = node
+            .dp
+            .maps
+            .tcp_flows
+            .ct
+            .get(&tuple(&syn), 0)
+            .expect("conntrack");
         let snat_port = u16::from_be(ct.snat_port);
         let mut want = syn
             .nat(&format!("192.0.3.10:{snat_port}"), "10.244.3.9:8080")
@@ -796,14 +806,17 @@ fn fixture_a_flow_lives_while_either_side_talks() {
             let old = monotonic_ns_after(quiet) - quiet.as_nanos() as u64;
             let maps = &mut node.dp.maps;
             if ct_too {
-                let mut ct = maps.ct.get(&ct_key, 0).expect("ct");
+                let mut ct = maps.other_flows.ct.get(&ct_key, 0).expect("ct");
                 ct.last_seen_ns = old;
-                maps.ct.insert(ct_key, ct, 0).expect("age ct");
+                maps.other_flows.ct.insert(ct_key, ct, 0).expect("age ct");
             }
             if rn_too {
-                let mut rn = maps.rnat.get(&rn_key, 0).expect("rnat");
+                let mut rn = maps.other_flows.rnat.get(&rn_key, 0).expect("rnat");
                 rn.last_seen_ns = old;
-                maps.rnat.insert(rn_key, rn, 0).expect("age rnat");
+                maps.other_flows
+                    .rnat
+                    .insert(rn_key, rn, 0)
+                    .expect("age rnat");
             }
         };
         // The client was quiet for 2 minutes but the server kept talking: same backend.
@@ -834,7 +847,12 @@ fn fixture_tcp_states() {
         node.program(&pod_service(&CIP_80, PROTO_TCP, 0, &TWO_PODS[..1]));
         let (client, vip, backend) = ("10.244.1.5:42000", "10.96.0.10:80", "10.244.1.7:8080");
         let state = |node: &Node| {
-            let ct = node.dp.maps.ct.get(&tuple(&Pkt::new(client, vip, SYN)), 0);
+            let ct = node
+                .dp
+                .maps
+                .tcp_flows
+                .ct
+                .get(&tuple(&Pkt::new(client, vip, SYN)), 0);
             ct.expect("the client's flow").flags & (CT_F_ESTABLISHED | CT_F_REPLIED | CT_F_CLOSING)
         };
         let from_client = |l4| Pkt::new(client, vip, l4).build();
@@ -886,8 +904,70 @@ fn fixture_tcp_states() {
         // but not as established: it expires in 60 s, not 24 h.
         let stray = Pkt::new("10.244.1.5:42001", vip, ACK);
         assert_eq!(node.tc(&stray.build()).0, TC_ACT_OK);
-        let ct = node.dp.maps.ct.get(&tuple(&stray), 0).expect("stray flow");
+        let ct = node
+            .dp
+            .maps
+            .tcp_flows
+            .ct
+            .get(&tuple(&stray), 0)
+            .expect("stray flow");
         assert_eq!(ct.flags & CT_F_ESTABLISHED, 0, "{:#x}", ct.flags);
+    });
+}
+
+/// UDP flows live in a table of their own (`LB4_CT_ANY`), so that a flood of them cannot evict
+/// TCP connections; until the backend answers they have the short timeout.
+#[test]
+fn fixture_udp_flows_have_their_own_table() {
+    use lb_common::CT_F_REPLIED;
+    with_node("pkt-udp-table", |node| {
+        node.program(&pod_service(&CIP_53, PROTO_UDP, 0, &TWO_PODS[..1]));
+        node.program(&pod_service(&CIP_80, PROTO_TCP, 0, &TWO_PODS[..1]));
+        let (client, dns, web) = ("10.244.1.5:5353", "10.96.0.10:53", "10.96.0.10:80");
+        let query = Pkt::new(client, dns, UDP);
+        let syn = Pkt::new("10.244.1.5:42000", web, SYN);
+        assert_eq!(node.tc(&query.build()).0, TC_ACT_OK, "query translated");
+        assert_eq!(node.tc(&syn.build()).0, TC_ACT_OK, "SYN translated");
+        let maps = &node.dp.maps;
+        let udp = maps
+            .other_flows
+            .ct
+            .get(&tuple(&query), 0)
+            .expect("UDP flow");
+        assert!(
+            maps.tcp_flows.ct.get(&tuple(&query), 0).is_err(),
+            "UDP in the TCP table"
+        );
+        assert!(maps.tcp_flows.ct.get(&tuple(&syn), 0).is_ok(), "TCP flow");
+        assert!(
+            maps.other_flows.ct.get(&tuple(&syn), 0).is_err(),
+            "TCP in the UDP table"
+        );
+        assert_eq!(
+            udp.flags & CT_F_REPLIED,
+            0,
+            "no answer yet: {:#x}",
+            udp.flags
+        );
+        assert_eq!(
+            lb_common::timeout::idle(PROTO_UDP, udp.flags),
+            lb_common::timeout::UDP_UNREPLIED
+        );
+
+        // The answer, reverse-NATed as it leaves toward the client, marks the flow replied.
+        let answer = Pkt::new("10.244.1.7:8080", client, UDP).macs(POD_MAC, NODE_MAC);
+        let (verdict, out) = node.tc_egress(&answer.build());
+        assert_eq!(verdict, TC_ACT_OK, "answer translated");
+        let want = Pkt::new(dns, client, UDP).macs(POD_MAC, NODE_MAC).build();
+        assert_eq!(hex(&out), hex(&want), "answer from the Service");
+        let udp = node
+            .dp
+            .maps
+            .other_flows
+            .ct
+            .get(&tuple(&query), 0)
+            .expect("UDP flow");
+        assert_ne!(udp.flags & CT_F_REPLIED, 0, "answered: {:#x}", udp.flags);
     });
 }
 
@@ -1021,6 +1101,7 @@ fn fixtures_verdicts_reject_drop_fragments_hairpin() {
         let ct = node
             .dp
             .maps
+            .tcp_flows
             .ct
             .get(&tuple(&hairpin), 0)
             .expect("hairpin conntrack");

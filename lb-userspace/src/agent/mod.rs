@@ -114,11 +114,94 @@ pub struct RunArgs {
     /// of every cgroup below. Default: the root of the cgroup v2 hierarchy (/proc/mounts).
     #[arg(long, env = "LB_CGROUP_PATH", value_name = "DIR")]
     pub cgroup_path: Option<PathBuf>,
+    /// Size of the TCP conntrack table (flows; the reply table is as large). Default: 32768
+    /// per CPU, at least 131072 (kube-proxy's nf_conntrack sizing).
+    #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(1024..))]
+    pub conntrack_max: Option<u32>,
+    /// Size of the conntrack table of UDP and other non-TCP flows. Default: 16384 per CPU, at
+    /// least 65536.
+    #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(1024..))]
+    pub conntrack_udp_max: Option<u32>,
+    /// Source ports SNAT takes (node → remote backend for externalTrafficPolicy=Cluster), per
+    /// backend and node address. Keep it outside the node's ephemeral port range
+    /// (net.ipv4.ip_local_port_range) so SNAT never takes a local socket's port.
+    #[arg(long, value_name = "MIN-MAX", default_value = "61000-65535", value_parser = parse_port_range)]
+    pub snat_port_range: (u16, u16),
     #[arg(long, default_value = crate::dataplane::DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     /// Where /metrics, /healthz and /livez are served.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub metrics_addr: std::net::SocketAddr,
+}
+
+/// `MIN-MAX`, both included, MIN <= MAX, MIN at least 1024 (below are the well-known ports).
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (min, max) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not MIN-MAX"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|e| format!("{p:?} in {s:?}: {e}"))
+    };
+    let (min, max) = (port(min)?, port(max)?);
+    if min < 1024 || min > max {
+        return Err(format!("{s:?}: want 1024 <= MIN <= MAX <= 65535"));
+    }
+    Ok((min, max))
+}
+
+/// The conntrack tables' sizes: the flags, else scaled with the CPUs as kube-proxy sizes
+/// nf_conntrack (`--conntrack-max-per-core` 32768, `--conntrack-min` 131072).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ConntrackSizes {
+    tcp: u32,
+    udp: u32,
+}
+
+impl ConntrackSizes {
+    fn from_args(args: &RunArgs) -> Result<Self> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)? as u32;
+        Ok(Self::with_cpus(
+            args.conntrack_max,
+            args.conntrack_udp_max,
+            cpus,
+        ))
+    }
+
+    fn with_cpus(tcp: Option<u32>, udp: Option<u32>, cpus: u32) -> Self {
+        let scaled = |per_cpu: u32, min: u32| per_cpu.saturating_mul(cpus).max(min);
+        ConntrackSizes {
+            tcp: tcp.unwrap_or_else(|| scaled(32_768, 131_072)),
+            udp: udp.unwrap_or_else(|| scaled(16_384, 65_536)),
+        }
+    }
+
+    fn capacities(self) -> Vec<(&'static str, u32)> {
+        use lb_common::map_names as n;
+        vec![
+            (n::CT4, self.tcp),
+            (n::RNAT4, self.tcp),
+            (n::CT_ANY4, self.udp),
+            (n::RNAT_ANY4, self.udp),
+        ]
+    }
+
+    /// Pinned maps keep the size they were created with (their flows are what a restart keeps):
+    /// a new size applies after `lb-agent cleanup`, which drops the flows.
+    fn warn_if_pinned_differ(self, caps: &Capacities) {
+        for (table, want, have) in [("TCP", self.tcp, caps.ct), ("UDP", self.udp, caps.ct_any)] {
+            if want != have {
+                tracing::warn!(
+                    table,
+                    requested = want,
+                    pinned = have,
+                    "the pinned {table} conntrack table keeps its size (its flows survive \
+                     restarts); `lb-agent cleanup` and a start recreate it at the requested size"
+                );
+            }
+        }
+    }
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -129,12 +212,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Some(n) => n.clone(),
         None => hostname()?,
     };
+    let sizes = ConntrackSizes::from_args(&args)?;
     let opts = Options {
         pin_path: args.pin_path.clone(),
-        ..Default::default()
+        capacities: sizes.capacities(),
     };
     let mut dp = Dataplane::open(&opts)?;
     let caps = Capacities::read(dp.layout())?;
+    sizes.warn_if_pinned_differ(&caps);
+    dp.set_snat_ports(args.snat_port_range)?;
     let mut rec = Reconciler::adopt(&dp.maps, caps)?;
     // kube-proxy's healthz timeout is twice its sync period.
     let metrics = Metrics::new(Some(dp.layout().clone()), caps, 2 * RESYNC_INTERVAL);
@@ -325,4 +411,50 @@ fn hostname() -> Result<String> {
         .context("reading the hostname (or pass --node-name)")?
         .trim()
         .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_sizes_scale_with_cpus_above_a_minimum() {
+        // (--conntrack-max, --conntrack-udp-max, CPUs, TCP table, UDP table)
+        let table = [
+            (None, None, 1, 131_072, 65_536),
+            (None, None, 4, 131_072, 65_536),
+            (None, None, 8, 262_144, 131_072),
+            (None, None, 64, 2_097_152, 1_048_576),
+            (Some(4096), None, 64, 4096, 1_048_576),
+            (None, Some(2048), 2, 131_072, 2048),
+        ];
+        for (tcp, udp, cpus, want_tcp, want_udp) in table {
+            let got = ConntrackSizes::with_cpus(tcp, udp, cpus);
+            let want = ConntrackSizes {
+                tcp: want_tcp,
+                udp: want_udp,
+            };
+            assert_eq!(got, want, "{tcp:?} {udp:?} on {cpus} CPUs");
+        }
+    }
+
+    #[test]
+    fn snat_port_ranges() {
+        let table = [
+            ("61000-65535", Ok((61_000, 65_535))),
+            ("1024-1024", Ok((1024, 1024))),
+            (" 40000 - 50000", Ok((40_000, 50_000))),
+            ("1000-2000", Err("want 1024 <= MIN <= MAX <= 65535")),
+            ("50000-40000", Err("want 1024 <= MIN <= MAX <= 65535")),
+            ("61000", Err("is not MIN-MAX")),
+            ("61000-70000", Err("\"70000\" in")),
+        ];
+        for (text, want) in table {
+            match (parse_port_range(text), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{text}"),
+                (Err(e), Err(part)) => assert!(e.contains(part), "{text}: {e}"),
+                (got, want) => panic!("{text}: {got:?}, want {want:?}"),
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
-//! `lbctl conntrack`: the flows the datapath tracks (`LB4_CT`, one entry per client → frontend
-//! 5-tuple), with their reverse-NAT entries (`LB4_RNAT`, keyed by the reply as the backend sends
-//! it) and the service port that chose the backend.
+//! `lbctl conntrack`: the flows the datapath tracks (`LB4_CT` for TCP, `LB4_CT_ANY` for the rest:
+//! one entry per client → frontend 5-tuple), with their reverse-NAT entries (`LB4_RNAT`,
+//! `LB4_RNAT_ANY`: keyed by the reply as the backend sends it) and the service port that chose
+//! the backend.
 use anyhow::{bail, Result};
 use lb_common::{timeout, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT};
 use serde::Serialize;
@@ -8,7 +9,7 @@ use serde::Serialize;
 use super::{port_label, protocol_name, secs_since, table::Builder, units, Endpoint, Names};
 use crate::dataplane::{
     conntrack::{reply_key, state},
-    maps::entries,
+    maps::{entries, FlowTable},
     Maps,
 };
 
@@ -58,15 +59,31 @@ pub fn rows(maps: &Maps, now_ns: u64, filter: Option<&str>) -> Result<Vec<Conntr
     let filter = filter.map(Filter::parse).transpose()?;
     let names = Names::read(maps)?;
     let mut rows = Vec::new();
-    for (key, ct) in entries(&maps.ct)? {
+    for table in maps.flow_tables() {
+        table_rows(table, &names, now_ns, filter.as_ref(), &mut rows)?;
+    }
+    rows.sort_by(|a, b| {
+        (a.client, a.frontend, a.protocol).cmp(&(b.client, b.frontend, b.protocol))
+    });
+    Ok(rows)
+}
+
+fn table_rows(
+    table: &FlowTable,
+    names: &Names,
+    now_ns: u64,
+    filter: Option<&Filter>,
+    rows: &mut Vec<ConntrackRow>,
+) -> Result<()> {
+    for (key, ct) in entries(&table.ct)? {
         let name = names.get(ct.service_id);
-        if let Some(f) = &filter {
+        if let Some(f) = filter {
             let Some(name) = name else { continue };
             if !f.matches(&name.service.to_string(), &name.port_name) {
                 continue;
             }
         }
-        let reply = maps.rnat.get(&reply_key(&key, &ct), 0).ok();
+        let reply = table.rnat.get(&reply_key(&key, &ct), 0).ok();
         let idle = secs_since(now_ns, ct.last_seen_ns);
         rows.push(ConntrackRow {
             client: Endpoint::from_wire(key.saddr, key.sport),
@@ -92,10 +109,7 @@ pub fn rows(maps: &Maps, now_ns: u64, filter: Option<&str>) -> Result<Vec<Conntr
             stats_id: ct.stats_id,
         });
     }
-    rows.sort_by(|a, b| {
-        (a.client, a.frontend, a.protocol).cmp(&(b.client, b.frontend, b.protocol))
-    });
-    Ok(rows)
+    Ok(())
 }
 
 pub fn table(rows: &[ConntrackRow]) -> String {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use lb_common::{timeout, Ct4, Tuple4, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_SNAT, PROTO_TCP};
 
-use super::Maps;
+use super::{maps::FlowTable, Maps};
 
 const NS: u64 = 1_000_000_000;
 
@@ -64,15 +64,26 @@ pub struct Collected {
 }
 
 /// Remove the flows idle beyond their timeout in both directions (the datapath's own rule), with
-/// their reply entries, and count the rest by state.
+/// their reply entries, and count the rest by state; in both tables.
 pub fn collect(maps: &mut Maps, now: u64) -> Result<Collected> {
     let mut out = Collected::default();
-    let flows: Vec<(Tuple4, Ct4)> = maps.ct.iter().filter_map(|e| e.ok()).collect();
+    for table in [&mut maps.tcp_flows, &mut maps.other_flows] {
+        collect_table(table, now, &mut out);
+    }
+    Ok(out)
+}
+
+fn collect_table(table: &mut FlowTable, now: u64, out: &mut Collected) {
+    let flows: Vec<(Tuple4, Ct4)> = table.ct.iter().filter_map(|e| e.ok()).collect();
     for (key, ct) in flows {
         // A closed SNATed flow is kept through the backend's TIME_WAIT: its port stays taken.
         let limit = timeout::hold(key.proto, ct.flags) * NS;
         let rkey = reply_key(&key, &ct);
-        let reply_seen = maps.rnat.get(&rkey, 0).map(|r| r.last_seen_ns).unwrap_or(0);
+        let reply_seen = table
+            .rnat
+            .get(&rkey, 0)
+            .map(|r| r.last_seen_ns)
+            .unwrap_or(0);
         let idle = now.saturating_sub(ct.last_seen_ns.max(reply_seen));
         if idle < limit {
             *out.live
@@ -82,22 +93,23 @@ pub fn collect(maps: &mut Maps, now: u64) -> Result<Collected> {
         }
         // The datapath may have replaced the flow at this key since the snapshot (a client
         // reusing its port): only the flow that was read is removed.
-        match maps.ct.get(&key, 0) {
+        match table.ct.get(&key, 0) {
             Ok(now_ct) if now_ct.created_ns == ct.created_ns => {}
             _ => continue,
         }
         // Gone already (evicted, or reclaimed by the datapath): nothing to do.
-        if maps.ct.remove(&key).is_ok() {
+        if table.ct.remove(&key).is_ok() {
             out.removed += 1;
         }
-        let _ = maps.rnat.remove(&rkey);
+        let _ = table.rnat.remove(&rkey);
     }
-    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
-    use lb_common::{timeout, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_SNAT, PROTO_TCP, PROTO_UDP};
+    use lb_common::{
+        timeout, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_REPLIED, CT_F_SNAT, PROTO_TCP, PROTO_UDP,
+    };
 
     #[test]
     fn a_closed_snat_flow_holds_its_port_through_time_wait() {
@@ -111,7 +123,8 @@ mod tests {
                 timeout::TCP_ESTABLISHED,
             ),
             (PROTO_TCP, CT_F_SNAT, timeout::TCP_SYN),
-            (PROTO_UDP, CT_F_SNAT | CT_F_CLOSING, timeout::UDP),
+            (PROTO_UDP, CT_F_SNAT | CT_F_CLOSING, timeout::UDP_UNREPLIED),
+            (PROTO_UDP, CT_F_SNAT | CT_F_REPLIED, timeout::UDP),
         ];
         for (proto, flags, want) in table {
             assert_eq!(timeout::hold(proto, flags), want, "{proto} {flags:#x}");

@@ -21,8 +21,10 @@ pub struct Maps {
     pub services: HashMap<MapData, u32, Service>,
     pub slots: HashMap<MapData, SlotKey, u32>,
     pub backends: HashMap<MapData, u32, Backend4>,
-    pub ct: HashMap<MapData, Tuple4, Ct4>,
-    pub rnat: HashMap<MapData, Tuple4, RevNat4>,
+    /// TCP flows.
+    pub tcp_flows: FlowTable,
+    /// Flows of every other protocol (UDP): a table of their own (`LB4_CT_ANY`).
+    pub other_flows: FlowTable,
     pub affinity: HashMap<MapData, AffinityKey4, Affinity>,
     pub node_addrs: HashMap<MapData, u32, NodeAddr4>,
     pub config: Array<MapData, Config>,
@@ -36,6 +38,12 @@ pub struct Maps {
     pub host_addrs: HashMap<MapData, u32, u8>,
 }
 
+/// One conntrack table: client-direction flows and their reply entries (also the SNAT ports).
+pub struct FlowTable {
+    pub ct: HashMap<MapData, Tuple4, Ct4>,
+    pub rnat: HashMap<MapData, Tuple4, RevNat4>,
+}
+
 /// The sizes of the maps the agent fills, as created (a pinned map keeps the size it was made
 /// with).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +52,10 @@ pub struct Capacities {
     pub services: u32,
     pub slots: u32,
     pub backends: u32,
-    /// The conntrack table (LRU: when full, the least recently used flow makes room).
+    /// The TCP conntrack table (LRU: when full, the least recently used flow makes room).
     pub ct: u32,
+    /// The conntrack table of other protocols (UDP).
+    pub ct_any: u32,
 }
 
 impl Capacities {
@@ -61,6 +71,7 @@ impl Capacities {
             slots: size(names::SLOTS)?,
             backends: size(names::BACKENDS4)?,
             ct: size(names::CT4)?,
+            ct_any: size(names::CT_ANY4)?,
         })
     }
 }
@@ -110,8 +121,14 @@ impl Maps {
             services: typed(src, names::SERVICES)?,
             slots: typed(src, names::SLOTS)?,
             backends: typed(src, names::BACKENDS4)?,
-            ct: typed(src, names::CT4)?,
-            rnat: typed(src, names::RNAT4)?,
+            tcp_flows: FlowTable {
+                ct: typed(src, names::CT4)?,
+                rnat: typed(src, names::RNAT4)?,
+            },
+            other_flows: FlowTable {
+                ct: typed(src, names::CT_ANY4)?,
+                rnat: typed(src, names::RNAT_ANY4)?,
+            },
             affinity: typed(src, names::AFFINITY4)?,
             node_addrs: typed(src, names::NODE_ADDRS4)?,
             config: typed(src, names::CONFIG)?,
@@ -124,6 +141,20 @@ impl Maps {
             sock_stats: typed(src, names::SOCK_STATS)?,
             host_addrs: typed(src, names::HOST_ADDRS4)?,
         })
+    }
+
+    /// The conntrack table of protocol `proto`, as the datapath chooses it.
+    pub fn flows(&mut self, proto: u8) -> &mut FlowTable {
+        if proto == lb_common::PROTO_TCP {
+            &mut self.tcp_flows
+        } else {
+            &mut self.other_flows
+        }
+    }
+
+    /// Both conntrack tables.
+    pub fn flow_tables(&self) -> [&FlowTable; 2] {
+        [&self.tcp_flows, &self.other_flows]
     }
 
     pub fn config(&self) -> Result<Config> {

@@ -299,6 +299,20 @@ impl Dataplane {
         Ok(cgroup)
     }
 
+    /// The source ports SNAT takes, `min..=max` (new flows use them at once; flows holding a
+    /// port outside keep it).
+    pub fn set_snat_ports(&mut self, (min, max): (u16, u16)) -> Result<()> {
+        let config = self.maps.config()?;
+        if (config.snat_port_min, config.snat_port_max) == (min, max) {
+            return Ok(());
+        }
+        self.maps.set_config(&Config {
+            snat_port_min: min,
+            snat_port_max: max,
+            ..config
+        })
+    }
+
     /// The node address session affinity is keyed by for the node's own sockets (it follows
     /// the node's addresses).
     pub fn set_socket_node_addr(&mut self, addr: std::net::Ipv4Addr) -> Result<()> {

@@ -67,7 +67,12 @@ fn main() -> Result<()> {
 fn bench(pin: &Path) -> Result<()> {
     let opts = Options {
         pin_path: pin.to_path_buf(),
-        capacities: vec![(map_names::CT4, 65_536), (map_names::RNAT4, 65_536)],
+        capacities: vec![
+            (map_names::CT4, 65_536),
+            (map_names::RNAT4, 65_536),
+            (map_names::CT_ANY4, 65_536),
+            (map_names::RNAT_ANY4, 65_536),
+        ],
     };
     let mut dp = Dataplane::open(&opts)?;
     let eth0 = ifindex("eth0")?;
