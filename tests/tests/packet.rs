@@ -638,7 +638,39 @@ fn fixture_snat_to_remote_backend_and_unsnat() {
             .get(&tuple(&syn2), 0)
             .expect("conntrack entry");
         assert_ne!(ct2.snat_port, ct.snat_port, "SNAT ports never collide");
+
+        // --snat-port-range 40000-40001: two more flows take those two ports, one each; a third
+        // finds both held by live flows and is dropped, counted.
+        node.dp.set_snat_ports((40000, 40001)).expect("SNAT range");
+        let mut taken = Vec::new();
+        for client_port in [42002, 42003] {
+            let syn = syn.nat(&format!("198.51.100.7:{client_port}"), "192.0.2.10:30080");
+            assert_eq!(node.xdp(&syn.build()).0, XDP_TX, "flow from {client_port}");
+            let ct = node
+                .dp
+                .maps
+                .tcp_flows
+                .ct
+                .get(&tuple(&syn), 0)
+                .expect("flow");
+            taken.push(u16::from_be(ct.snat_port));
+        }
+        taken.sort();
+        assert_eq!(
+            taken,
+            [40000, 40001],
+            "the configured range, each port once"
+        );
+        let exhausted = || node_counter(node, "drop_snat_exhausted");
+        let before = exhausted();
+        let syn5 = syn.nat("198.51.100.7:42004", "192.0.2.10:30080");
+        assert_eq!(node.xdp(&syn5.build()).0, XDP_DROP, "no port left");
+        assert_eq!(exhausted(), before + 1, "counted as SNAT exhaustion");
     });
+}
+
+fn node_counter(node: &Node, name: &str) -> u64 {
+    node.dp.maps.global_counters().expect("counters")[name]
 }
 
 #[test]
