@@ -52,6 +52,7 @@ pub fn lb_xdp_ext(ctx: XdpContext) -> u32 {
     match action.verdict {
         Verdict::Untouched | Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Forward if !nat::decrement_ttl(&mut p) => xdp_action::XDP_PASS,
         Verdict::Forward => match fib::xdp_next_hop(&mut p, action.daddr) {
             0 => xdp_action::XDP_PASS,
             out if out == p.ifindex() => xdp_action::XDP_TX,
@@ -151,6 +152,7 @@ fn tc(ctx: &TcContext, scope: u8) -> i32 {
     match action.verdict {
         Verdict::Untouched => TCX_NEXT,
         Verdict::Pass => TC_ACT_OK,
+        Verdict::Forward if !nat::decrement_ttl(&mut p) => TC_ACT_OK,
         Verdict::Forward => match fib::redirect_neigh(&mut p, action.daddr) {
             Some(verdict) => verdict as i32,
             None => TC_ACT_OK,

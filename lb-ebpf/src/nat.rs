@@ -2,9 +2,30 @@
 use lb_common::PROTO_UDP;
 
 use crate::{
-    packet::{Packet, Res, CSUM_MANGLED_0, CSUM_PSEUDO},
-    parse::{Flow, IP_CSUM, IP_DADDR, IP_SADDR},
+    packet::{read, Packet, Res, CSUM_MANGLED_0, CSUM_PSEUDO},
+    parse::{Flow, IP_CSUM, IP_DADDR, IP_SADDR, IP_TTL},
 };
+
+/// What a router does to a packet it forwards, for those lb transmits itself (XDP_TX,
+/// XDP_REDIRECT, TC redirect to the next hop), which bypass the stack's forwarding: one hop less
+/// to live, the header checksum updated. False when no hop is left (TTL 0 or 1): the caller hands
+/// the packet to the stack, whose forwarding drops it (and answers ICMP time exceeded where it
+/// can); a routing loop through lb then ends as any other does.
+#[inline(always)]
+pub fn decrement_ttl<P: Packet>(p: &mut P) -> bool {
+    // TTL and protocol, one 16-bit word of the header checksum.
+    let Some(word) = read::<[u8; 2], P>(p, IP_TTL) else {
+        return false;
+    };
+    if word[0] <= 1 {
+        return false;
+    }
+    let new = [word[0] - 1, word[1]];
+    let (from, to) = (u16::from_ne_bytes(word), u16::from_ne_bytes(new));
+    p.write_u16(IP_TTL, to).is_ok()
+        && p.l3_csum_replace(IP_CSUM, u32::from(from), u32::from(to), 2)
+            .is_ok()
+}
 
 /// Rewrite the flow's packet to `saddr:sport -> daddr:dport`, fixing the IPv4 and L4 checksums
 /// (a UDP checksum of 0, "none", stays 0).

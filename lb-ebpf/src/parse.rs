@@ -6,6 +6,7 @@ use crate::packet::{read, Packet};
 
 pub const ETH_LEN: usize = 14;
 pub const IP_OFF: usize = ETH_LEN;
+pub const IP_TTL: usize = IP_OFF + 8;
 pub const IP_CSUM: usize = IP_OFF + 10;
 pub const IP_SADDR: usize = IP_OFF + 12;
 pub const IP_DADDR: usize = IP_OFF + 16;

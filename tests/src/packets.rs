@@ -53,6 +53,7 @@ pub struct Pkt {
     pub frag: (bool, u16),
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
+    pub ttl: u8,
 }
 
 pub fn sa(s: &str) -> SocketAddrV4 {
@@ -71,7 +72,21 @@ impl Pkt {
             frag: (false, 0),
             src_mac: CLIENT_MAC,
             dst_mac: NODE_MAC,
+            ttl: 64,
         }
+    }
+
+    /// The same packet one router further: what lb transmits when it forwards a packet itself.
+    pub fn hop(&self) -> Pkt {
+        Pkt {
+            ttl: self.ttl - 1,
+            ..self.clone()
+        }
+    }
+
+    pub fn ttl(mut self, ttl: u8) -> Pkt {
+        self.ttl = ttl;
+        self
     }
 
     /// The same packet with other addresses (what NAT should produce).
@@ -92,7 +107,7 @@ impl Pkt {
     fn ip_header(&self, proto: IpNumber, payload_len: usize) -> Ipv4Header {
         let mut ip = Ipv4Header::new(
             payload_len as u16,
-            64,
+            self.ttl,
             proto,
             self.src.ip().octets(),
             self.dst.ip().octets(),
@@ -224,12 +239,13 @@ fn reject_ip(src: SocketAddrV4, dst: SocketAddrV4, proto: IpNumber, len: usize) 
 }
 
 /// An ICMP error (type/code given by `icmp_type`) from `from` about packet `about`, quoting its
-/// IP header and first 8 payload bytes.
+/// IP header and first 8 payload bytes, with `ttl` hops left.
 pub fn icmp_error(
     from: Ipv4Addr,
     about: &Pkt,
     icmp_type: Icmpv4Type,
     macs: ([u8; 6], [u8; 6]),
+    ttl: u8,
 ) -> Vec<u8> {
     let original = about.build();
     let quote = &original[14..14 + 20 + about.ip_options.len() + 8];
@@ -239,7 +255,7 @@ pub fn icmp_error(
     l4.extend_from_slice(quote);
     let mut ip = Ipv4Header::new(
         l4.len() as u16,
-        64,
+        ttl,
         IpNumber::ICMP,
         from.octets(),
         about.src.ip().octets(),

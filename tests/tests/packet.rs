@@ -605,6 +605,7 @@ fn fixture_snat_to_remote_backend_and_unsnat() {
         );
         let want = syn
             .nat(&format!("192.0.2.10:{snat_port}"), "10.244.2.9:8080")
+            .hop()
             .macs(NODE_MAC, NODE2_MAC);
         let mut want = want.build();
         want[6..12].copy_from_slice(&node.eth0_mac);
@@ -617,6 +618,7 @@ fn fixture_snat_to_remote_backend_and_unsnat() {
         assert_eq!(verdict, XDP_TX, "un-SNATed reply goes back out eth0");
         let mut want = reply
             .nat("192.0.2.10:30080", "198.51.100.7:42000")
+            .hop()
             .macs(NODE_MAC, GW_MAC)
             .build();
         want[6..12].copy_from_slice(&node.eth0_mac);
@@ -638,6 +640,11 @@ fn fixture_snat_to_remote_backend_and_unsnat() {
             .get(&tuple(&syn2), 0)
             .expect("conntrack entry");
         assert_ne!(ct2.snat_port, ct.snat_port, "SNAT ports never collide");
+
+        // No hop left: lb does not forward it itself; the stack's forwarding drops it (and may
+        // answer time exceeded), as a router does.
+        let dying = syn.nat("198.51.100.7:42005", "192.0.2.10:30080").ttl(1);
+        assert_eq!(node.xdp(&dying.build()).0, XDP_PASS, "TTL 1: to the stack");
 
         // --snat-port-range 40000-40001: two more flows take those two ports, one each; a third
         // finds both held by live flows and is dropped, counted.
@@ -690,6 +697,7 @@ fn fixture_snat_out_of_another_interface_is_redirected() {
         let snat_port = u16::from_be(ct.snat_port);
         let mut want = syn
             .nat(&format!("192.0.3.10:{snat_port}"), "10.244.3.9:8080")
+            .hop()
             .macs(NODE_MAC, NODE3_MAC)
             .build();
         want[6..12].copy_from_slice(&node.eth1_mac);
@@ -1173,12 +1181,15 @@ fn fixture_icmp_error_from_backend_is_reverse_natted() {
             &seen_by_backend,
             unreachable.clone(),
             (POD_MAC, NODE_MAC),
+            64,
         );
         let want = icmp_error(
             Ipv4Addr::new(192, 0, 2, 10),
             &query,
             unreachable,
             (POD_MAC, NODE_MAC),
+            // Forwarded to the client by lb itself: one hop less.
+            63,
         );
         check(
             node,
