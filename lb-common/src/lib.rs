@@ -200,13 +200,15 @@ pub struct IfaceInfo {
 impl IfaceInfo {
     /// The name, without its padding ("" if it is not UTF-8).
     pub fn name(&self) -> &str {
-        let end = self
-            .name
-            .iter()
-            .position(|c| *c == 0)
-            .unwrap_or(self.name.len());
-        core::str::from_utf8(&self.name[..end]).unwrap_or("")
+        padded_str(&self.name)
     }
+}
+
+/// The text of a NUL-padded byte array (a name or path field of a map value); "" if it is not
+/// UTF-8.
+pub fn padded_str(bytes: &[u8]) -> &str {
+    let end = bytes.iter().position(|c| *c == 0).unwrap_or(bytes.len());
+    core::str::from_utf8(&bytes[..end]).unwrap_or("")
 }
 
 /// `SockConfig::mode`: the socket hooks translate nothing (`--socket-lb off`) ...

@@ -473,13 +473,7 @@ fn stale(key: &Tuple4, now: u64) -> bool {
     let Some(rn) = (unsafe { rnat_map(key.proto).get(key) }) else {
         return true;
     };
-    let ct_key = Tuple4 {
-        saddr: rn.daddr,
-        daddr: rn.saddr,
-        sport: rn.dport,
-        dport: rn.sport,
-        ..*key
-    };
+    let ct_key = client_tuple(rn, key.proto);
     match unsafe { ct_map(key.proto).get(&ct_key) } {
         Some(ct) => {
             ct.snat_port != key.dport
@@ -553,17 +547,23 @@ fn backend_state(f: &Flow, rn: &mut RevNat4) {
         set |= CT_F_CLOSING;
     }
     rn.flags |= set;
-    let key = Tuple4 {
+    let key = client_tuple(rn, f.proto);
+    if let Some(ct) = ct_map(key.proto).get_ptr_mut(&key) {
+        // SAFETY: map value valid for this run; racing writers only add flags.
+        unsafe { (*ct).flags |= set };
+    }
+}
+
+/// The conntrack key of the client flow a reverse entry answers: the client to the frontend.
+#[inline(always)]
+fn client_tuple(rn: &RevNat4, proto: u8) -> Tuple4 {
+    Tuple4 {
         saddr: rn.daddr,
         daddr: rn.saddr,
         sport: rn.dport,
         dport: rn.sport,
-        proto: f.proto,
+        proto,
         _pad: [0; 3],
-    };
-    if let Some(ct) = ct_map(key.proto).get_ptr_mut(&key) {
-        // SAFETY: map value valid for this run; racing writers only add flags.
-        unsafe { (*ct).flags |= set };
     }
 }
 

@@ -148,12 +148,7 @@ pub fn config(mode: SocketLbMode, path: &Path, node_addr: Ipv4Addr) -> Result<So
 
 /// The path a config names ("" when never set).
 pub fn config_path(cfg: &SockConfig) -> String {
-    let end = cfg
-        .cgroup_path
-        .iter()
-        .position(|c| *c == 0)
-        .unwrap_or(cfg.cgroup_path.len());
-    String::from_utf8_lossy(&cfg.cgroup_path[..end]).into_owned()
+    lb_common::padded_str(&cfg.cgroup_path).to_string()
 }
 
 fn is_cgroup2(path: &Path) -> Result<bool> {
