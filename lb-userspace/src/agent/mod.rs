@@ -115,11 +115,11 @@ pub struct RunArgs {
     #[arg(long, env = "LB_CGROUP_PATH", value_name = "DIR")]
     pub cgroup_path: Option<PathBuf>,
     /// Size of the TCP conntrack table (flows; the reply table is as large). Default: 32768
-    /// per CPU, at least 131072 (kube-proxy's nf_conntrack sizing).
+    /// per CPU, at least 131072 (kube-proxy's nf_conntrack sizing), at most 262144.
     #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(1024..))]
     pub conntrack_max: Option<u32>,
     /// Size of the conntrack table of UDP and other non-TCP flows. Default: 16384 per CPU, at
-    /// least 65536.
+    /// least 65536, at most 131072.
     #[arg(long, value_name = "FLOWS", value_parser = clap::value_parser!(u32).range(1024..))]
     pub conntrack_udp_max: Option<u32>,
     /// Source ports SNAT takes (node → remote backend for externalTrafficPolicy=Cluster), per
@@ -152,7 +152,9 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 }
 
 /// The conntrack tables' sizes: the flags, else scaled with the CPUs as kube-proxy sizes
-/// nf_conntrack (`--conntrack-max-per-core` 32768, `--conntrack-min` 131072).
+/// nf_conntrack (`--conntrack-max-per-core` 32768, `--conntrack-min` 131072), with a ceiling:
+/// nf_conntrack allocates entries as flows come, a BPF table all of them when it is created
+/// (~200 bytes a flow with its reply entry), so 128 CPUs would otherwise take 1.3 GB at start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ConntrackSizes {
     tcp: u32,
@@ -170,7 +172,7 @@ impl ConntrackSizes {
     }
 
     fn with_cpus(tcp: Option<u32>, udp: Option<u32>, cpus: u32) -> Self {
-        let scaled = |per_cpu: u32, min: u32| per_cpu.saturating_mul(cpus).max(min);
+        let scaled = |per_cpu: u32, min: u32| per_cpu.saturating_mul(cpus).clamp(min, 2 * min);
         ConntrackSizes {
             tcp: tcp.unwrap_or_else(|| scaled(32_768, 131_072)),
             udp: udp.unwrap_or_else(|| scaled(16_384, 65_536)),
@@ -418,14 +420,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn conntrack_sizes_scale_with_cpus_above_a_minimum() {
+    fn conntrack_sizes_scale_with_cpus_between_a_floor_and_a_ceiling() {
         // (--conntrack-max, --conntrack-udp-max, CPUs, TCP table, UDP table)
         let table = [
             (None, None, 1, 131_072, 65_536),
             (None, None, 4, 131_072, 65_536),
+            (None, None, 6, 196_608, 98_304),
             (None, None, 8, 262_144, 131_072),
-            (None, None, 64, 2_097_152, 1_048_576),
-            (Some(4096), None, 64, 4096, 1_048_576),
+            (None, None, 128, 262_144, 131_072),
+            (Some(4096), None, 64, 4096, 131_072),
+            (Some(1_000_000), Some(500_000), 2, 1_000_000, 500_000),
             (None, Some(2048), 2, 131_072, 2048),
         ];
         for (tcp, udp, cpus, want_tcp, want_udp) in table {
