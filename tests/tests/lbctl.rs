@@ -890,6 +890,26 @@ fn lbctl_errors_say_what_to_do() {
         "{msg}"
     );
 
+    // A map missing from a version's directory (an agent still creating them, or an older
+    // release without it): says both, naming the map, rather than "another lb version".
+    let partial = lab.pin_dir("partial").expect("pin dir");
+    let opts = Options {
+        pin_path: partial.clone(),
+        capacities: vec![],
+    };
+    drop(Dataplane::open(&opts).expect("dataplane"));
+    let layout = lb::dataplane::PinLayout::new(&partial);
+    std::fs::remove_file(layout.map(lb_common::map_names::CT_ANY4)).expect("unpin a map");
+    let (code, msg) = failure(&partial, &["conntrack"]);
+    assert_eq!(code, 1);
+    assert!(
+        msg.contains("incomplete")
+            && msg.contains("LB4_CT_ANY")
+            && msg.contains("starting")
+            && !msg.contains("another lb version"),
+        "{msg}"
+    );
+
     // Usage errors are clap's (exit code 2).
     let out = run(&missing, &["stats", "--count", "2"]);
     assert_eq!(out.status.code(), Some(2));

@@ -49,6 +49,14 @@ pub enum OpenError {
     Incompatible { maps_dir: PathBuf, detail: String },
 
     #[error(
+        "the maps under {maps_dir} are incomplete ({detail}). An lb-agent that is starting \
+         creates them one after the other: if one is, retry in a few seconds. If this stays so, \
+         they were made by an older lb release, which lacked this map: use the lbctl of the lb \
+         release that runs on this node (or upgrade the agent, which adds it)."
+    )]
+    Incomplete { maps_dir: PathBuf, detail: String },
+
+    #[error(
         "{path} is not on a BPF filesystem, where lb pins its maps (default {DEFAULT_PIN_PATH}): \
          give lbctl the agent's --pin-path; if /sys/fs/bpf is not mounted, the agent has not run \
          (mount -t bpf bpf /sys/fs/bpf)."
@@ -124,7 +132,7 @@ fn classify(e: anyhow::Error, maps_dir: &Path) -> OpenError {
                 return OpenError::PermissionDenied { path: maps_dir };
             }
             if io.kind() == io::ErrorKind::NotFound {
-                return OpenError::Incompatible {
+                return OpenError::Incomplete {
                     maps_dir,
                     detail: format!("{e:#}"),
                 };
