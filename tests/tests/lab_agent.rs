@@ -326,3 +326,55 @@ fn a_terminating_pod_keeps_its_connections_and_takes_no_new_ones() {
         Duration::from_secs(1),
     );
 }
+
+/// A link that changes role across a restart (a pod link that becomes external) keeps none of
+/// its old hooks: the new agent reads what the old one recorded and detaches it first.
+#[test]
+fn a_link_that_changes_role_across_a_restart_loses_its_old_hooks() {
+    if !require_privileged("lab_agent") {
+        return;
+    }
+    let (s, mut agent) = started("lab-agent-role");
+    let h1 = s.node.ifindex("h1").expect("h1");
+    let links = s.lab.pin_path("node").join("links");
+    let pod_hook = links.join(format!("{h1}-tc-pod"));
+    assert!(pod_hook.exists(), "h1 starts as a pod link");
+    agent.signal(libc::SIGKILL).expect("kill");
+    let _ = agent.wait_timeout(Duration::from_secs(5));
+
+    let flags = [
+        "--ext-iface",
+        "eth1",
+        "--ext-iface",
+        "h1",
+        "--pod-iface",
+        "h2",
+        "--xdp-mode",
+        "generic",
+    ];
+    let _agent = s.start_agent_with("agent-2", &flags).expect("lb-agent");
+    let roles = poll_until(Duration::from_secs(10), || {
+        let rows = s.lbctl_json(&["interfaces"]).ok()?;
+        let role = |name: &str| {
+            rows.as_array()?
+                .iter()
+                .find(|r| r["name"] == name)
+                .map(|r| r["role"].clone())
+        };
+        (role("h1")? == "external").then_some(())
+    });
+    assert!(roles.is_some(), "h1 became external");
+    let left: Vec<String> = std::fs::read_dir(&links)
+        .expect("links dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("{h1}-")))
+        .collect();
+    assert!(
+        !left.iter().any(|n| n.starts_with(&format!("{h1}-tc-pod"))),
+        "the pod hook of h1 stayed: {left:?}"
+    );
+    assert!(
+        left.iter().any(|n| n.starts_with(&format!("{h1}-xdp"))),
+        "h1 has its XDP program: {left:?}"
+    );
+}

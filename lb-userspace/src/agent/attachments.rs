@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Node;
+use lb_common::{IfaceInfo, IFACE_EXTERNAL};
 
 use super::{
     interfaces::{Host, Link},
@@ -17,6 +18,15 @@ use crate::{
     dataplane::{Dataplane, XdpRequest},
     metrics::Metrics,
 };
+
+/// The role an interface record says a link was attached in.
+fn role_of(record: &IfaceInfo) -> Role {
+    if record.role == IFACE_EXTERNAL {
+        Role::External
+    } else {
+        Role::Pod
+    }
+}
 
 pub struct Attachments {
     placement: Placement,
@@ -68,15 +78,27 @@ impl Attachments {
                 ))
             })
             .collect();
-        let stale: Vec<u32> = if first {
+        // What is attached now, and as what: on the first sync what a previous agent recorded
+        // (LB_IFACES), so that a link whose role changed across the restart loses its old hooks.
+        let before: Vec<(u32, Option<(String, Role)>)> = if first {
+            let recorded = |i: u32| {
+                dp.maps
+                    .iface(i)
+                    .map(|r| (r.name().to_string(), role_of(&r)))
+            };
             dp.attached()
+                .into_iter()
+                .map(|i| (i, recorded(i)))
+                .collect()
         } else {
-            self.attached.keys().copied().collect()
+            self.attached
+                .iter()
+                .map(|(&i, a)| (i, Some(a.clone())))
+                .collect()
         };
-        for ifindex in stale {
+        for (ifindex, before) in before {
             let now = wanted.get(&ifindex);
-            let before = self.attached.get(&ifindex);
-            if now.is_none() || before.is_some_and(|b| Some(b) != now) {
+            if now.is_none() || before.is_some_and(|b| Some(&b) != now) {
                 self.let_go(dp, ifindex);
             }
         }
