@@ -115,15 +115,19 @@ impl Console {
 /// until the VM powers off or `limit` passes; then the VM is killed.
 pub fn boot(
     mut vng: Command,
+    kvm: bool,
     kernel: &Kernel,
     script: &Path,
     log: &Path,
     limit: Duration,
 ) -> Result<Console> {
-    // TCG, not KVM: KVM guests hang on some hosts (nested virtualisation) and TCG works
+    // TCG unless asked: KVM guests hang on some hosts (nested virtualisation) and TCG works
     // everywhere. 4G: with 2G the guest killed a reconcile test that opens two dataplanes at
     // the default capacities (~230 MiB of preallocated maps each) beside other tests' maps.
-    vng.args(["--verbose", "--disable-kvm", "--memory", "4G", "--run"])
+    if !kvm {
+        vng.arg("--disable-kvm");
+    }
+    vng.args(["--verbose", "--memory", "4G", "--run"])
         .arg(&kernel.vmlinuz)
         .arg("--")
         .arg(script)
