@@ -28,8 +28,8 @@ pub struct ConntrackRow {
     pub frontend: Endpoint,
     pub backend: BackendRef,
     pub protocol: &'static str,
-    /// TCP: "SYN" (no packet after the handshake's first yet), "ESTABLISHED" or "CLOSING" (the
-    /// client sent FIN or RST). Other protocols: null.
+    /// TCP: "SYN" (the handshake is not complete), "ESTABLISHED" (the backend answered and the
+    /// client acknowledged) or "CLOSING" (either side sent FIN or RST). Other protocols: null.
     pub state: Option<&'static str>,
     /// Sorted subset of "external" (the client is outside the node), "hairpin" (a pod reaching
     /// itself through its service) and "snat" (the source is rewritten, see `snat`).
