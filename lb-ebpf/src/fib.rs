@@ -65,7 +65,10 @@ pub fn xdp_next_hop<P: Packet>(p: &mut P, daddr: u32) -> u32 {
 /// the neighbour resolved by the kernel (`bpf_redirect_neigh`). Its source is now a node address,
 /// which the stack's forwarding path would drop as a martian (a local source arriving on an
 /// interface). None when there is no route (the stack then decides).
-#[inline(always)]
+/// Not inlined: its lookup parameters (64 bytes) then live in a frame of their own beside the
+/// load-balancing core's rather than in the program's frame, under which that core's frame is
+/// stacked (Linux 6.1 rounds every frame to 32 bytes and allows 512 for the whole chain).
+#[inline(never)]
 pub fn redirect_neigh<P: Packet>(p: &mut P, daddr: u32) -> Option<i64> {
     let mut params = params(p.ifindex(), daddr);
     let rc = p.fib_lookup(&mut params);
