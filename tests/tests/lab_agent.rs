@@ -13,7 +13,7 @@ use lb_tests::{
         addr, answer, local_endpoints, until_answer, web_manifest, AgentLab, CLUSTER_IP, NODE,
         NODE_IP,
     },
-    lab::{poll_until, require_privileged, ChildGuard, EchoConn},
+    lab::{poll_until, require_privileged, scaled, ChildGuard, EchoConn},
     topology::{agent_bin, pod},
 };
 
@@ -337,8 +337,20 @@ fn a_link_that_changes_role_across_a_restart_loses_its_old_hooks() {
     let (s, mut agent) = started("lab-agent-role");
     let h1 = s.node.ifindex("h1").expect("h1");
     let links = s.lab.pin_path("node").join("links");
-    let pod_hook = links.join(format!("{h1}-tc-pod"));
-    assert!(pod_hook.exists(), "h1 starts as a pod link");
+    // h1's pins: `<ifindex>-<hook>`, with `-nl` for a netlink TC filter (Linux before 6.6).
+    let pins_of_h1 = || -> Vec<String> {
+        std::fs::read_dir(&links)
+            .expect("links dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&format!("{h1}-")))
+            .collect()
+    };
+    let pod_hook = format!("{h1}-tc-pod");
+    let before = pins_of_h1();
+    assert!(
+        before.iter().any(|n| n.starts_with(&pod_hook)),
+        "h1 starts as a pod link: {before:?}"
+    );
     agent.signal(libc::SIGKILL).expect("kill");
     let _ = agent.wait_timeout(Duration::from_secs(5));
 
@@ -353,7 +365,7 @@ fn a_link_that_changes_role_across_a_restart_loses_its_old_hooks() {
         "generic",
     ];
     let _agent = s.start_agent_with("agent-2", &flags).expect("lb-agent");
-    let roles = poll_until(Duration::from_secs(10), || {
+    let roles = poll_until(scaled(Duration::from_secs(10)), || {
         let rows = s.lbctl_json(&["interfaces"]).ok()?;
         let role = |name: &str| {
             rows.as_array()?
@@ -364,13 +376,9 @@ fn a_link_that_changes_role_across_a_restart_loses_its_old_hooks() {
         (role("h1")? == "external").then_some(())
     });
     assert!(roles.is_some(), "h1 became external");
-    let left: Vec<String> = std::fs::read_dir(&links)
-        .expect("links dir")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&format!("{h1}-")))
-        .collect();
+    let left = pins_of_h1();
     assert!(
-        !left.iter().any(|n| n.starts_with(&format!("{h1}-tc-pod"))),
+        !left.iter().any(|n| n.starts_with(&pod_hook)),
         "the pod hook of h1 stayed: {left:?}"
     );
     assert!(
