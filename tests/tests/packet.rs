@@ -591,13 +591,7 @@ fn fixture_snat_to_remote_backend_and_unsnat() {
         let syn = Pkt::new("198.51.100.7:42000", "192.0.2.10:30080", SYN);
         let (verdict, out) = node.xdp(&syn.build());
         assert_eq!(verdict, XDP_TX, "SNATed packet goes back out eth0");
-        let ct = node
-            .dp
-            .maps
-            .tcp_flows
-            .ct
-            .get(&tuple(&syn), 0)
-            .expect("conntrack entry");
+        let ct = tcp_flow(node, &syn, "conntrack entry");
         let snat_port = u16::from_be(ct.snat_port);
         assert!(
             (61000..=65535).contains(&snat_port),
@@ -632,13 +626,7 @@ fn fixture_snat_to_remote_backend_and_unsnat() {
         // A second client flow to the same backend gets another port.
         let syn2 = syn.nat("198.51.100.7:42001", "192.0.2.10:30080");
         assert_eq!(node.xdp(&syn2.build()).0, XDP_TX);
-        let ct2 = node
-            .dp
-            .maps
-            .tcp_flows
-            .ct
-            .get(&tuple(&syn2), 0)
-            .expect("conntrack entry");
+        let ct2 = tcp_flow(node, &syn2, "conntrack entry");
         assert_ne!(ct2.snat_port, ct.snat_port, "SNAT ports never collide");
 
         // No hop left: lb does not forward it itself; the stack's forwarding drops it (and may
@@ -653,13 +641,7 @@ fn fixture_snat_to_remote_backend_and_unsnat() {
         for client_port in [42002, 42003] {
             let syn = syn.nat(&format!("198.51.100.7:{client_port}"), "192.0.2.10:30080");
             assert_eq!(node.xdp(&syn.build()).0, XDP_TX, "flow from {client_port}");
-            let ct = node
-                .dp
-                .maps
-                .tcp_flows
-                .ct
-                .get(&tuple(&syn), 0)
-                .expect("flow");
+            let ct = tcp_flow(node, &syn, "flow");
             taken.push(u16::from_be(ct.snat_port));
         }
         taken.sort();
@@ -687,13 +669,7 @@ fn fixture_snat_out_of_another_interface_is_redirected() {
         let syn = Pkt::new("198.51.100.7:42000", "192.0.2.10:30080", SYN);
         let (verdict, out) = node.xdp(&syn.build());
         assert_eq!(verdict, XDP_REDIRECT, "the route leaves through eth1");
-        let ct = node
-            .dp
-            .maps
-            .tcp_flows
-            .ct
-            .get(&tuple(&syn), 0)
-            .expect("conntrack");
+        let ct = tcp_flow(node, &syn, "conntrack");
         let snat_port = u16::from_be(ct.snat_port);
         let mut want = syn
             .nat(&format!("192.0.3.10:{snat_port}"), "10.244.3.9:8080")
@@ -944,13 +920,7 @@ fn fixture_tcp_states() {
         // but not as established: it expires in 60 s, not 24 h.
         let stray = Pkt::new("10.244.1.5:42001", vip, ACK);
         assert_eq!(node.tc(&stray.build()).0, TC_ACT_OK);
-        let ct = node
-            .dp
-            .maps
-            .tcp_flows
-            .ct
-            .get(&tuple(&stray), 0)
-            .expect("stray flow");
+        let ct = tcp_flow(node, &stray, "stray flow");
         assert_eq!(ct.flags & CT_F_ESTABLISHED, 0, "{:#x}", ct.flags);
     });
 }
@@ -1009,6 +979,11 @@ fn fixture_udp_flows_have_their_own_table() {
             .expect("UDP flow");
         assert_ne!(udp.flags & CT_F_REPLIED, 0, "answered: {:#x}", udp.flags);
     });
+}
+
+/// The TCP conntrack entry of the flow `p` starts (the test fails with `what` if there is none).
+fn tcp_flow(node: &Node, p: &Pkt, what: &str) -> lb_common::Ct4 {
+    node.dp.maps.tcp_flows.ct.get(&tuple(p), 0).expect(what)
 }
 
 fn tuple(p: &Pkt) -> lb_common::Tuple4 {
@@ -1138,13 +1113,7 @@ fn fixtures_verdicts_reject_drop_fragments_hairpin() {
         // Hairpin: the SNAT port is allocated at random, so it is read back from conntrack.
         let (verdict, out) = node.tc(&hairpin.build());
         assert_eq!(verdict, TC_ACT_REDIRECT, "hairpin goes back into the pod");
-        let ct = node
-            .dp
-            .maps
-            .tcp_flows
-            .ct
-            .get(&tuple(&hairpin), 0)
-            .expect("hairpin conntrack");
+        let ct = tcp_flow(node, &hairpin, "hairpin conntrack");
         let port = u16::from_be(ct.snat_port);
         let want = hairpin.nat(&format!("169.254.42.1:{port}"), "10.244.1.7:8080");
         assert_eq!(
