@@ -1,12 +1,16 @@
-//! ICMP errors about NATed flows (port unreachable, fragmentation needed, time exceeded) sent by a
-//! backend or a router on its path: the quoted packet and the outer header are reverse-NATed so the
-//! client's stack matches the error to its own socket.
-use lb_common::{stat, Tuple4, PROTO_TCP, PROTO_UDP};
+//! ICMP errors about NATed flows (port unreachable, fragmentation needed, time exceeded), from
+//! either side, translated so that the stack they reach matches them to its own socket:
+//! - sent by a backend or a router on its path, about a request lb translated: reverse-NATed
+//!   towards the client;
+//! - sent by the client or a router on its path, about a reply lb reverse-NATed (above all
+//!   "fragmentation needed" from a link narrower than the backend's: path MTU discovery through
+//!   a Service): NATed towards the backend, as the flow's requests are.
+use lb_common::{stat, Tuple4, CT_F_SNAT, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     csum,
-    lb::{reply_action, Action},
-    maps::{count, rnat_map},
+    lb::{action_for, reply_action, Action},
+    maps::{count, ct_map, rnat_map},
     nat::set_addr,
     packet::{read, Packet, Res},
     parse::{Flow, Ipv4, IP_DADDR, IP_SADDR},
@@ -29,8 +33,54 @@ pub fn handle_error<P: Packet>(p: &mut P, f: &Flow) -> Action {
     }
 }
 
-/// The quoted packet went out as `inner_src -> backend`; the reply tuple of that flow is its
-/// reverse, which is how the reverse NAT table is keyed.
+/// What the quoted packet's addresses and ports become, and where the error then goes.
+struct Translation {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+    action: Action,
+}
+
+/// The translation for an error quoting `q` (its source, destination and ports, as quoted).
+#[inline(always)]
+fn translation(q: &Tuple4) -> Option<Translation> {
+    // A request lb translated went out as client -> backend: the reverse of the quote is the
+    // reply tuple, which is how the reverse NAT table is keyed.
+    let reply = Tuple4 {
+        saddr: q.daddr,
+        daddr: q.saddr,
+        sport: q.dport,
+        dport: q.sport,
+        ..*q
+    };
+    // SAFETY: read-only use of map values within this run.
+    if let Some(rn) = unsafe { rnat_map(q.proto).get(&reply) } {
+        return Some(Translation {
+            saddr: rn.daddr,
+            daddr: rn.saddr,
+            sport: rn.dport,
+            dport: rn.sport,
+            action: reply_action(rn.flags, rn.daddr),
+        });
+    }
+    // A reply lb reverse-NATed went out as frontend -> client: the reverse of the quote is the
+    // flow's conntrack key. Towards the backend it was backend -> client (or -> the SNAT port).
+    let ct = unsafe { ct_map(q.proto).get(&reply) }?;
+    let (daddr, dport) = if ct.flags & CT_F_SNAT != 0 {
+        (ct.snat_addr, ct.snat_port)
+    } else {
+        (q.daddr, q.dport)
+    };
+    Some(Translation {
+        saddr: ct.backend_addr,
+        daddr,
+        sport: ct.backend_port,
+        dport,
+        action: action_for(ct.flags, ct.backend_addr),
+    })
+}
+
 #[inline(always)]
 fn nat_error<P: Packet>(p: &mut P, f: &Flow) -> Res<Option<Action>> {
     if f.fragment {
@@ -58,41 +108,42 @@ fn nat_error<P: Packet>(p: &mut P, f: &Flow) -> Res<Option<Action>> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(None);
     }
-    let key = Tuple4 {
-        saddr: idaddr,
-        daddr: isaddr,
-        sport: idport,
-        dport: isport,
+    let quote = Tuple4 {
+        saddr: isaddr,
+        daddr: idaddr,
+        sport: isport,
+        dport: idport,
         proto,
         _pad: [0; 3],
     };
-    // SAFETY: read-only copy of the map value.
-    let Some(rn) = (unsafe { rnat_map(key.proto).get(&key) }).copied() else {
+    let Some(t) = translation(&quote) else {
         return Ok(None);
     };
     let icmp_csum = f.l4 + 2;
-    inner_addr(p, inner, 12, isaddr, rn.daddr, icmp_csum)?;
-    inner_addr(p, inner, 16, idaddr, rn.saddr, icmp_csum)?;
-    inner_port(p, il4, isport, rn.dport, icmp_csum)?;
-    inner_port(p, il4 + 2, idport, rn.sport, icmp_csum)?;
+    inner_addr(p, inner, 12, isaddr, t.saddr, icmp_csum)?;
+    inner_addr(p, inner, 16, idaddr, t.daddr, icmp_csum)?;
+    inner_port(p, il4, isport, t.sport, icmp_csum)?;
+    inner_port(p, il4 + 2, idport, t.dport, icmp_csum)?;
     let l4_csum = if proto == PROTO_UDP {
         il4 + 6
     } else {
         il4 + 16
     };
     let changes = [
-        (isaddr, rn.daddr),
-        (idaddr, rn.saddr),
-        (u32::from(isport), u32::from(rn.dport)),
-        (u32::from(idport), u32::from(rn.sport)),
+        (isaddr, t.saddr),
+        (idaddr, t.daddr),
+        (u32::from(isport), u32::from(t.sport)),
+        (u32::from(idport), u32::from(t.dport)),
     ];
     inner_l4_csum(p, l4_csum, &changes, icmp_csum)?;
-    // The ICMP checksum has no pseudo header: outer addresses only touch the IP checksum.
-    set_addr(p, IP_DADDR, f.daddr, rn.daddr, None)?;
+    // The error goes to whoever now sent the quoted packet; one the quoted packet's destination
+    // sent itself comes from where that destination now is. The ICMP checksum has no pseudo
+    // header: outer addresses only touch the IP checksum.
+    set_addr(p, IP_DADDR, f.daddr, t.saddr, None)?;
     if f.saddr == idaddr {
-        set_addr(p, IP_SADDR, f.saddr, rn.saddr, None)?;
+        set_addr(p, IP_SADDR, f.saddr, t.daddr, None)?;
     }
-    Ok(Some(reply_action(rn.flags, rn.daddr)))
+    Ok(Some(t.action))
 }
 
 /// Rewrite an address of the quoted IPv4 header, its header checksum, and the ICMP checksum that

@@ -202,7 +202,7 @@ fn reopens(ct: &Ct4, f: &Flow) -> bool {
 
 /// Where a client's packet goes once rewritten towards `backend`.
 #[inline(always)]
-fn action_for(flags: u8, backend: u32) -> Action {
+pub fn action_for(flags: u8, backend: u32) -> Action {
     if flags & CT_F_HAIRPIN != 0 {
         Action::BOUNCE
     } else if flags & (CT_F_SNAT | CT_F_EXTERNAL) == CT_F_SNAT | CT_F_EXTERNAL {

@@ -1174,6 +1174,105 @@ fn fixture_icmp_error_from_backend_is_reverse_natted() {
     });
 }
 
+/// Path MTU discovery through a Service: a router on the client's side cannot forward a reply
+/// (its link is narrower) and tells the reply's source, the frontend, that it needs fragmenting.
+/// lb sends the error on to the backend, quoting the reply as the backend sent it, so the
+/// backend's TCP lowers its segment size instead of retransmitting into the black hole.
+#[test]
+fn fixture_icmp_error_from_the_client_side_reaches_the_backend() {
+    with_node("pkt-icmp-client", |node| {
+        web(
+            node,
+            &[
+                (1, "10.244.1.7", 8080, BE_F_LOCAL),
+                (2, "10.244.2.9", 8080, 0),
+            ],
+        );
+        let frag_needed =
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1280,
+            });
+        let router = Ipv4Addr::new(192, 0, 2, 1);
+        // Two client flows to the NodePort, one per backend (the choice is random: retry until
+        // each backend has one).
+        let mut flows: Vec<(Pkt, lb_common::Ct4)> = Vec::new();
+        for sport in 45000..45100 {
+            let syn = Pkt::new(&format!("198.51.100.7:{sport}"), "192.0.2.10:30080", SYN);
+            node.xdp(&syn.build());
+            let ct = tcp_flow(node, &syn, "conntrack entry");
+            if flows.iter().all(|(_, c)| c.backend_id != ct.backend_id) {
+                flows.push((syn, ct));
+            }
+            if flows.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(flows.len(), 2, "both backends chosen within 100 flows");
+        let mut cases = Vec::new();
+        for (syn, ct) in &flows {
+            // The reply as the client sees it, and the error the router sends about it.
+            let reply = Pkt::new("192.0.2.10:30080", &syn.src.to_string(), ACK);
+            let error = icmp_error(router, &reply, frag_needed.clone(), (GW_MAC, NODE_MAC), 64);
+            let backend = Ipv4Addr::from(ct.backend_addr.to_ne_bytes());
+            let backend_port = u16::from_be(ct.backend_port);
+            if ct.backend_id == 1 {
+                // A local backend: it got the client's packets as the client sent them.
+                let sent = reply.nat(&format!("{backend}:{backend_port}"), &syn.src.to_string());
+                cases.push(Case {
+                    name: "fragmentation needed about a reply of a local backend: to the backend, \
+                           quoting its packet",
+                    hook: Hook::Xdp,
+                    input: error,
+                    verdict: XDP_PASS,
+                    output: Some(icmp_error(
+                        router,
+                        &sent,
+                        frag_needed.clone(),
+                        (GW_MAC, NODE_MAC),
+                        64,
+                    )),
+                });
+            } else {
+                // A remote backend: it got them SNATed, and is reached through the other node.
+                let snat = format!("192.0.2.10:{}", u16::from_be(ct.snat_port));
+                let sent = reply.nat(&format!("{backend}:{backend_port}"), &snat);
+                let mut want = icmp_error(
+                    router,
+                    &sent,
+                    frag_needed.clone(),
+                    (NODE_MAC, NODE2_MAC),
+                    63,
+                );
+                want[6..12].copy_from_slice(&node.eth0_mac);
+                cases.push(Case {
+                    name: "fragmentation needed about a reply of a remote backend: to the \
+                           backend, quoting its packet to the SNAT port, forwarded by lb",
+                    hook: Hook::Xdp,
+                    input: error,
+                    verdict: XDP_TX,
+                    output: Some(want),
+                });
+            }
+        }
+        // An error about a packet lb never translated stays the stack's.
+        let unknown = Pkt::new("192.0.2.10:30080", "198.51.100.7:45999", ACK);
+        cases.push(Case {
+            name: "fragmentation needed about no flow of lb's: untouched",
+            hook: Hook::Xdp,
+            input: icmp_error(
+                router,
+                &unknown,
+                frag_needed.clone(),
+                (GW_MAC, NODE_MAC),
+                64,
+            ),
+            verdict: XDP_PASS,
+            output: None,
+        });
+        check(node, &cases);
+    });
+}
+
 #[test]
 fn udp_client_tuple_is_keyed_in_network_order() {
     // Pure check of the helper the fixtures rely on, so a byte-order slip shows up here first.

@@ -2,7 +2,8 @@
 //!
 //! A client sends a line (TCP; several per connection are fine) or a datagram (UDP); the server
 //! answers each with `NAME PEER_IP:PEER_PORT\n`: which server answered, and the source address it
-//! saw. UDP replies are sent from the address the request was sent to (IP_PKTINFO), as a real
+//! saw. A request `lb-echo BYTES` asks for a reply of BYTES bytes: the same line, padded with dots
+//! before its newline (large replies: path MTU, fragments). UDP replies are sent from the address the request was sent to (IP_PKTINFO), as a real
 //! service would, so a client's connected socket accepts them.
 
 use std::io::{self, BufRead, BufReader, Write};
@@ -24,7 +25,39 @@ pub const EXIT_UNREACHABLE: i32 = 5;
 pub const EXIT_RESET: i32 = 6;
 
 /// What the client sends.
-const REQUEST: &[u8] = b"lb-echo\n";
+const REQUEST: &str = "lb-echo";
+/// The largest padded reply a server sends.
+const REPLY_MAX: usize = 16 << 20;
+
+/// The request line (newline included) asking for a reply of `bytes` (0: unpadded).
+fn request_line(bytes: usize) -> Vec<u8> {
+    match bytes {
+        0 => format!("{REQUEST}\n").into_bytes(),
+        n => format!("{REQUEST} {n}\n").into_bytes(),
+    }
+}
+
+/// The reply to request `line` from server `name` to `peer`.
+fn reply_to(line: &[u8], name: &str, peer: SocketAddr) -> Vec<u8> {
+    let mut reply = format!("{name} {peer}").into_bytes();
+    let asked = std::str::from_utf8(line)
+        .ok()
+        .and_then(|l| {
+            l.trim_end()
+                .strip_prefix(REQUEST)?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .unwrap_or(0)
+        .min(REPLY_MAX);
+    if asked > reply.len() + 1 {
+        reply.push(b' ');
+        reply.resize(asked - 1, b'.');
+    }
+    reply.push(b'\n');
+    reply
+}
 
 /// A parsed echo reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +66,8 @@ pub struct Reply {
     pub name: String,
     /// The client address as the server saw it.
     pub peer: SocketAddr,
+    /// The reply's length in bytes (newline included).
+    pub bytes: usize,
 }
 
 impl FromStr for Reply {
@@ -40,13 +75,17 @@ impl FromStr for Reply {
 
     fn from_str(line: &str) -> Result<Reply, RequestError> {
         let bad = || RequestError::Other(format!("unexpected reply {line:?}"));
-        let (name, peer) = line.trim_end().split_once(' ').ok_or_else(bad)?;
+        let mut fields = line.trim_end().splitn(3, ' ');
+        let (Some(name), Some(peer)) = (fields.next(), fields.next()) else {
+            return Err(bad());
+        };
         if name.is_empty() {
             return Err(bad());
         }
         Ok(Reply {
             name: name.to_string(),
             peer: peer.parse().map_err(|_| bad())?,
+            bytes: line.len(),
         })
     }
 }
@@ -167,7 +206,7 @@ pub fn request_unconnected(
     };
     let sock = UdpSocket::bind(any)?;
     sock.set_read_timeout(Some(timeout))?;
-    sock.send_to(REQUEST, addr)?;
+    sock.send_to(&request_line(0), addr)?;
     let mut buf = vec![0u8; 2048];
     let (n, from) = sock.recv_from(&mut buf)?;
     buf.truncate(n);
@@ -244,26 +283,25 @@ impl EchoConn {
 
     /// Sends one request and waits up to `timeout` for its reply.
     pub fn ask(&mut self, timeout: Duration) -> Result<Reply, RequestError> {
+        self.ask_for(0, timeout)
+    }
+
+    /// Sends one request for a reply of `bytes` (0: unpadded) and waits up to `timeout` for it.
+    pub fn ask_for(&mut self, bytes: usize, timeout: Duration) -> Result<Reply, RequestError> {
         if timeout.is_zero() {
             return Err(RequestError::Timeout);
         }
+        let request = request_line(bytes);
         let line = match &mut self.conn {
             Conn::Tcp(reader) => {
-                reader.get_ref().set_read_timeout(Some(timeout))?;
-                reader.get_mut().write_all(REQUEST)?;
-                let mut buf = Vec::new();
-                let n = reader.read_until(b'\n', &mut buf)?;
-                if n == 0 || buf.last() != Some(&b'\n') {
-                    return Err(RequestError::Other(
-                        "connection closed without a reply".into(),
-                    ));
-                }
-                buf
+                let deadline = Instant::now() + timeout;
+                reader.get_mut().write_all(&request)?;
+                read_line(reader, deadline)?
             }
             Conn::Udp(sock) => {
                 sock.set_read_timeout(Some(timeout))?;
-                sock.send(REQUEST)?;
-                let mut buf = vec![0u8; 2048];
+                sock.send(&request)?;
+                let mut buf = vec![0u8; 65536];
                 let n = sock.recv(&mut buf)?;
                 buf.truncate(n);
                 buf
@@ -273,14 +311,45 @@ impl EchoConn {
     }
 }
 
+/// Reads one line by `deadline` (the timeout covers the whole line, however large).
+fn read_line(
+    reader: &mut BufReader<TcpStream>,
+    deadline: Instant,
+) -> Result<Vec<u8>, RequestError> {
+    let mut buf = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(RequestError::Timeout);
+        }
+        reader.get_ref().set_read_timeout(Some(left))?;
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Err(RequestError::Other(format!(
+                "connection closed after {} bytes of the reply",
+                buf.len()
+            )));
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        buf.extend_from_slice(&chunk[..take]);
+        reader.consume(take);
+        if done {
+            return Ok(buf);
+        }
+    }
+}
+
 /// Serves TCP forever: a thread per connection, one reply per line received.
 pub fn serve_tcp(name: &str, listener: TcpListener) -> io::Result<()> {
     loop {
         match listener.accept() {
             Ok((stream, peer)) => {
-                let reply = format!("{name} {peer}\n");
+                let name = name.to_string();
                 std::thread::spawn(move || {
-                    let _ = handle_tcp(stream, reply.as_bytes());
+                    let _ = handle_tcp(stream, &name, peer);
                 });
             }
             Err(e)
@@ -296,7 +365,7 @@ pub fn serve_tcp(name: &str, listener: TcpListener) -> io::Result<()> {
     }
 }
 
-fn handle_tcp(stream: TcpStream, reply: &[u8]) -> io::Result<()> {
+fn handle_tcp(stream: TcpStream, name: &str, peer: SocketAddr) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
@@ -306,7 +375,7 @@ fn handle_tcp(stream: TcpStream, reply: &[u8]) -> io::Result<()> {
         if reader.read_until(b'\n', &mut buf)? == 0 {
             return Ok(());
         }
-        writer.write_all(reply)?;
+        writer.write_all(&reply_to(&buf, name, peer))?;
     }
 }
 
@@ -335,17 +404,17 @@ pub fn serve_udp(name: &str, sock: UdpSocket) -> io::Result<()> {
     }
     let mut buf = vec![0u8; 65536];
     loop {
-        let (src, dst) = match recv_with_dst(fd, &mut buf) {
+        let (n, src, dst) = match recv_with_dst(fd, &mut buf) {
             Ok(x) => x,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        let reply = format!("{name} {src}\n");
-        let sent = send_from(fd, reply.as_bytes(), src, dst);
+        let reply = reply_to(&buf[..n], name, src);
+        let sent = send_from(fd, &reply, src, dst);
         if let Err(e) = sent {
             if dst.is_some() && e.raw_os_error() == Some(libc::EINVAL) {
                 // e.g. a broadcast destination: can't be a source, let routing pick one.
-                let _ = send_from(fd, reply.as_bytes(), src, None);
+                let _ = send_from(fd, &reply, src, None);
             } else {
                 eprintln!("lb-echo: reply to {src}: {e}");
             }
@@ -357,7 +426,11 @@ pub fn serve_udp(name: &str, sock: UdpSocket) -> io::Result<()> {
 #[repr(C, align(8))]
 struct CmsgBuf([u8; 128]);
 
-fn recv_with_dst(fd: libc::c_int, buf: &mut [u8]) -> io::Result<(SocketAddr, Option<IpAddr>)> {
+/// One datagram into `buf`: its length, source, and the address it was sent to.
+fn recv_with_dst(
+    fd: libc::c_int,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
     // SAFETY: msghdr points at buffers that outlive the call; CMSG_* walk our own buffer.
     unsafe {
         let mut src: libc::sockaddr_storage = std::mem::zeroed();
@@ -373,7 +446,8 @@ fn recv_with_dst(fd: libc::c_int, buf: &mut [u8]) -> io::Result<(SocketAddr, Opt
         msg.msg_iovlen = 1;
         msg.msg_control = cbuf.0.as_mut_ptr() as *mut libc::c_void;
         msg.msg_controllen = cbuf.0.len() as _;
-        if libc::recvmsg(fd, &mut msg, 0) < 0 {
+        let n = libc::recvmsg(fd, &mut msg, 0);
+        if n < 0 {
             return Err(io::Error::last_os_error());
         }
         let mut dst = None;
@@ -392,7 +466,7 @@ fn recv_with_dst(fd: libc::c_int, buf: &mut [u8]) -> io::Result<(SocketAddr, Opt
         }
         let src = sockaddr_to_std(&src)
             .ok_or_else(|| io::Error::other("datagram from an unknown address family"))?;
-        Ok((src, dst))
+        Ok((n as usize, src, dst))
     }
 }
 
