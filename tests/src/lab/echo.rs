@@ -3,8 +3,9 @@
 //! A client sends a line (TCP; several per connection are fine) or a datagram (UDP); the server
 //! answers each with `NAME PEER_IP:PEER_PORT\n`: which server answered, and the source address it
 //! saw. A request `lb-echo BYTES` asks for a reply of BYTES bytes: the same line, padded with dots
-//! before its newline (large replies: path MTU, fragments). UDP replies are sent from the address the request was sent to (IP_PKTINFO), as a real
-//! service would, so a client's connected socket accepts them.
+//! before its newline (large replies: path MTU, fragments). UDP replies are sent from the address
+//! the request was sent to (IP_PKTINFO), as a real service would, so a client's connected socket
+//! accepts them.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
