@@ -477,7 +477,7 @@ pub mod stat {
     pub const REJECT_NO_BACKEND: u32 = 0;
     /// A new flow was dropped: endpoints exist, none usable here (Local policy).
     pub const DROP_NO_LOCAL_BACKEND: u32 = 1;
-    /// A fragment whose first piece was addressed to a frontend (fragments are not balanced).
+    /// A later fragment of a datagram whose first fragment lb dropped or rejected.
     pub const DROP_FRAGMENT: u32 = 2;
     /// No free SNAT port for a backend.
     pub const DROP_SNAT_EXHAUSTED: u32 = 3;

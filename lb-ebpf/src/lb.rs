@@ -9,7 +9,7 @@ use lb_common::{
 };
 
 use crate::{
-    fib, icmp,
+    fib, frag, icmp,
     maps::{
         count, count_frontend, ct_map, rnat_map, LB4_AFFINITY, LB4_BACKENDS, LB4_FRONTENDS,
         LB4_NODE_ADDRS, LB_CONFIG, LB_SERVICES, LB_SLOTS,
@@ -79,16 +79,24 @@ pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
         PROTO_ICMP => return icmp::handle_error(p, &f),
         _ => return Action::UNTOUCHED,
     }
-    if f.fragment {
-        return fragment(&f, scope);
+    if f.later_fragment {
+        return frag::follow(p, &f, frag::Hook::Ingress);
     }
+    let action = service(p, &f, scope);
+    frag::remember(p, &f, frag::Hook::Ingress, action);
+    action
+}
+
+/// A TCP or UDP packet (or a datagram's first fragment) arriving at the node.
+#[inline(always)]
+fn service<P: Packet>(p: &mut P, f: &Flow, scope: u8) -> Action {
     // SAFETY: coarse clock read, no arguments.
     let now = unsafe { gen::bpf_ktime_get_coarse_ns() };
     let key = f.tuple();
     if let Some(ct) = ct_map(f.proto).get_ptr_mut(&key) {
         // SAFETY: map values stay valid for the program run; concurrent writers only race on
         // last_seen/flags, which is harmless.
-        if let Some(action) = established(p, &f, unsafe { &mut *ct }, now) {
+        if let Some(action) = established(p, f, unsafe { &mut *ct }, now) {
             return action;
         }
     }
@@ -100,11 +108,11 @@ pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
     };
     // SAFETY: read-only use of the map value within this run.
     if let Some(fe) = unsafe { LB4_FRONTENDS.get(&fe_key) } {
-        return new_flow(p, &f, &key, fe, scope, now);
+        return new_flow(p, f, &key, fe, scope, now);
     }
     if let Some(rn) = rnat_map(f.proto).get_ptr_mut(&key) {
         // SAFETY: as for conntrack.
-        return ingress_reply(p, &f, unsafe { &mut *rn }, now);
+        return ingress_reply(p, f, unsafe { &mut *rn }, now);
     }
     Action::UNTOUCHED
 }
@@ -118,27 +126,6 @@ pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
 fn ingress_reply<P: Packet>(p: &mut P, f: &Flow, rn: &mut RevNat4, now: u64) -> Action {
     if rn.flags & (CT_F_SNAT | CT_F_HAIRPIN) != 0 {
         return reply(p, f, rn, now);
-    }
-    Action::UNTOUCHED
-}
-
-/// Fragments carry ports in the first piece only, so they cannot be balanced consistently:
-/// a first fragment addressed to a frontend is dropped; later ones (no ports) go to the stack.
-#[inline(always)]
-fn fragment(f: &Flow, scope: u8) -> Action {
-    if f.later_fragment {
-        return Action::UNTOUCHED;
-    }
-    let fe_key = Frontend4Key {
-        addr: f.daddr,
-        port: f.dport,
-        proto: f.proto,
-        scope,
-    };
-    // SAFETY: existence check only.
-    if unsafe { LB4_FRONTENDS.get(&fe_key) }.is_some() {
-        count(stat::DROP_FRAGMENT);
-        return Action::DROP;
     }
     Action::UNTOUCHED
 }
@@ -491,14 +478,24 @@ fn stale(key: &Tuple4, now: u64) -> bool {
 /// local pod or a remote one (`ingress_reply` left it alone) or was sent by the node itself (a
 /// Service whose endpoint is the node's own address, as the `kubernetes` Service on a
 /// control-plane node, or a hostNetwork pod). No reverse entry is keyed by a frontend address,
-/// so nothing is translated twice.
+/// so nothing is translated twice. A fragmented reply is translated whole (`frag`).
 pub fn egress<P: Packet>(p: &mut P) -> Action {
     let Some(f) = parse(p) else {
         return Action::UNTOUCHED;
     };
-    if (f.proto != PROTO_TCP && f.proto != PROTO_UDP) || f.fragment {
+    if f.proto != PROTO_TCP && f.proto != PROTO_UDP {
         return Action::UNTOUCHED;
     }
+    if f.later_fragment {
+        return frag::follow(p, &f, frag::Hook::Egress);
+    }
+    let action = egress_reply(p, &f);
+    frag::remember(p, &f, frag::Hook::Egress, action);
+    action
+}
+
+#[inline(always)]
+fn egress_reply<P: Packet>(p: &mut P, f: &Flow) -> Action {
     let Some(rn) = rnat_map(f.proto).get_ptr_mut(&f.tuple()) else {
         return Action::UNTOUCHED;
     };
@@ -510,7 +507,7 @@ pub fn egress<P: Packet>(p: &mut P) -> Action {
     }
     // SAFETY: coarse clock read, no arguments.
     let now = unsafe { gen::bpf_ktime_get_coarse_ns() };
-    match reply(p, &f, rn, now).verdict {
+    match reply(p, f, rn, now).verdict {
         Verdict::Drop => Action::DROP,
         // Already on its way out: whatever ingress would have done with it is the stack's now.
         _ => Action::PASS,

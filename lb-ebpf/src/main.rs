@@ -18,6 +18,7 @@
 
 mod csum;
 mod fib;
+mod frag;
 mod icmp;
 mod lb;
 mod maps;

@@ -476,25 +476,35 @@ pub fn spread(
     udp: bool,
     want: &[&str],
 ) -> Vec<crate::lab::Reply> {
+    spread_by(
+        &format!("{to} (udp={udp}) from {}", from.name()),
+        want,
+        crate::lab::scaled(APPLY),
+        || from.request(to, udp, ASK),
+    )
+}
+
+/// Calls `ask` (each call a new flow, described by `what`) until every pod in `want` has
+/// answered, for at most `within`; an answer from anyone else, or a failed request, fails the
+/// test. Returns the replies.
+pub fn spread_by(
+    what: &str,
+    want: &[&str],
+    within: Duration,
+    mut ask: impl FnMut() -> Result<crate::lab::Reply, crate::lab::RequestError>,
+) -> Vec<crate::lab::Reply> {
     let start = std::time::Instant::now();
-    let mut replies = Vec::new();
-    while !want
-        .iter()
-        .all(|w| replies.iter().any(|r: &crate::lab::Reply| r.name == *w))
-    {
+    let mut replies: Vec<crate::lab::Reply> = Vec::new();
+    while !want.iter().all(|w| replies.iter().any(|r| r.name == *w)) {
+        let names: Vec<&String> = replies.iter().map(|r| &r.name).collect();
         assert!(
-            start.elapsed() < crate::lab::scaled(APPLY),
-            "{to} (udp={udp}) from {}: only {:?} answered, wanted all of {want:?}",
-            from.name(),
-            replies.iter().map(|r| &r.name).collect::<Vec<_>>()
+            start.elapsed() < within,
+            "{what}: only {names:?} answered, wanted all of {want:?}",
         );
-        let reply = from
-            .request(to, udp, ASK)
-            .unwrap_or_else(|e| panic!("{to} (udp={udp}) from {}: {e}", from.name()));
+        let reply = ask().unwrap_or_else(|e| panic!("{what} (answered so far: {names:?}): {e}"));
         assert!(
             want.contains(&reply.name.as_str()),
-            "{to} (udp={udp}) from {}: answered by {}, wanted one of {want:?}",
-            from.name(),
+            "{what}: answered by {}, wanted one of {want:?}",
             reply.name
         );
         replies.push(reply);

@@ -3,6 +3,8 @@
 //! the backend's 1500-byte segments (DF set, as Linux sends TCP) stop at that router, which
 //! answers "fragmentation needed" to their source: the NodePort's address, not the backend. lb
 //! must send that error on to the backend, or the download hangs (a PMTU black hole).
+//! And UDP datagrams above the MTU (large DNS answers, Kerberos) travel in fragments, of which
+//! only the first carries ports: every fragment must be translated as the first one was.
 //!
 //! ```text
 //!  far 198.51.100.7 ──(1280)── router (the cluster lab's client, 192.0.2.100) ── lan ── nodes
@@ -10,7 +12,7 @@
 use std::time::Duration;
 
 use lb_tests::{
-    cluster_lab::{ready, web_service, Cluster, CLIENT_IP},
+    cluster_lab::{ready, service, slice, spread_by, web_service, Cluster, CLIENT_IP},
     lab::{require_privileged, scaled, Netns},
 };
 
@@ -62,32 +64,67 @@ fn a_client_behind_a_narrow_link_downloads_a_megabyte_through_a_nodeport() {
     let c = Cluster::start("mtu", env!("CARGO_BIN_EXE_lb-echo"), &[("web.yaml", &web)])
         .expect("cluster lab");
     let far = far_client(&c);
-    let nodeport = "192.0.2.10:30091".parse().unwrap();
+    let nodeport: std::net::SocketAddr = "192.0.2.10:30091".parse().unwrap();
     const MB: usize = 1 << 20;
     // Each download is a new connection; keep going until the local backend (a1) and the one on
     // the other node (b1, SNATed) have each served one.
-    let mut served = Vec::new();
-    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(60));
-    while !(served.contains(&"a1".to_string()) && served.contains(&"b1".to_string())) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {served:?} served a download\n{}",
-            c.agent_logs()
-        );
-        let reply = far
-            .echo_conn(nodeport, false, Duration::from_secs(2))
-            .and_then(|mut conn| conn.ask_for(MB, scaled(Duration::from_secs(10))))
-            .unwrap_or_else(|e| {
-                panic!(
-                    "1 MB from {nodeport} over the 1280-byte link (served so far: {served:?}): \
-                     {e}"
-                )
-            });
+    let served = spread_by(
+        &format!("1 MB from {nodeport} over the 1280-byte link"),
+        &["a1", "b1"],
+        scaled(Duration::from_secs(60)),
+        || {
+            far.echo_conn(nodeport, false, Duration::from_secs(2))
+                .and_then(|mut conn| conn.ask_for(MB, scaled(Duration::from_secs(10))))
+        },
+    );
+    for reply in served {
         assert_eq!(reply.bytes, MB, "{}: whole reply", reply.name);
-        served.push(reply.name);
     }
     // The errors that made it work went through lb, counted.
     let stats = c.node(A).lbctl_json(&["stats"]).expect("lbctl stats");
     let nated = stats["global"]["icmp_error_nated"].as_u64().unwrap_or(0);
     assert!(nated > 0, "node-a translated no ICMP error: {stats}");
+}
+
+#[test]
+fn udp_datagrams_of_4_kb_go_both_ways_in_fragments_through_a_clusterip_and_a_nodeport() {
+    if !require_privileged("lab_mtu") {
+        return;
+    }
+    let dns = service(
+        "dns",
+        "",
+        "  type: NodePort\n  clusterIP: 10.96.0.31\n  ports:\n  \
+         - {name: dns, port: 53, targetPort: 8080, nodePort: 30053, protocol: UDP}\n",
+    ) + &slice(
+        "dns",
+        "dns-1",
+        "[{name: dns, port: 8080, protocol: UDP}]",
+        &(ready("10.244.1.5", A) + &ready("10.244.2.5", B)),
+    );
+    let c = Cluster::start("frag", env!("CARGO_BIN_EXE_lb-echo"), &[("dns.yaml", &dns)])
+        .expect("cluster lab");
+    // A request line padded to 4 KB asking for a 4 KB answer: fragmented both ways, on a
+    // 1500-byte path.
+    const BIG: usize = 4096;
+    let ask = |from: &Netns, to: &str| {
+        let to: std::net::SocketAddr = to.parse().unwrap();
+        spread_by(
+            &format!("4 KB over UDP from {} to {to}", from.name()),
+            &["a1", "b1"],
+            scaled(Duration::from_secs(30)),
+            || {
+                from.echo_conn(to, true, Duration::from_secs(2))
+                    .and_then(|mut conn| conn.exchange(BIG, BIG, scaled(Duration::from_secs(2))))
+            },
+        )
+    };
+    // From a pod through the ClusterIP (the backend beside it, and the one on the other node),
+    // and from outside through the NodePort (the remote backend SNATed).
+    for reply in ask(&c.pod("a2").ns, "10.96.0.31:53")
+        .into_iter()
+        .chain(ask(&c.client, "192.0.2.10:30053"))
+    {
+        assert_eq!(reply.bytes, BIG, "{}: whole reply", reply.name);
+    }
 }

@@ -591,7 +591,7 @@ fn fixture_snat_to_remote_backend_and_unsnat() {
         let syn = Pkt::new("198.51.100.7:42000", "192.0.2.10:30080", SYN);
         let (verdict, out) = node.xdp(&syn.build());
         assert_eq!(verdict, XDP_TX, "SNATed packet goes back out eth0");
-        let ct = tcp_flow(node, &syn, "conntrack entry");
+        let ct = flow(node, &syn, "conntrack entry");
         let snat_port = u16::from_be(ct.snat_port);
         assert!(
             (61000..=65535).contains(&snat_port),
@@ -626,7 +626,7 @@ fn fixture_snat_to_remote_backend_and_unsnat() {
         // A second client flow to the same backend gets another port.
         let syn2 = syn.nat("198.51.100.7:42001", "192.0.2.10:30080");
         assert_eq!(node.xdp(&syn2.build()).0, XDP_TX);
-        let ct2 = tcp_flow(node, &syn2, "conntrack entry");
+        let ct2 = flow(node, &syn2, "conntrack entry");
         assert_ne!(ct2.snat_port, ct.snat_port, "SNAT ports never collide");
 
         // No hop left: lb does not forward it itself; the stack's forwarding drops it (and may
@@ -641,7 +641,7 @@ fn fixture_snat_to_remote_backend_and_unsnat() {
         for client_port in [42002, 42003] {
             let syn = syn.nat(&format!("198.51.100.7:{client_port}"), "192.0.2.10:30080");
             assert_eq!(node.xdp(&syn.build()).0, XDP_TX, "flow from {client_port}");
-            let ct = tcp_flow(node, &syn, "flow");
+            let ct = flow(node, &syn, "flow");
             taken.push(u16::from_be(ct.snat_port));
         }
         taken.sort();
@@ -669,7 +669,7 @@ fn fixture_snat_out_of_another_interface_is_redirected() {
         let syn = Pkt::new("198.51.100.7:42000", "192.0.2.10:30080", SYN);
         let (verdict, out) = node.xdp(&syn.build());
         assert_eq!(verdict, XDP_REDIRECT, "the route leaves through eth1");
-        let ct = tcp_flow(node, &syn, "conntrack");
+        let ct = flow(node, &syn, "conntrack");
         let snat_port = u16::from_be(ct.snat_port);
         let mut want = syn
             .nat(&format!("192.0.3.10:{snat_port}"), "10.244.3.9:8080")
@@ -920,7 +920,7 @@ fn fixture_tcp_states() {
         // but not as established: it expires in 60 s, not 24 h.
         let stray = Pkt::new("10.244.1.5:42001", vip, ACK);
         assert_eq!(node.tc(&stray.build()).0, TC_ACT_OK);
-        let ct = tcp_flow(node, &stray, "stray flow");
+        let ct = flow(node, &stray, "stray flow");
         assert_eq!(ct.flags & CT_F_ESTABLISHED, 0, "{:#x}", ct.flags);
     });
 }
@@ -982,8 +982,13 @@ fn fixture_udp_flows_have_their_own_table() {
 }
 
 /// The TCP conntrack entry of the flow `p` starts (the test fails with `what` if there is none).
-fn tcp_flow(node: &Node, p: &Pkt, what: &str) -> lb_common::Ct4 {
-    node.dp.maps.tcp_flows.ct.get(&tuple(p), 0).expect(what)
+/// The conntrack entry of `p`'s flow, from the table of its protocol.
+fn flow(node: &Node, p: &Pkt, what: &str) -> lb_common::Ct4 {
+    let table = match p.l4 {
+        L4::Tcp { .. } => &node.dp.maps.tcp_flows,
+        L4::Udp { .. } => &node.dp.maps.other_flows,
+    };
+    table.ct.get(&tuple(p), 0).expect(what)
 }
 
 fn tuple(p: &Pkt) -> lb_common::Tuple4 {
@@ -1095,16 +1100,25 @@ fn fixtures_verdicts_reject_drop_fragments_hairpin() {
                     output: None,
                 },
                 Case {
-                    name: "first fragment to a frontend: drop",
+                    name: "no endpoints, first fragment of a datagram: ICMP port unreachable",
                     hook: Hook::Xdp,
                     input: first_frag.build(),
+                    verdict: XDP_TX,
+                    output: Some(reject_of(&first_frag)),
+                },
+                Case {
+                    name: "later fragment of that datagram: dropped with it",
+                    hook: Hook::Xdp,
+                    input: later_frag.build(),
                     verdict: XDP_DROP,
                     output: None,
                 },
                 Case {
-                    name: "later fragment (no ports): passes untouched",
+                    name: "later fragment of a datagram lb never saw: untouched",
                     hook: Hook::Xdp,
-                    input: later_frag.build(),
+                    input: later_frag
+                        .nat("198.51.100.8:43005", "192.0.2.10:30081")
+                        .build(),
                     verdict: XDP_PASS,
                     output: None,
                 },
@@ -1113,7 +1127,7 @@ fn fixtures_verdicts_reject_drop_fragments_hairpin() {
         // Hairpin: the SNAT port is allocated at random, so it is read back from conntrack.
         let (verdict, out) = node.tc(&hairpin.build());
         assert_eq!(verdict, TC_ACT_REDIRECT, "hairpin goes back into the pod");
-        let ct = tcp_flow(node, &hairpin, "hairpin conntrack");
+        let ct = flow(node, &hairpin, "hairpin conntrack");
         let port = u16::from_be(ct.snat_port);
         let want = hairpin.nat(&format!("169.254.42.1:{port}"), "10.244.1.7:8080");
         assert_eq!(
@@ -1123,7 +1137,7 @@ fn fixtures_verdicts_reject_drop_fragments_hairpin() {
         );
         assert_checksums(&out);
         let stats = node.dp.maps.global_counters().expect("stats");
-        assert_eq!(stats["reject_no_backend"], 5);
+        assert_eq!(stats["reject_no_backend"], 6);
         assert_eq!(stats["drop_no_local_backend"], 1);
         assert_eq!(stats["drop_fragment"], 1);
     });
@@ -1199,7 +1213,7 @@ fn fixture_icmp_error_from_the_client_side_reaches_the_backend() {
         for sport in 45000..45100 {
             let syn = Pkt::new(&format!("198.51.100.7:{sport}"), "192.0.2.10:30080", SYN);
             node.xdp(&syn.build());
-            let ct = tcp_flow(node, &syn, "conntrack entry");
+            let ct = flow(node, &syn, "conntrack entry");
             if flows.iter().all(|(_, c)| c.backend_id != ct.backend_id) {
                 flows.push((syn, ct));
             }
@@ -1270,6 +1284,189 @@ fn fixture_icmp_error_from_the_client_side_reaches_the_backend() {
             output: None,
         });
         check(node, &cases);
+    });
+}
+
+/// A fragmented datagram of `from` -> `to`: a first fragment of 1472 bytes (UDP header
+/// included) and a later one of 500, at offset 1472.
+fn fragments(from: &str, to: &str) -> (Pkt, Pkt) {
+    let mut first = Pkt::new(from, to, UDP);
+    first.payload = vec![7; 1472 - 8];
+    first.frag = (true, 0);
+    let mut later = first.clone();
+    later.payload = vec![9; 500];
+    later.frag = (false, 1472 / 8);
+    (first, later)
+}
+
+/// A later fragment as lb should send it: `out`'s Ethernet and IP headers over `input`'s bytes
+/// after them, untouched (they are payload, not a UDP header, whatever `build` put there).
+fn later_fragment_as(input: &Pkt, out: &Pkt) -> Vec<u8> {
+    let mut bytes = input.build();
+    bytes[..14 + 20].copy_from_slice(&out.build()[..14 + 20]);
+    bytes
+}
+
+/// UDP above the MTU (large DNS answers, Kerberos) travels in fragments; only the first carries
+/// the ports that find the flow. Every fragment must get the first one's translation, or the
+/// receiver reassembles a datagram with the wrong addresses, which its socket does not take.
+#[test]
+fn fixture_fragmented_datagrams_are_translated_whole() {
+    with_node("pkt-frag", |node| {
+        node.program(&Svc {
+            id: 2,
+            frontends: &[(NODE, 30053, SCOPE_EXTERNAL, KIND_NODE_PORT)],
+            proto: PROTO_UDP,
+            backends: &[(3, "10.244.2.9", 5353, 0)],
+            flags: 0,
+            verdict: VERDICT_REJECT,
+        });
+        node.program(&Svc {
+            id: 4,
+            frontends: &[
+                (CLUSTER_IP, 54, SCOPE_INTERNAL, KIND_CLUSTER_IP),
+                (NODE, 30054, SCOPE_EXTERNAL, KIND_NODE_PORT),
+            ],
+            proto: PROTO_UDP,
+            backends: &[(5, "10.244.1.8", 5353, BE_F_LOCAL)],
+            flags: 0,
+            verdict: VERDICT_REJECT,
+        });
+        // A pod's query to a local backend, and the backend's fragmented answer, reverse-NATed
+        // as it leaves towards the pod.
+        let query = Pkt::new("10.244.1.5:40010", "10.96.0.10:54", UDP);
+        assert_eq!(node.tc(&query.build()).0, TC_ACT_OK, "query DNATed");
+        let (first, later) = fragments("10.244.1.8:5353", "10.244.1.5:40010");
+        let (first, later) = (first.macs(POD_MAC, NODE_MAC), later.macs(POD_MAC, NODE_MAC));
+        let as_frontend = |p: &Pkt| p.nat("10.96.0.10:54", "10.244.1.5:40010");
+        // An outside client's query to the same backend through the NodePort: the answer
+        // crosses the backend's pod interface (ingress) untranslated and gets the NodePort as it
+        // leaves. Its later fragments must stay untranslated at that ingress too, even once
+        // egress translated the first: with the node's address as their source, the stack
+        // would drop them as martians.
+        let outside = Pkt::new("198.51.100.7:40030", "192.0.2.10:30054", UDP);
+        assert_eq!(node.xdp(&outside.build()).0, XDP_PASS, "query DNATed");
+        let (answer, answer_later) = fragments("10.244.1.8:5353", "198.51.100.7:40030");
+        let (answer, answer_later) = (
+            answer.macs(POD_MAC, NODE_MAC),
+            answer_later.macs(POD_MAC, NODE_MAC),
+        );
+        let as_nodeport = |p: &Pkt| p.nat("192.0.2.10:30054", "198.51.100.7:40030");
+        check(
+            node,
+            &[
+                Case {
+                    name: "first fragment of a reply on egress: translated as a whole reply is",
+                    hook: Hook::TcEgress,
+                    input: first.build(),
+                    verdict: TC_ACT_OK,
+                    output: Some(as_frontend(&first).build()),
+                },
+                Case {
+                    name: "later fragment of that reply: the first one's addresses",
+                    hook: Hook::TcEgress,
+                    input: later.build(),
+                    verdict: TC_ACT_OK,
+                    output: Some(later_fragment_as(&later, &as_frontend(&later))),
+                },
+                Case {
+                    name: "later fragment of a datagram lb did not translate: untouched",
+                    hook: Hook::TcEgress,
+                    input: later.nat("10.244.1.9:5353", "10.244.1.5:40010").build(),
+                    verdict: TCX_NEXT,
+                    output: None,
+                },
+                Case {
+                    name: "first fragment of a NodePort answer at the pod's ingress: untouched",
+                    hook: Hook::Tc,
+                    input: answer.build(),
+                    verdict: TCX_NEXT,
+                    output: None,
+                },
+                Case {
+                    name: "first fragment of that answer on egress: the NodePort's",
+                    hook: Hook::TcEgress,
+                    input: answer.build(),
+                    verdict: TC_ACT_OK,
+                    output: Some(as_nodeport(&answer).build()),
+                },
+                Case {
+                    name: "later fragment of that answer at the pod's ingress: still untouched",
+                    hook: Hook::Tc,
+                    input: answer_later.build(),
+                    verdict: TCX_NEXT,
+                    output: None,
+                },
+                Case {
+                    name: "later fragment of that answer on egress: the NodePort's",
+                    hook: Hook::TcEgress,
+                    input: answer_later.build(),
+                    verdict: TC_ACT_OK,
+                    output: Some(later_fragment_as(
+                        &answer_later,
+                        &as_nodeport(&answer_later),
+                    )),
+                },
+            ],
+        );
+
+        // An outside client's fragmented query to the NodePort, SNATed to the remote backend
+        // and forwarded by lb, and the backend's fragmented answer, un-SNATed to the client.
+        let (first, later) = fragments("198.51.100.7:40020", "192.0.2.10:30053");
+        let (verdict, out) = node.xdp(&first.build());
+        assert_eq!(
+            verdict, XDP_TX,
+            "first fragment of the query SNATed and forwarded"
+        );
+        let ct = flow(node, &first, "conntrack entry of the fragmented query");
+        let snat = format!("192.0.2.10:{}", u16::from_be(ct.snat_port));
+        let to_backend = |p: &Pkt| {
+            p.nat(&snat, "10.244.2.9:5353")
+                .hop()
+                .macs(node.eth0_mac, NODE2_MAC)
+        };
+        assert_eq!(
+            hex(&out),
+            hex(&to_backend(&first).build()),
+            "first fragment"
+        );
+        assert_checksums(&out);
+        let (answer, answer_later) = fragments("10.244.2.9:5353", &snat);
+        let (answer, answer_later) = (
+            answer.macs(NODE2_MAC, NODE_MAC),
+            answer_later.macs(NODE2_MAC, NODE_MAC),
+        );
+        let to_client = |p: &Pkt| {
+            p.nat("192.0.2.10:30053", "198.51.100.7:40020")
+                .hop()
+                .macs(node.eth0_mac, GW_MAC)
+        };
+        check(
+            node,
+            &[
+                Case {
+                    name: "later fragment of the query: to the backend as the first went",
+                    hook: Hook::Xdp,
+                    input: later.build(),
+                    verdict: XDP_TX,
+                    output: Some(later_fragment_as(&later, &to_backend(&later))),
+                },
+                Case {
+                    name: "first fragment of the answer: un-SNATed and forwarded to the client",
+                    hook: Hook::Xdp,
+                    input: answer.build(),
+                    verdict: XDP_TX,
+                    output: Some(to_client(&answer).build()),
+                },
+                Case {
+                    name: "later fragment of the answer: to the client as the first went",
+                    hook: Hook::Xdp,
+                    input: answer_later.build(),
+                    verdict: XDP_TX,
+                    output: Some(later_fragment_as(&answer_later, &to_client(&answer_later))),
+                },
+            ],
+        );
     });
 }
 

@@ -3,7 +3,8 @@
 //! A client sends a line (TCP; several per connection are fine) or a datagram (UDP); the server
 //! answers each with `NAME PEER_IP:PEER_PORT\n`: which server answered, and the source address it
 //! saw. A request `lb-echo BYTES` asks for a reply of BYTES bytes: the same line, padded with dots
-//! before its newline (large replies: path MTU, fragments). UDP replies are sent from the address
+//! before its newline (large replies: path MTU, fragments); a request may be padded with dots
+//! itself (large requests). UDP replies are sent from the address
 //! the request was sent to (IP_PKTINFO), as a real service would, so a client's connected socket
 //! accepts them.
 
@@ -31,11 +32,17 @@ const REQUEST: &str = "lb-echo";
 const REPLY_MAX: usize = 16 << 20;
 
 /// The request line (newline included) asking for a reply of `bytes` (0: unpadded).
-fn request_line(bytes: usize) -> Vec<u8> {
-    match bytes {
-        0 => format!("{REQUEST}\n").into_bytes(),
-        n => format!("{REQUEST} {n}\n").into_bytes(),
+/// A request for a reply of `reply` bytes (0: unpadded), itself padded to `size` bytes.
+fn request_line(reply: usize, size: usize) -> Vec<u8> {
+    let mut line = match reply {
+        0 => REQUEST.to_string().into_bytes(),
+        n => format!("{REQUEST} {n}").into_bytes(),
+    };
+    if size > line.len() + 1 {
+        line.resize(size - 1, b'.');
     }
+    line.push(b'\n');
+    line
 }
 
 /// The reply to request `line` from server `name` to `peer`.
@@ -45,6 +52,7 @@ fn reply_to(line: &[u8], name: &str, peer: SocketAddr) -> Vec<u8> {
         .ok()
         .and_then(|l| {
             l.trim_end()
+                .trim_end_matches('.')
                 .strip_prefix(REQUEST)?
                 .trim()
                 .parse::<usize>()
@@ -207,7 +215,7 @@ pub fn request_unconnected(
     };
     let sock = UdpSocket::bind(any)?;
     sock.set_read_timeout(Some(timeout))?;
-    sock.send_to(&request_line(0), addr)?;
+    sock.send_to(&request_line(0, 0), addr)?;
     let mut buf = vec![0u8; 2048];
     let (n, from) = sock.recv_from(&mut buf)?;
     buf.truncate(n);
@@ -289,10 +297,21 @@ impl EchoConn {
 
     /// Sends one request for a reply of `bytes` (0: unpadded) and waits up to `timeout` for it.
     pub fn ask_for(&mut self, bytes: usize, timeout: Duration) -> Result<Reply, RequestError> {
+        self.exchange(0, bytes, timeout)
+    }
+
+    /// Sends one request of `request` bytes (0: unpadded) for a reply of `reply` bytes and waits
+    /// up to `timeout` for it.
+    pub fn exchange(
+        &mut self,
+        request: usize,
+        reply: usize,
+        timeout: Duration,
+    ) -> Result<Reply, RequestError> {
         if timeout.is_zero() {
             return Err(RequestError::Timeout);
         }
-        let request = request_line(bytes);
+        let request = request_line(reply, request);
         let line = match &mut self.conn {
             Conn::Tcp(reader) => {
                 let deadline = Instant::now() + timeout;
