@@ -19,6 +19,9 @@ use crate::{
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 
+/// Inlined: out of line, its frame would stack under the load-balancing core's (Linux 6.1
+/// allows 512 bytes for the whole chain).
+#[inline(always)]
 pub fn handle_error<P: Packet>(p: &mut P, f: &Flow) -> Action {
     match nat_error(p, f) {
         Ok(Some(action)) => {

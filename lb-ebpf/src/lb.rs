@@ -70,6 +70,9 @@ const NS: u64 = 1_000_000_000;
 const TOUCH_NS: u64 = NS;
 const SNAT_TRIES: u32 = 16;
 
+/// Not inlined into the programs: the path MTU check's frames (`fib`, `reject::frag_needed`)
+/// then stack beside this one's, not under it.
+#[inline(never)]
 pub fn handle<P: Packet>(p: &mut P, scope: u8) -> Action {
     let Some(f) = parse(p) else {
         return Action::UNTOUCHED;

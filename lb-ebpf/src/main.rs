@@ -39,7 +39,7 @@ use lb_common::{SCOPE_EXTERNAL, SCOPE_INTERNAL};
 
 use crate::{
     lb::Verdict,
-    packet::{read, Packet, Tc, Xdp},
+    packet::{swap_macs, Packet, Tc, Xdp},
 };
 
 /// TC_ACT_UNSPEC: on tcx, go on to the next program (TCX_NEXT); on a clsact filter, to the next
@@ -56,6 +56,7 @@ pub fn lb_xdp_ext(ctx: XdpContext) -> u32 {
         Verdict::Forward if !nat::decrement_ttl(&mut p) => xdp_action::XDP_PASS,
         Verdict::Forward => match fib::xdp_next_hop(&mut p, action.daddr) {
             0 => xdp_action::XDP_PASS,
+            fib::DROP => xdp_action::XDP_DROP,
             out if out == p.ifindex() => xdp_action::XDP_TX,
             // SAFETY: plain helper call; it returns XDP_REDIRECT, or XDP_ABORTED on failure.
             out => unsafe { gen::bpf_redirect(out, 0) as u32 },
@@ -159,23 +160,8 @@ fn tc(ctx: &TcContext, scope: u8) -> i32 {
             None => TC_ACT_OK,
         },
         Verdict::Drop => TC_ACT_SHOT,
-        Verdict::Bounce if swap_macs(&mut p) => {
-            // SAFETY: plain helper call.
-            unsafe { gen::bpf_redirect(p.ifindex(), 0) as i32 }
-        }
-        Verdict::Bounce => TC_ACT_SHOT,
+        Verdict::Bounce => fib::bounce(&mut p) as i32,
     }
-}
-
-#[inline(always)]
-fn swap_macs<P: Packet>(p: &mut P) -> bool {
-    let Some(macs) = read::<[u8; 12], P>(p, 0) else {
-        return false;
-    };
-    let mut swapped = [0u8; 12];
-    swapped[..6].copy_from_slice(&macs[6..]);
-    swapped[6..].copy_from_slice(&macs[..6]);
-    p.store_bytes(0, &swapped).is_ok()
 }
 
 #[cfg(not(test))]

@@ -33,6 +33,9 @@ pub trait Packet {
     /// Grow or shrink the packet to `len` bytes (contents then rewritten by the caller).
     fn resize(&mut self, len: usize) -> Res;
     fn fib_lookup(&mut self, params: &mut bpf_fib_lookup) -> i64;
+    /// Whether the packet is larger than its ingress device carries: segments GRO merged before
+    /// lb saw it (TC, and generic XDP, run after GRO), which the stack splits again on transmit.
+    fn aggregate(&mut self) -> bool;
 
     #[inline(always)]
     fn len(&self) -> usize {
@@ -62,6 +65,18 @@ pub fn write_at<T, P: Packet + ?Sized>(p: &P, off: usize, v: T) -> Res {
     // SAFETY: bounds checked above.
     unsafe { ptr.write_unaligned(v) };
     Ok(())
+}
+
+/// Swap the frame's MAC addresses, to send it back where it came from.
+#[inline(always)]
+pub fn swap_macs<P: Packet>(p: &mut P) -> bool {
+    let Some(macs) = read::<[u8; 12], P>(p, 0) else {
+        return false;
+    };
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    p.store_bytes(0, &swapped).is_ok()
 }
 
 pub struct Xdp<'a>(pub &'a XdpContext);
@@ -171,6 +186,13 @@ impl Packet for Xdp<'_> {
     #[inline(always)]
     fn fib_lookup(&mut self, params: &mut bpf_fib_lookup) -> i64 {
         fib(self.0.as_ptr(), params)
+    }
+    #[inline(always)]
+    fn aggregate(&mut self) -> bool {
+        let mut len = 0u32;
+        // SAFETY: plain helper call on our own context; it checks the packet against the
+        // ingress device's MTU and writes that MTU to `len`.
+        unsafe { gen::bpf_check_mtu(self.0.ctx.cast(), 0, &mut len, 0, 0) != 0 }
     }
 }
 
@@ -282,5 +304,10 @@ impl Packet for Tc<'_> {
     #[inline(always)]
     fn fib_lookup(&mut self, params: &mut bpf_fib_lookup) -> i64 {
         fib(self.0.as_ptr(), params)
+    }
+    #[inline(always)]
+    fn aggregate(&mut self) -> bool {
+        // The kernel's skb FIB lookup never reports a GSO skb as too big: asked only otherwise.
+        false
     }
 }

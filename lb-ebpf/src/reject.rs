@@ -1,13 +1,18 @@
-//! Answers for a frontend without endpoints, built in place of the packet: a TCP RST for TCP, an
-//! ICMP port unreachable for UDP, from the frontend to the client. The caller bounces the result
-//! back out of the ingress interface with the MAC addresses swapped.
+//! ICMP errors and resets that lb answers itself, built in place of the packet from its
+//! destination to its source; the caller bounces the result back out of the ingress interface
+//! with the MAC addresses swapped:
+//! - for a frontend without endpoints: a TCP RST for TCP, an ICMP port unreachable for UDP, from
+//!   the frontend to the client;
+//! - for a packet lb forwards that is too big for the path and has DF set: ICMP fragmentation
+//!   needed, translated back as an error from the path would be (`icmp::handle_error`).
 use aya_ebpf::helpers::generated as gen;
 use lb_common::{PROTO_ICMP, PROTO_TCP};
 
 use crate::{
-    csum,
+    csum, icmp,
+    lb::Verdict,
     packet::{read, Packet, Res},
-    parse::{Flow, ETH_LEN, IP_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{parse, Flow, ETH_LEN, IP_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 #[repr(C)]
@@ -45,13 +50,14 @@ struct IcmpHdr {
     ty: u8,
     code: u8,
     csum: u16,
-    unused: u32,
+    rest: u32,
 }
 
 const IP_DF: u16 = 0x4000;
 const TTL: u8 = 64;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
 /// The largest quote: an IPv4 header with options plus 8 bytes of its payload (RFC 792).
 const QUOTE_MAX: usize = 60 + 8;
 
@@ -86,7 +92,25 @@ pub fn build<P: Packet>(p: &mut P, f: &Flow) -> Res {
     if f.proto == PROTO_TCP {
         tcp_rst(p, f)
     } else {
-        icmp_port_unreachable(p, f)
+        icmp_error(p, f, ICMP_PORT_UNREACH, 0)
+    }
+}
+
+/// RFC 1191: the packet (as lb translated it, about to be forwarded) does not fit the next hop's
+/// `mtu` and may not be fragmented. It becomes "fragmentation needed" from its destination to
+/// its source quoting it, then goes through the translation of ICMP errors about NATed flows, so
+/// that its sender gets it about the packet it sent (a client: from the frontend; a backend
+/// whose reply lb reverse-NATed: from the address it sent the reply to). Not inlined: its own frame, beside the
+/// load-balancing core's.
+#[inline(never)]
+pub fn frag_needed<P: Packet>(p: &mut P, mtu: u16) -> Res {
+    let f = parse(p).ok_or(())?;
+    // The next-hop MTU is the low half of the header's second word (RFC 1191).
+    icmp_error(p, &f, ICMP_FRAG_NEEDED, u32::from(mtu).to_be())?;
+    let f = parse(p).ok_or(())?;
+    match icmp::handle_error(p, &f).verdict {
+        Verdict::Untouched | Verdict::Drop => Err(()),
+        _ => Ok(()),
     }
 }
 
@@ -134,9 +158,10 @@ fn tcp_rst<P: Packet>(p: &mut P, f: &Flow) -> Res {
     store(p, ETH_LEN + 20, &tcp)
 }
 
-/// RFC 1122: ICMP port unreachable quoting the IP header and the first 8 bytes of the datagram.
+/// RFC 1122: an ICMP destination unreachable (`code`, `rest` its second word in network order)
+/// quoting the IP header and the first 8 bytes of the datagram.
 #[inline(always)]
-fn icmp_port_unreachable<P: Packet>(p: &mut P, f: &Flow) -> Res {
+fn icmp_error<P: Packet>(p: &mut P, f: &Flow, code: u8, rest: u32) -> Res {
     let eth: [u8; ETH_LEN] = read(p, 0).ok_or(())?;
     let quote = f.l4 - IP_OFF + 8;
     if !(28..=QUOTE_MAX).contains(&quote) {
@@ -148,9 +173,9 @@ fn icmp_port_unreachable<P: Packet>(p: &mut P, f: &Flow) -> Res {
     p.load_bytes(IP_OFF, q)?;
     let mut icmp = IcmpHdr {
         ty: ICMP_DEST_UNREACH,
-        code: ICMP_PORT_UNREACH,
+        code,
         csum: 0,
-        unused: 0,
+        rest,
     };
     // SAFETY: csum_diff reads `quote` bytes (a multiple of 4) of our buffer.
     let quoted =

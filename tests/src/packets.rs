@@ -54,6 +54,8 @@ pub struct Pkt {
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
     pub ttl: u8,
+    /// Don't fragment (set unless a test clears it).
+    pub df: bool,
 }
 
 pub fn sa(s: &str) -> SocketAddrV4 {
@@ -73,6 +75,7 @@ impl Pkt {
             src_mac: CLIENT_MAC,
             dst_mac: NODE_MAC,
             ttl: 64,
+            df: true,
         }
     }
 
@@ -114,6 +117,7 @@ impl Pkt {
         )
         .expect("ipv4 header");
         ip.options = Ipv4Options::try_from(&self.ip_options[..]).expect("ip options");
+        ip.dont_fragment = self.df;
         ip.more_fragments = self.frag.0;
         ip.fragment_offset = IpFragOffset::try_new(self.frag.1).expect("fragment offset");
         ip.set_payload_len(payload_len).expect("payload length");

@@ -3,6 +3,9 @@
 //! the backend's 1500-byte segments (DF set, as Linux sends TCP) stop at that router, which
 //! answers "fragmentation needed" to their source: the NodePort's address, not the backend. lb
 //! must send that error on to the backend, or the download hangs (a PMTU black hole).
+//! Where lb forwards itself (a NodePort's backend on another node), it is the router: a request
+//! too big for the route to that node must come back to the client as "fragmentation needed"
+//! from lb, as the stack's forwarding would answer, or the upload hangs.
 //! And UDP datagrams above the MTU (large DNS answers, Kerberos) travel in fragments, of which
 //! only the first carries ports: every fragment must be translated as the first one was.
 //!
@@ -84,6 +87,51 @@ fn a_client_behind_a_narrow_link_downloads_a_megabyte_through_a_nodeport() {
     let stats = c.node(A).lbctl_json(&["stats"]).expect("lbctl stats");
     let nated = stats["global"]["icmp_error_nated"].as_u64().unwrap_or(0);
     assert!(nated > 0, "node-a translated no ICMP error: {stats}");
+}
+
+/// node-a reaches node-b's pods over a path of 1280 bytes (a locked route MTU, as for a
+/// tunnel or VPN link between nodes; node-b's own link takes no more), the client's link is
+/// 1500: its segments to the NodePort's backend on node-b do not fit where node-a forwards them.
+#[test]
+fn a_client_uploads_a_megabyte_to_a_nodeport_whose_backend_is_behind_a_narrow_path() {
+    if !require_privileged("lab_mtu") {
+        return;
+    }
+    let web = web_service("10.96.0.32", 30092, &ready("10.244.2.5", B));
+    let c = Cluster::start(
+        "mtu-up",
+        env!("CARGO_BIN_EXE_lb-echo"),
+        &[("web.yaml", &web)],
+    )
+    .expect("cluster lab");
+    c.node(A)
+        .ns
+        .sh("ip route replace 10.244.2.0/24 via 192.0.2.20 dev eth0 mtu lock 1280")
+        .expect("narrow route");
+    c.node(B)
+        .ns
+        .sh("ip link set eth0 mtu 1280")
+        .expect("narrow link");
+    let nodeport: std::net::SocketAddr = "192.0.2.10:30092".parse().unwrap();
+    const MB: usize = 1 << 20;
+    let reply = c
+        .client
+        .echo_conn(nodeport, false, Duration::from_secs(2))
+        .and_then(|mut conn| conn.exchange(MB, 0, scaled(Duration::from_secs(20))))
+        .unwrap_or_else(|e| panic!("1 MB upload to {nodeport}: {e}"));
+    assert_eq!(
+        reply.name, "b1",
+        "served by the backend behind the narrow path"
+    );
+    // The client learnt the path's MTU from lb's answer.
+    let route = c
+        .client
+        .sh("ip route get 192.0.2.10")
+        .expect("client's route");
+    assert!(
+        route.contains("mtu 1280"),
+        "the client's route to the NodePort carries no learnt MTU: {route}"
+    );
 }
 
 #[test]

@@ -5,12 +5,15 @@
 //! The programs run in a namespace of their own holding the node's view of the network, so the
 //! FIB lookups behind SNAT and XDP_TX see routes and neighbours the test controls:
 //! node 192.0.2.10/24 on eth0; another node 192.0.2.20 (pods 10.244.2.0/24 behind it); a router
-//! 192.0.2.1 towards clients in 198.51.100.0/24; local pods 10.244.1.0/24.
+//! 192.0.2.1 towards clients in 198.51.100.0/24; local pods 10.244.1.0/24. Two paths are
+//! narrower than the links (a locked route MTU of 1280, which forwarding honours as it does a
+//! device's): to pods 10.244.5.0/24 behind 192.0.2.20, and to clients in 203.0.113.0/24 behind
+//! the router.
 use std::{net::Ipv4Addr, time::Duration};
 
 use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
-use lb::dataplane::{Dataplane, Options, PROG_TC_EGRESS, PROG_TC_POD, PROG_XDP_EXT};
+use lb::dataplane::{Dataplane, Options, PROG_TC_EGRESS, PROG_TC_EXT, PROG_TC_POD, PROG_XDP_EXT};
 use lb_common::{
     map_names, Backend4, Frontend4, Frontend4Key, Service, BE_F_LOCAL, BE_F_TERMINATING,
     KIND_CLUSTER_IP, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
@@ -124,6 +127,11 @@ impl Node {
         self.tc_prog(PROG_TC_POD, input)
     }
 
+    /// Run the external-interface TC program on `input` as if it arrived on eth0.
+    fn tc_ext(&self, input: &[u8]) -> (u32, Vec<u8>) {
+        self.tc_prog(PROG_TC_EXT, input)
+    }
+
     /// Run the TC egress program on `input` as if it left through eth0.
     fn tc_egress(&self, input: &[u8]) -> (u32, Vec<u8>) {
         self.tc_prog(PROG_TC_EGRESS, input)
@@ -171,6 +179,8 @@ fn with_node(test: &str, f: impl FnOnce(&mut Node) + Send + 'static) {
         "ip addr add 192.0.3.10/24 dev eth1",
         "ip neigh replace 192.0.3.30 lladdr 02:00:00:00:00:30 nud permanent dev eth1",
         "ip route add 10.244.3.0/24 via 192.0.3.30",
+        "ip route add 10.244.5.0/24 via 192.0.2.20 mtu lock 1280",
+        "ip route add 203.0.113.0/24 via 192.0.2.1 mtu lock 1280",
     ] {
         ns.sh(cmd).expect("namespace setup");
     }
@@ -222,6 +232,8 @@ struct Case {
 enum Hook {
     Xdp,
     Tc,
+    /// TC ingress of the external interface (where XDP is not used).
+    TcExt,
     /// TC egress (pod and external interfaces alike).
     TcEgress,
 }
@@ -231,6 +243,7 @@ fn check(node: &Node, cases: &[Case]) {
         let (verdict, out) = match c.hook {
             Hook::Xdp => node.xdp(&c.input),
             Hook::Tc => node.tc(&c.input),
+            Hook::TcExt => node.tc_ext(&c.input),
             Hook::TcEgress => node.tc_egress(&c.input),
         };
         assert_eq!(verdict, c.verdict, "{}: verdict", c.name);
@@ -1284,6 +1297,113 @@ fn fixture_icmp_error_from_the_client_side_reaches_the_backend() {
             output: None,
         });
         check(node, &cases);
+    });
+}
+
+/// A TCP segment of `from` -> `to` that fills 1400 bytes of IP: too big for the 1280-byte paths.
+fn big(from: &str, to: &str) -> Pkt {
+    let mut p = Pkt::new(from, to, ACK);
+    p.payload = vec![5; 1400 - 40];
+    p
+}
+
+/// Path MTU discovery through lb where lb forwards itself: a packet with DF set that does not fit
+/// the route it leaves by becomes "fragmentation needed" back to its sender, as a router's
+/// would, quoting the packet as the sender sent it (only one hop further); without DF it goes on.
+/// (A local backend's reply is forwarded by the stack, which checks the path itself before lb's
+/// egress hook translates it.)
+#[test]
+fn fixture_too_big_for_the_path_is_answered_with_fragmentation_needed() {
+    with_node("pkt-mtu", |node| {
+        web(node, &[(1, "10.244.5.9", 8080, 0)]);
+        node.program(&Svc {
+            id: 2,
+            frontends: &[(NODE, 30081, SCOPE_EXTERNAL, KIND_NODE_PORT)],
+            proto: PROTO_TCP,
+            backends: &[(2, "10.244.2.9", 8080, 0)],
+            flags: 0,
+            verdict: VERDICT_REJECT,
+        });
+        let frag_needed =
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1280,
+            });
+        let node_ip = Ipv4Addr::new(192, 0, 2, 10);
+        // Open a flow through the NodePort; its SNAT address and port.
+        let opened = |client: &str, frontend: &str| {
+            let syn = Pkt::new(client, frontend, SYN);
+            assert_eq!(
+                node.xdp(&syn.build()).0,
+                XDP_TX,
+                "{client} -> {frontend}: SYN"
+            );
+            format!(
+                "192.0.2.10:{}",
+                u16::from_be(flow(node, &syn, "flow").snat_port)
+            )
+        };
+        // A client's upload to a backend behind the narrow path.
+        let snat = opened("198.51.100.7:42000", "192.0.2.10:30080");
+        let upload = big("198.51.100.7:42000", "192.0.2.10:30080");
+        let mut unchecked = upload.clone();
+        unchecked.df = false;
+        let mut forwarded = unchecked
+            .nat(&snat, "10.244.5.9:8080")
+            .hop()
+            .macs(NODE_MAC, NODE2_MAC)
+            .build();
+        forwarded[6..12].copy_from_slice(&node.eth0_mac);
+        // A remote backend's download, un-SNATed here, to a client behind the narrow path.
+        let snat = opened("203.0.113.7:43000", "192.0.2.10:30081");
+        let download = big("10.244.2.9:8080", &snat).macs(NODE2_MAC, NODE_MAC);
+        let to_backend = icmp_error(
+            node_ip,
+            &download.hop(),
+            frag_needed.clone(),
+            (NODE_MAC, NODE2_MAC),
+            64,
+        );
+        check(
+            node,
+            &[
+                Case {
+                    name: "a client's DF segment too big for the backend's path: fragmentation \
+                           needed from the NodePort, quoting the segment the client sent",
+                    hook: Hook::Xdp,
+                    input: upload.build(),
+                    verdict: XDP_TX,
+                    output: Some(icmp_error(
+                        node_ip,
+                        &upload.hop(),
+                        frag_needed,
+                        (NODE_MAC, upload.src_mac),
+                        64,
+                    )),
+                },
+                Case {
+                    name: "the same segment without DF: forwarded (lb does not fragment)",
+                    hook: Hook::Xdp,
+                    input: unchecked.build(),
+                    verdict: XDP_TX,
+                    output: Some(forwarded),
+                },
+                Case {
+                    name: "a backend's DF reply too big for the client's path: fragmentation \
+                           needed to the backend from the SNAT address, quoting its reply",
+                    hook: Hook::Xdp,
+                    input: download.build(),
+                    verdict: XDP_TX,
+                    output: Some(to_backend.clone()),
+                },
+                Case {
+                    name: "... the same where TC serves the external interface",
+                    hook: Hook::TcExt,
+                    input: download.build(),
+                    verdict: TC_ACT_REDIRECT,
+                    output: Some(to_backend),
+                },
+            ],
+        );
     });
 }
 

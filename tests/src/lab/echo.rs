@@ -315,6 +315,8 @@ impl EchoConn {
         let line = match &mut self.conn {
             Conn::Tcp(reader) => {
                 let deadline = Instant::now() + timeout;
+                // A large request into a black hole must time out, not block.
+                reader.get_ref().set_write_timeout(Some(timeout))?;
                 reader.get_mut().write_all(&request)?;
                 read_line(reader, deadline)?
             }
