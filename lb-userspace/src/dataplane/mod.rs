@@ -27,8 +27,9 @@ pub use pins::{PinLayout, DEFAULT_PIN_PATH};
 pub use socket_lb::SocketLbMode;
 pub use xdp_mode::{XdpModeUsed, XdpReason, XdpRequest};
 
-/// The compiled lb-ebpf object, built by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+/// The compiled lb-ebpf object, built by build.rs (public for the tests that read it:
+/// tests/tests/ebpf_stack.rs).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
 
 pub const PROG_XDP_EXT: &str = "lb_xdp_ext";
 pub const PROG_TC_EXT: &str = "lb_tc_ext";
