@@ -3,6 +3,8 @@
 //! - `lb_tc_ext`: TC ingress on external interfaces when XDP is off or unavailable;
 //! - `lb_tc_pod`: TC ingress on host-side pod interfaces (traffic from pods);
 //! - `lb_tc_egress`: TC egress on both, for replies the node itself sends as an endpoint;
+//! - `lb_tc_handoff`: TC ingress on external interfaces beside XDP, transmitting what XDP
+//!   translated but could not send itself (`handoff`);
 //!
 //! - `lb_sock_*`: cgroup socket hooks, the same Services for sockets at connect()/sendmsg() time
 //!   (`sock`);
@@ -19,6 +21,7 @@
 mod csum;
 mod fib;
 mod frag;
+mod handoff;
 mod icmp;
 mod lb;
 mod maps;
@@ -55,7 +58,7 @@ pub fn lb_xdp_ext(ctx: XdpContext) -> u32 {
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Forward if !nat::decrement_ttl(&mut p) => xdp_action::XDP_PASS,
         Verdict::Forward => match fib::xdp_next_hop(&mut p, action.daddr) {
-            0 => xdp_action::XDP_PASS,
+            0 => handoff::to_tc(&ctx),
             fib::DROP => xdp_action::XDP_DROP,
             out if out == p.ifindex() => xdp_action::XDP_TX,
             // SAFETY: plain helper call; it returns XDP_REDIRECT, or XDP_ABORTED on failure.
@@ -69,6 +72,31 @@ pub fn lb_xdp_ext(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn lb_tc_ext(ctx: TcContext) -> i32 {
     tc(&ctx, SCOPE_EXTERNAL)
+}
+
+/// Beside XDP on an external interface: sends on what XDP translated for outside the node but
+/// could not transmit (`handoff`); everything else goes on untouched.
+#[classifier]
+pub fn lb_tc_handoff(ctx: TcContext) -> i32 {
+    if !handoff::from_xdp(&ctx) {
+        return TCX_NEXT;
+    }
+    let mut p = Tc(&ctx);
+    p.ensure(parse::IP_DADDR + 4);
+    let Some(daddr) = packet::read::<u32, Tc>(&p, parse::IP_DADDR) else {
+        return TC_ACT_OK;
+    };
+    to_next_hop(&mut p, daddr)
+}
+
+/// TC: send a packet for outside the node to the next hop itself (`fib::redirect_neigh`), or to
+/// the stack when there is no route.
+#[inline(always)]
+fn to_next_hop(p: &mut Tc, daddr: u32) -> i32 {
+    match fib::redirect_neigh(p, daddr) {
+        Some(verdict) => verdict as i32,
+        None => TC_ACT_OK,
+    }
 }
 
 #[classifier]
@@ -155,10 +183,7 @@ fn tc(ctx: &TcContext, scope: u8) -> i32 {
         Verdict::Untouched => TCX_NEXT,
         Verdict::Pass => TC_ACT_OK,
         Verdict::Forward if !nat::decrement_ttl(&mut p) => TC_ACT_OK,
-        Verdict::Forward => match fib::redirect_neigh(&mut p, action.daddr) {
-            Some(verdict) => verdict as i32,
-            None => TC_ACT_OK,
-        },
+        Verdict::Forward => to_next_hop(&mut p, action.daddr),
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::Bounce => fib::bounce(&mut p) as i32,
     }

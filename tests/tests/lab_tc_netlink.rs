@@ -320,10 +320,37 @@ fn auto_and_tcx_modes_take_over_the_netlink_filter_and_detach_removes_it() {
     assert!(!pin.exists());
 }
 
+/// The names of the programs on `iface`'s TC ingress: tcx programs, or (before 6.6) filters.
+fn ingress_programs(node: &Netns, iface: &str) -> Vec<String> {
+    let name = iface.to_string();
+    let tcx = node
+        .in_netns(
+            move || match SchedClassifier::query_tcx(&name, TcAttachType::Ingress) {
+                Ok((_, progs)) => Some(
+                    progs
+                        .iter()
+                        .map(|p| p.name_as_str().unwrap_or("?").to_string())
+                        .collect(),
+                ),
+                Err(_) => None,
+            },
+        )
+        .expect("in node netns");
+    tcx.unwrap_or_else(|| {
+        ingress_filters(node, iface)
+            .iter()
+            .filter_map(|f| f.split_whitespace().find(|w| w.starts_with("lb_")))
+            .map(str::to_string)
+            .collect()
+    })
+}
+
 /// `--xdp-mode` changed across restarts: the external interface ends up with exactly the program
 /// asked for, in the mode asked for (as the kernel reports it), never the previous agent's left
-/// running beside it. Auto on a veth is generic, also after an agent that ran native there (the
-/// upgrade to the auto default), and lbctl reports the mode with its reason.
+/// running beside it: XDP with lb_tc_handoff on TC ingress (XDP's handoff, in the hook where
+/// lb_tc_ext runs when XDP is off), or lb_tc_ext alone. Auto on a veth is generic, also after an
+/// agent that ran native there (the upgrade to the auto default), and lbctl reports the mode
+/// with its reason.
 #[test]
 fn switching_xdp_mode_leaves_one_program_on_the_external_interface() {
     if !require_privileged("lab_tc_netlink::switching_xdp_mode") {
@@ -355,30 +382,21 @@ fn switching_xdp_mode_leaves_one_program_on_the_external_interface() {
             .find(|w| w.starts_with("xdp") && !w.contains('_'));
         word.unwrap_or("").to_string()
     };
-    for (mode, want_pins, want_kernel, want_reported) in [
-        (XdpRequest::Native, vec!["xdp"], "xdp", XdpModeUsed::Native),
-        (
-            XdpRequest::Auto,
-            vec!["xdp"],
-            "xdpgeneric",
-            XdpModeUsed::Generic,
-        ),
-        (XdpRequest::Off, vec![tc], "", XdpModeUsed::Off),
-        (
-            XdpRequest::Generic,
-            vec!["xdp"],
-            "xdpgeneric",
-            XdpModeUsed::Generic,
-        ),
-        (XdpRequest::Native, vec!["xdp"], "xdp", XdpModeUsed::Native),
-        (XdpRequest::Native, vec!["xdp"], "xdp", XdpModeUsed::Native),
-        (
-            XdpRequest::Auto,
-            vec!["xdp"],
-            "xdpgeneric",
-            XdpModeUsed::Generic,
-        ),
+    for (mode, want_kernel, want_reported) in [
+        (XdpRequest::Native, "xdp", XdpModeUsed::Native),
+        (XdpRequest::Auto, "xdpgeneric", XdpModeUsed::Generic),
+        (XdpRequest::Off, "", XdpModeUsed::Off),
+        (XdpRequest::Generic, "xdpgeneric", XdpModeUsed::Generic),
+        (XdpRequest::Native, "xdp", XdpModeUsed::Native),
+        (XdpRequest::Native, "xdp", XdpModeUsed::Native),
+        (XdpRequest::Auto, "xdpgeneric", XdpModeUsed::Generic),
     ] {
+        // With XDP on, TC ingress holds the handoff program beside it; without, the whole TC one.
+        let (want_pins, want_tc) = if want_reported == XdpModeUsed::Off {
+            (vec![tc], "lb_tc_ext")
+        } else {
+            (vec!["xdp", tc], "lb_tc_handoff")
+        };
         let got = node
             .in_netns(|| {
                 let mut dp = Dataplane::open(&options(&pin)).expect("dataplane");
@@ -390,6 +408,11 @@ fn switching_xdp_mode_leaves_one_program_on_the_external_interface() {
             assert_eq!(got.reason, XdpReason::Veth, "auto on a veth");
         }
         assert_eq!(pins(), want_pins, "after a restart with {mode:?}");
+        assert_eq!(
+            ingress_programs(&node, "eth0"),
+            [want_tc],
+            "{mode:?}: TC ingress"
+        );
         // The kernel releases an unpinned link asynchronously: poll.
         let settled = poll_until(Duration::from_secs(2), || {
             (kernel_mode() == want_kernel).then_some(())

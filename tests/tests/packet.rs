@@ -8,12 +8,14 @@
 //! 192.0.2.1 towards clients in 198.51.100.0/24; local pods 10.244.1.0/24. Two paths are
 //! narrower than the links (a locked route MTU of 1280, which forwarding honours as it does a
 //! device's): to pods 10.244.5.0/24 behind 192.0.2.20, and to clients in 203.0.113.0/24 behind
-//! the router.
+//! the router. Pods 10.244.6.0/24 are behind 192.0.2.30, whose neighbour entry is missing.
 use std::{net::Ipv4Addr, time::Duration};
 
 use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
-use lb::dataplane::{Dataplane, Options, PROG_TC_EGRESS, PROG_TC_EXT, PROG_TC_POD, PROG_XDP_EXT};
+use lb::dataplane::{
+    Dataplane, Options, PROG_TC_EGRESS, PROG_TC_EXT, PROG_TC_HANDOFF, PROG_TC_POD, PROG_XDP_EXT,
+};
 use lb_common::{
     map_names, Backend4, Frontend4, Frontend4Key, Service, BE_F_LOCAL, BE_F_TERMINATING,
     KIND_CLUSTER_IP, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
@@ -181,6 +183,8 @@ fn with_node(test: &str, f: impl FnOnce(&mut Node) + Send + 'static) {
         "ip route add 10.244.3.0/24 via 192.0.3.30",
         "ip route add 10.244.5.0/24 via 192.0.2.20 mtu lock 1280",
         "ip route add 203.0.113.0/24 via 192.0.2.1 mtu lock 1280",
+        // A node whose MAC address the node has not resolved yet.
+        "ip route add 10.244.6.0/24 via 192.0.2.30",
     ] {
         ns.sh(cmd).expect("namespace setup");
     }
@@ -234,6 +238,8 @@ enum Hook {
     Tc,
     /// TC ingress of the external interface (where XDP is not used).
     TcExt,
+    /// TC ingress of the external interface beside XDP.
+    TcHandoff,
     /// TC egress (pod and external interfaces alike).
     TcEgress,
 }
@@ -244,6 +250,7 @@ fn check(node: &Node, cases: &[Case]) {
             Hook::Xdp => node.xdp(&c.input),
             Hook::Tc => node.tc(&c.input),
             Hook::TcExt => node.tc_ext(&c.input),
+            Hook::TcHandoff => node.tc_prog(PROG_TC_HANDOFF, &c.input),
             Hook::TcEgress => node.tc_egress(&c.input),
         };
         assert_eq!(verdict, c.verdict, "{}: verdict", c.name);
@@ -696,6 +703,39 @@ fn fixture_snat_out_of_another_interface_is_redirected() {
             "SNAT to eth1's address, MACs of eth1's next hop"
         );
         assert_checksums(&out);
+    });
+}
+
+/// XDP cannot resolve a next hop's MAC address: a packet it translated for a node whose
+/// neighbour entry is missing goes to TC marked (the metadata word before the frame), where
+/// lb_tc_handoff sends it on with `bpf_redirect_neigh` (the lab shows the whole path:
+/// lab_nodeport). Unmarked packets pass lb_tc_handoff untouched.
+#[test]
+fn fixture_an_unresolved_next_hop_is_handed_to_tc() {
+    with_node("pkt-handoff", |node| {
+        web(node, &[(1, "10.244.6.9", 8080, 0)]);
+        let syn = Pkt::new("198.51.100.7:42000", "192.0.2.10:30080", SYN);
+        let (verdict, out) = node.xdp(&syn.build());
+        assert_eq!(verdict, XDP_PASS, "to the stack, for TC");
+        let snat = format!(
+            "192.0.2.10:{}",
+            u16::from_be(flow(node, &syn, "flow").snat_port)
+        );
+        // The mark, as lb writes it (handoff.rs: "LBHO" as a native-endian word).
+        let mut want = 0x4c42_484fu32.to_ne_bytes().to_vec();
+        want.extend(syn.nat(&snat, "10.244.6.9:8080").hop().build());
+        assert_eq!(hex(&out), hex(&want), "marked, translated, one hop further");
+        assert_checksums(&out[4..]);
+        check(
+            node,
+            &[Case {
+                name: "an unmarked packet passes the handoff program untouched",
+                hook: Hook::TcHandoff,
+                input: syn.build(),
+                verdict: TCX_NEXT,
+                output: None,
+            }],
+        );
     });
 }
 

@@ -44,7 +44,8 @@ pub enum TcMode {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcHook {
-    /// Ingress of an external interface (with `--xdp-mode off`).
+    /// Ingress of an external interface: lb_tc_ext with `--xdp-mode off`, lb_tc_handoff beside
+    /// XDP.
     Ext,
     /// Ingress of a pod interface.
     Pod,

@@ -33,6 +33,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 pub const PROG_XDP_EXT: &str = "lb_xdp_ext";
 pub const PROG_TC_EXT: &str = "lb_tc_ext";
+pub const PROG_TC_HANDOFF: &str = "lb_tc_handoff";
 pub const PROG_TC_POD: &str = "lb_tc_pod";
 pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
 /// Bare programs for benchmarks: XDP_PASS, XDP_TX and XDP_DROP (lb-ebpf's main.rs).
@@ -113,7 +114,7 @@ impl Dataplane {
                 .load()
                 .with_context(|| format!("verifying {name}"))?;
         }
-        for name in [PROG_TC_EXT, PROG_TC_POD, PROG_TC_EGRESS] {
+        for name in [PROG_TC_EXT, PROG_TC_HANDOFF, PROG_TC_POD, PROG_TC_EGRESS] {
             tc_mut(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("verifying {name}"))?;
@@ -200,8 +201,9 @@ impl Dataplane {
     }
 
     /// Attach the north-south program to an external interface: XDP in the mode `req` gives
-    /// this device (see [`xdp_mode`]), or TC ingress when XDP is off. The choice is recorded in
-    /// `LB_IFACES` for lbctl and the next agent.
+    /// this device (see [`xdp_mode`]) with the handoff program on TC ingress beside it (what XDP
+    /// translated but cannot transmit, it sends on), or lb_tc_ext on TC ingress when XDP is off.
+    /// The choice is recorded in `LB_IFACES` for lbctl and the next agent.
     pub fn attach_ext(&mut self, iface: &str, req: XdpRequest) -> Result<Attached> {
         let ifindex = attach::ifindex(iface)?;
         let siblings: Vec<_> = self
@@ -231,8 +233,11 @@ impl Dataplane {
                 });
             let prog = xdp_mut(&mut self.ebpf, PROG_XDP_EXT)?;
             let used = self.links.attach_xdp(prog, iface, ifindex, plan, pinned)?;
-            // ... or with --xdp-mode off: its TC program goes, XDP does the work now.
-            self.links.detach_tc(ifindex, TcHook::Ext)?;
+            // ... or with --xdp-mode off: its TC program (in the same hook) is replaced by the
+            // handoff, XDP does the work now.
+            let handoff = tc_mut(&mut self.ebpf, PROG_TC_HANDOFF)?;
+            let tc = self.links.attach_tc(handoff, iface, ifindex, TcHook::Ext)?;
+            tracing::debug!("{iface}: {PROG_TC_HANDOFF} attached ({tc:?})");
             if plan == xdp_mode::XdpPlan::Native && used == XdpModeUsed::Generic {
                 reason = XdpReason::NoNativeXdp;
             }
