@@ -49,6 +49,8 @@ pub mod map_names {
     pub const IFACES: &str = "LB_IFACES";
     /// Transmitted frames the kernel dropped, per external interface (the `xmit` tracepoints).
     pub const XMIT_DROPS: &str = "LB_XMIT_DROPS";
+    /// The interfaces XDP may redirect to (a DEVMAP_HASH of the external XDP interfaces).
+    pub const XDP_TX_PORTS: &str = "LB_XDP_TX_PORTS";
     /// The socket hooks' settings ([`super::SockConfig`]).
     pub const SOCK_CONFIG: &str = "LB_SOCK_CONFIG";
     /// Per-frontend count of connect()/sendmsg() calls the socket hooks translated (per CPU,

@@ -34,7 +34,6 @@ mod xmit;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated as gen,
     macros::{cgroup_sock_addr, classifier, tracepoint, xdp},
     programs::{SockAddrContext, TcContext, TracePointContext, XdpContext},
 };
@@ -61,8 +60,11 @@ pub fn lb_xdp_ext(ctx: XdpContext) -> u32 {
             0 => handoff::to_tc(&ctx),
             fib::DROP => xdp_action::XDP_DROP,
             out if out == p.ifindex() => xdp_action::XDP_TX,
-            // SAFETY: plain helper call; it returns XDP_REDIRECT, or XDP_ABORTED on failure.
-            out => unsafe { gen::bpf_redirect(out, 0) as u32 },
+            out => match maps::LB_XDP_TX_PORTS.redirect(out, 0) {
+                Ok(redirect) => redirect,
+                // Not a device XDP transmits on (a tunnel, a bridge, a pod's veth): TC sends it.
+                Err(_) => handoff::to_tc(&ctx),
+            },
         },
         Verdict::Bounce if swap_macs(&mut p) => xdp_action::XDP_TX,
         Verdict::Bounce => xdp_action::XDP_DROP,

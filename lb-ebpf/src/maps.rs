@@ -2,7 +2,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
     capacity, Affinity, AffinityKey4, Backend4, Config, Counters, Ct4, Frontend4, Frontend4Key,
@@ -94,6 +94,14 @@ pub static LB_IFACES: HashMap<u32, IfaceInfo> =
 #[map]
 pub static LB_XMIT_DROPS: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::pinned(capacity::IFACES, BPF_F_NO_PREALLOC);
+
+/// The interfaces XDP redirects to, by ifindex (value: the same ifindex): the external
+/// interfaces lb runs XDP on, kept by the agent. A route that leaves through any other device (a
+/// tunnel, a bridge, an L3 device without Ethernet header) is handed to TC instead: native XDP
+/// cannot transmit on devices without `ndo_xdp_xmit` and the kernel would drop the frame
+/// silently, and an L3 device would take the FIB's MAC addresses as its payload.
+#[map]
+pub static LB_XDP_TX_PORTS: DevMapHash = DevMapHash::pinned(capacity::IFACES, 0);
 
 /// The socket hooks' settings (`sock`), written by the agent.
 #[map]

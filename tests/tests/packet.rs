@@ -14,7 +14,8 @@ use std::{net::Ipv4Addr, time::Duration};
 use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
 use lb::dataplane::{
-    Dataplane, Options, PROG_TC_EGRESS, PROG_TC_EXT, PROG_TC_HANDOFF, PROG_TC_POD, PROG_XDP_EXT,
+    Dataplane, Options, XdpRequest, PROG_TC_EGRESS, PROG_TC_EXT, PROG_TC_HANDOFF, PROG_TC_POD,
+    PROG_XDP_EXT,
 };
 use lb_common::{
     map_names, Backend4, Frontend4, Frontend4Key, Service, BE_F_LOCAL, BE_F_TERMINATING,
@@ -57,6 +58,7 @@ struct Node {
     eth0: u32,
     eth0_mac: [u8; 6],
     eth1_mac: [u8; 6],
+    vx0_mac: [u8; 6],
 }
 
 /// A service: frontends, one backend set, backends by id.
@@ -185,12 +187,19 @@ fn with_node(test: &str, f: impl FnOnce(&mut Node) + Send + 'static) {
         "ip route add 203.0.113.0/24 via 192.0.2.1 mtu lock 1280",
         // A node whose MAC address the node has not resolved yet.
         "ip route add 10.244.6.0/24 via 192.0.2.30",
+        // A node behind a VXLAN overlay, flannel's way: the remote VTEP's address as next hop on
+        // the tunnel device, its MAC address a permanent neighbour.
+        "ip link add vx0 type vxlan id 7 dstport 4789 local 192.0.2.10 dev eth0",
+        "ip link set vx0 up",
+        "ip neigh replace 10.244.7.0 lladdr 02:00:00:00:00:70 nud permanent dev vx0",
+        "ip route add 10.244.7.0/24 via 10.244.7.0 dev vx0 onlink",
     ] {
         ns.sh(cmd).expect("namespace setup");
     }
     let pin = lab.pin_path("pkt");
     let eth0_mac = ns.mac("eth0").expect("eth0 mac");
     let eth1_mac = ns.mac("eth1").expect("eth1 mac");
+    let vx0_mac = ns.mac("vx0").expect("vx0 mac");
     ns.enter(move || {
         let opts = Options {
             pin_path: pin.clone(),
@@ -210,6 +219,7 @@ fn with_node(test: &str, f: impl FnOnce(&mut Node) + Send + 'static) {
             eth0,
             eth0_mac,
             eth1_mac,
+            vx0_mac,
         };
         for (ifindex, addr) in [(eth0, "192.0.2.10"), (eth1, "192.0.3.10")] {
             let addr = addr.parse().unwrap();
@@ -686,6 +696,10 @@ fn node_counter(node: &Node, name: &str) -> u64 {
 fn fixture_snat_out_of_another_interface_is_redirected() {
     with_node("pkt-snat-nic", |node| {
         web(node, &[(1, "10.244.3.9", 8080, 0)]);
+        // eth1 is an external interface too: XDP runs there, so XDP may redirect to it.
+        node.dp
+            .attach_ext("eth1", XdpRequest::Generic)
+            .expect("attach eth1");
         let syn = Pkt::new("198.51.100.7:42000", "192.0.2.10:30080", SYN);
         let (verdict, out) = node.xdp(&syn.build());
         assert_eq!(verdict, XDP_REDIRECT, "the route leaves through eth1");
@@ -706,26 +720,27 @@ fn fixture_snat_out_of_another_interface_is_redirected() {
     });
 }
 
+/// A route through a device XDP does not run on (a VXLAN tunnel here; a bridge, an L3 device)
+/// is not a redirect target: native XDP cannot transmit there (the kernel drops the frame
+/// silently). The translated packet goes to TC marked, as for an unresolved neighbour.
+#[test]
+fn fixture_snat_into_a_tunnel_is_handed_to_tc() {
+    with_node("pkt-snat-tunnel", |node| {
+        let vx0_mac = node.vx0_mac;
+        handed_to_tc(node, "10.244.7.9", |p| {
+            p.macs(vx0_mac, [2, 0, 0, 0, 0, 0x70])
+        });
+    });
+}
+
 /// XDP cannot resolve a next hop's MAC address: a packet it translated for a node whose
 /// neighbour entry is missing goes to TC marked (the metadata word before the frame), where
 /// lb_tc_handoff sends it on with `bpf_redirect_neigh` (the lab shows the whole path:
-/// lab_nodeport). Unmarked packets pass lb_tc_handoff untouched.
+/// lab_neighbours). Unmarked packets pass lb_tc_handoff untouched.
 #[test]
 fn fixture_an_unresolved_next_hop_is_handed_to_tc() {
     with_node("pkt-handoff", |node| {
-        web(node, &[(1, "10.244.6.9", 8080, 0)]);
-        let syn = Pkt::new("198.51.100.7:42000", "192.0.2.10:30080", SYN);
-        let (verdict, out) = node.xdp(&syn.build());
-        assert_eq!(verdict, XDP_PASS, "to the stack, for TC");
-        let snat = format!(
-            "192.0.2.10:{}",
-            u16::from_be(flow(node, &syn, "flow").snat_port)
-        );
-        // The mark, as lb writes it (handoff.rs: "LBHO" as a native-endian word).
-        let mut want = 0x4c42_484fu32.to_ne_bytes().to_vec();
-        want.extend(syn.nat(&snat, "10.244.6.9:8080").hop().build());
-        assert_eq!(hex(&out), hex(&want), "marked, translated, one hop further");
-        assert_checksums(&out[4..]);
+        let syn = handed_to_tc(node, "10.244.6.9", |p| p);
         check(
             node,
             &[Case {
@@ -737,6 +752,29 @@ fn fixture_an_unresolved_next_hop_is_handed_to_tc() {
             }],
         );
     });
+}
+
+/// The metadata word lb_xdp_ext writes before a frame it hands to TC (handoff.rs: "LBHO" as a
+/// native-endian word).
+const HANDOFF_MARK: [u8; 4] = 0x4c42_484fu32.to_ne_bytes();
+
+/// A NodePort SYN to the one backend `backend` (port 8080, on another node) leaves XDP for TC:
+/// XDP_PASS, the mark before the frame, and the frame SNATed, DNATed and one hop further (its
+/// MAC addresses as `l2` makes them). Returns the SYN.
+fn handed_to_tc(node: &mut Node, backend: &str, l2: impl FnOnce(Pkt) -> Pkt) -> Pkt {
+    web(node, &[(1, backend, 8080, 0)]);
+    let syn = Pkt::new("198.51.100.7:42000", "192.0.2.10:30080", SYN);
+    let (verdict, out) = node.xdp(&syn.build());
+    assert_eq!(verdict, XDP_PASS, "to the stack, for TC");
+    let snat = format!(
+        "192.0.2.10:{}",
+        u16::from_be(flow(node, &syn, "flow").snat_port)
+    );
+    let mut want = HANDOFF_MARK.to_vec();
+    want.extend(l2(syn.nat(&snat, &format!("{backend}:8080")).hop()).build());
+    assert_eq!(hex(&out), hex(&want), "marked, translated, one hop further");
+    assert_checksums(&out[4..]);
+    syn
 }
 
 /// Two local pods for the fixtures that watch which one a flow goes to.

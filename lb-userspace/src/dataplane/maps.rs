@@ -398,7 +398,7 @@ pub fn entries<K: Pod + Ord, V: Pod>(map: &HashMap<MapData, K, V>) -> Result<Vec
 
 /// A delete of a key that is not there is done. (aya reports it as `KeyNotFound` for some maps
 /// and as the syscall's ENOENT for hash maps.)
-fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
+pub(super) fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(aya::maps::MapError::SyscallError(e))

@@ -16,10 +16,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
+    maps::{DevMapHash, MapData},
     programs::{CgroupSockAddr, SchedClassifier, TracePoint, Xdp},
     Ebpf, EbpfLoader,
 };
-use lb_common::{Config, IfaceInfo, IFACE_EXTERNAL, IFACE_POD};
+use lb_common::{map_names as names, Config, IfaceInfo, IFACE_EXTERNAL, IFACE_POD};
 
 pub use attach::{ifindex, TcHook, TcMode, TC_NETLINK_PRIORITY};
 pub use maps::{Capacities, Maps};
@@ -76,6 +77,9 @@ pub struct Dataplane {
     pub maps: Maps,
     layout: PinLayout,
     links: attach::Links,
+    /// `LB_XDP_TX_PORTS`: the interfaces XDP redirects to (the agent's alone: lbctl never
+    /// reads it, so it is not in [`Maps`]).
+    tx_ports: DevMapHash<MapData>,
     /// The transmit-drop tracepoints are attached (once, with the first XDP attachment).
     counting_xmit: bool,
     /// Every external interface, for the XDP mode choice (see [`Dataplane::set_external`]).
@@ -98,7 +102,7 @@ impl Dataplane {
         loader.default_map_pin_directory(&maps_dir);
         // A BTF map (socket storage) has no pinning attribute: pinned by name here, so that the
         // next agent's hooks find what this one's recorded for live sockets.
-        let sock_rnat = lb_common::map_names::SOCK_RNAT4;
+        let sock_rnat = names::SOCK_RNAT4;
         loader.map_pin_path(sock_rnat, maps_dir.join(sock_rnat));
         for (name, size) in &opts.capacities {
             loader.map_max_entries(name, *size);
@@ -126,6 +130,10 @@ impl Dataplane {
                 .load()
                 .with_context(|| format!("verifying {name}"))?;
         }
+        let tx_ports = ebpf
+            .take_map(names::XDP_TX_PORTS)
+            .with_context(|| format!("map {} missing from the object", names::XDP_TX_PORTS))?
+            .try_into()?;
         let mut maps = Maps::from_loaded(&mut ebpf)?;
         ensure_config(&mut maps)?;
         migrate::service_names(&layout, &mut maps)?;
@@ -134,6 +142,7 @@ impl Dataplane {
             maps,
             links: attach::Links::new(layout.clone()),
             layout,
+            tx_ports,
             counting_xmit: false,
             external: Vec::new(),
         })
@@ -178,7 +187,7 @@ impl Dataplane {
     pub fn set_bench_frame(&mut self, frame: &[u8; lb_common::BENCH_FRAME_LEN]) -> Result<()> {
         let map = self
             .ebpf
-            .map_mut(lb_common::map_names::BENCH_FRAME)
+            .map_mut(names::BENCH_FRAME)
             .context("no bench frame map")?;
         let mut array: aya::maps::Array<_, [u8; lb_common::BENCH_FRAME_LEN]> =
             aya::maps::Array::try_from(map)?;
@@ -219,6 +228,7 @@ impl Dataplane {
             tracing::debug!("{iface}: {PROG_TC_EXT} attached ({used:?})");
             // A previous agent may have run with XDP here: its program must not keep running.
             self.links.detach_xdp(ifindex)?;
+            self.forget_tx_port(ifindex)?;
             XdpModeUsed::Off
         } else {
             let pinned = self
@@ -243,6 +253,9 @@ impl Dataplane {
             }
             self.maps.count_xmit_drops(ifindex)?;
             self.count_xmit();
+            self.tx_ports
+                .insert(ifindex, ifindex, None, 0)
+                .with_context(|| format!("{iface}: adding it to {}", names::XDP_TX_PORTS))?;
             used
         };
         self.attach_egress(iface, ifindex)?;
@@ -369,7 +382,14 @@ impl Dataplane {
     /// Detach whatever lb attached to the interface with this index (it may be gone already).
     pub fn detach(&mut self, ifindex: u32) -> Result<()> {
         self.maps.remove_iface(ifindex)?;
+        self.forget_tx_port(ifindex)?;
         self.links.detach(ifindex)
+    }
+
+    /// XDP no longer redirects to this interface (the kernel removes a vanished one itself).
+    fn forget_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        maps::ignore_missing(self.tx_ports.remove(ifindex))
+            .with_context(|| format!("ifindex {ifindex}: {}", names::XDP_TX_PORTS))
     }
 
     /// Interfaces with an lb program attached, by ifindex.
