@@ -177,6 +177,8 @@ impl Default for ServiceName {
 pub const IFACE_EXTERNAL: u8 = 0;
 /// Host side of a pod interface (TC).
 pub const IFACE_POD: u8 = 1;
+/// A tunnel of the pod overlay (TC ingress with the north-south program, and TC egress).
+pub const IFACE_TUNNEL: u8 = 2;
 
 /// `IfaceInfo::xdp_mode`.
 pub const XDP_MODE_NONE: u8 = 0;

@@ -116,6 +116,17 @@ impl Cluster {
         objects: &[(&str, &str)],
         flags: &[&str],
     ) -> Result<Cluster> {
+        Self::start_on(test, echo_bin, objects, flags, PodNetwork::Routed)
+    }
+
+    /// [`Cluster::start_with_flags`] with the pod network `net` between the nodes.
+    pub fn start_on(
+        test: &str,
+        echo_bin: &str,
+        objects: &[(&str, &str)],
+        flags: &[&str],
+        net: PodNetwork,
+    ) -> Result<Cluster> {
         let lab = Lab::new(test)?;
         lab.set_echo_bin(echo_bin);
         let lan = lab.netns("lan")?;
@@ -138,7 +149,7 @@ impl Cluster {
         }
         let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
         lab.bridge(&lan, "br0", &ports)?;
-        route_pod_cidrs(&nodes)?;
+        connect_pods(&lan, &nodes, net)?;
         let manifests = lab.log_dir().join("manifests");
         std::fs::create_dir_all(&manifests).context("manifests dir")?;
         for (name, text) in objects {
@@ -266,14 +277,54 @@ pub fn add_pod(
     Ok(servers)
 }
 
-/// Each node routes the other's pod CIDR through it, and has its neighbours resolved: XDP
+/// How pods on one node reach pods on the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodNetwork {
+    /// Each node routes the other's pod CIDR through the other's address on the lan.
+    Routed,
+    /// Flannel's VXLAN backend: each node has a vxlan device `vx0` (VNI 1, UDP 8472) holding
+    /// `10.244.N.0/32`, routes the other's pod CIDR via the other's `10.244.M.0` on it, with that
+    /// address's MAC a permanent neighbour and the MAC's VTEP (the other node) in the FDB. The lan
+    /// drops packets with a pod source, as a cloud network does with addresses it did not assign
+    /// (the reason overlays exist): pod traffic between nodes must go through the tunnel.
+    Vxlan,
+}
+
+/// Each node reaches the other's pod CIDR as `net` says, and has its neighbours resolved: XDP
 /// forwards only to resolved next hops (README, datapath), as a cluster's busy nodes have them.
-fn route_pod_cidrs(nodes: &[Node]) -> Result<()> {
+fn connect_pods(lan: &Netns, nodes: &[Node], net: PodNetwork) -> Result<()> {
+    if net == PodNetwork::Vxlan {
+        for node in nodes {
+            let (addr, mac) = vtep(node)?;
+            node.ns
+                .sh(&format!(
+                    "ip link add vx0 address {mac} type vxlan id 1 dstport 8472 local {} \
+                     dev eth0 nolearning && ip addr add {addr}/32 dev vx0 && ip link set vx0 up",
+                    node.ip
+                ))
+                .with_context(|| format!("{}: vxlan device", node.name))?;
+        }
+        // The cloud network's anti-spoofing: no pod source crosses the lan's bridge.
+        lan.sh("nft add table bridge antispoof && \
+             nft add chain bridge antispoof forward '{ type filter hook forward priority 0; }' \
+             && nft add rule bridge antispoof forward ip saddr 10.244.0.0/16 counter drop")
+            .context("lan: anti-spoofing")?;
+    }
     for node in nodes {
         for other in nodes.iter().filter(|o| o.name != node.name) {
-            let octets = other.pods[0].ip.parse::<Ipv4Addr>()?.octets();
-            let cidr = format!("{}.{}.{}.0/24", octets[0], octets[1], octets[2]);
-            node.ns.add_route(&cidr, other.ip)?;
+            let (addr, mac) = vtep(other)?;
+            let route = match net {
+                PodNetwork::Routed => format!("ip route add {addr}/24 via {}", other.ip),
+                PodNetwork::Vxlan => format!(
+                    "ip neigh replace {addr} lladdr {mac} nud permanent dev vx0 && \
+                     bridge fdb append {mac} dst {} dev vx0 && \
+                     ip route add {addr}/24 via {addr} dev vx0 onlink",
+                    other.ip
+                ),
+            };
+            node.ns
+                .sh(&route)
+                .with_context(|| format!("{}: route to {}'s pods", node.name, other.name))?;
         }
         let neighbours: Vec<&str> = nodes
             .iter()
@@ -284,6 +335,16 @@ fn route_pod_cidrs(nodes: &[Node]) -> Result<()> {
         resolve_neighbours(node, &neighbours)?;
     }
     Ok(())
+}
+
+/// A node's pod CIDR's first address (its VTEP address on the overlay: flannel's
+/// `10.244.N.0`), and the MAC address its vxlan device gets.
+fn vtep(node: &Node) -> Result<(Ipv4Addr, String)> {
+    let octets = node.pods[0].ip.parse::<Ipv4Addr>()?.octets();
+    Ok((
+        Ipv4Addr::new(octets[0], octets[1], octets[2], 0),
+        format!("02:00:0a:f4:{:02x}:00", octets[2]),
+    ))
 }
 
 /// Pings each of `neighbours` once from `node`, so their addresses are resolved (XDP forwards

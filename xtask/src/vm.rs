@@ -187,7 +187,9 @@ fn build() -> Result<(Vec<TestBinary>, PathBuf)> {
 /// check hook by hook (tcx and netlink TC, generic and native XDP, socket hooks), and under
 /// emulation they alone took 24 of the VM's minutes. The firewall lab tests how netfilter
 /// judges lb's flows, which 6.1 and 6.18 do alike, and needs iptables' nf_tables modules, which
-/// the guest would have to load from the unpacked kernel. The conntrack churn lab (100,000 UDP
+/// the guest would have to load from the unpacked kernel; so does the overlay lab (its nodes run
+/// that firewall, its lan an nf_tables bridge filter), whose programs and TC attachments are
+/// the external interfaces' ones, checked on 6.1 by the other labs. The conntrack churn lab (100,000 UDP
 /// round trips) tests which table an LRU evicts from, alike on every kernel; the programs that
 /// choose the table are verified on 6.1 by every other suite that loads them. The rest are
 /// userspace logic on stable interfaces: unit tests of the agent, lbctl, the model, the sources
@@ -200,6 +202,7 @@ const HOST_ONLY: &[&str] = &[
     "lb-tests/ebpf_stack",
     "lb-tests/e2e_services",
     "lb-tests/lab_firewall",
+    "lb-tests/lab_overlay",
     "lb-tests/lab_conntrack_churn",
     "lb-tests/reconcile",
     "lb-tests/conntrack",

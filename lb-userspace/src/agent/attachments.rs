@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Node;
-use lb_common::{IfaceInfo, IFACE_EXTERNAL};
+use lb_common::{IfaceInfo, IFACE_EXTERNAL, IFACE_TUNNEL};
 
 use super::{
     interfaces::{Host, Link},
@@ -21,10 +21,10 @@ use crate::{
 
 /// The role an interface record says a link was attached in.
 fn role_of(record: &IfaceInfo) -> Role {
-    if record.role == IFACE_EXTERNAL {
-        Role::External
-    } else {
-        Role::Pod
+    match record.role {
+        IFACE_EXTERNAL => Role::External,
+        IFACE_TUNNEL => Role::Tunnel,
+        _ => Role::Pod,
     }
 }
 
@@ -118,8 +118,11 @@ impl Attachments {
                 }
             }
         }
-        for link in links.values().filter(|l| ext.names.contains(&l.name)) {
-            self.set_snat_addr(dp, link);
+        let snat_sources = wanted
+            .iter()
+            .filter(|(_, (_, role))| matches!(role, Role::External | Role::Tunnel));
+        for (ifindex, _) in snat_sources {
+            self.set_snat_addr(dp, &links[ifindex]);
         }
         let nodeport_addrs = self.placement.nodeport_addrs(node, links, &ext);
         self.ext = Some(ext);
@@ -167,11 +170,15 @@ impl Attachments {
                 dp.attach_pod(&link.name)?;
                 tracing::info!(iface = %link.name, "attached (pod)");
             }
+            Role::Tunnel => {
+                dp.attach_tunnel(&link.name)?;
+                tracing::info!(iface = %link.name, "attached (tunnel of the pod overlay)");
+            }
         }
         Ok(())
     }
 
-    /// The node address SNATed flows leaving through an external interface take.
+    /// The node address SNATed flows leaving through an external interface or a tunnel take.
     fn set_snat_addr(&self, dp: &mut Dataplane, link: &Link) {
         let result = match link.addrs.first() {
             Some(addr) => dp.maps.set_node_addr(link.index, *addr),

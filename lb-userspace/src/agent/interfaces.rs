@@ -27,8 +27,19 @@ pub struct Link {
     pub addrs: Vec<Ipv4Addr>,
     /// The bridge (or bond, VRF) this link is a port of.
     pub controller: Option<u32>,
+    pub kind: LinkKind,
+}
+
+/// What kind of device a link is, as far as placement cares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LinkKind {
+    #[default]
+    Other,
     /// A Linux bridge.
-    pub bridge: bool,
+    Bridge,
+    /// A tunnel that carries Ethernet frames between nodes (vxlan, geneve): the pod overlay of
+    /// flannel, Calico VXLAN, Antrea, kindnet-less overlays.
+    Tunnel,
 }
 
 /// What a scan finds.
@@ -103,16 +114,23 @@ fn link(msg: &LinkMessage) -> Option<Link> {
         name: String::new(),
         addrs: Vec::new(),
         controller: None,
-        bridge: false,
+        kind: LinkKind::Other,
     };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Controller(c) => link.controller = Some(*c),
             LinkAttribute::LinkInfo(info) => {
-                link.bridge = info
+                link.kind = info
                     .iter()
-                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)))
+                    .find_map(|i| match i {
+                        LinkInfo::Kind(InfoKind::Bridge) => Some(LinkKind::Bridge),
+                        LinkInfo::Kind(InfoKind::Vxlan | InfoKind::Geneve) => {
+                            Some(LinkKind::Tunnel)
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default()
             }
             _ => {}
         }

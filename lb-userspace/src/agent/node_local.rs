@@ -11,7 +11,10 @@ use glob::Pattern;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 
-use super::{interfaces::Link, RunArgs};
+use super::{
+    interfaces::{Link, LinkKind},
+    RunArgs,
+};
 
 /// Host-side pod interfaces of the common CNIs when `--pod-iface` is absent: veth pairs
 /// (flannel, bridge, kindnet, ptp), Calico's `cali*`, Cilium's `lxc*`. Ports of Linux bridges
@@ -25,6 +28,11 @@ pub enum Role {
     External,
     /// TC: traffic from pods (ClusterIP and the rest from inside).
     Pod,
+    /// TC: a tunnel of the pod overlay (vxlan, geneve). Flows lb SNATs towards a pod behind it
+    /// take its address (as MASQUERADE takes the route's source), so their replies come back
+    /// through it, where lb reverse-translates them; the network between the nodes may drop
+    /// pod-sourced packets (the reason overlays exist).
+    Tunnel,
 }
 
 /// The flags that decide placement, parsed once.
@@ -107,17 +115,23 @@ impl Placement {
         }
     }
 
-    /// What `link` gets, given the external interfaces chosen: external wins over pod.
+    /// What `link` gets, given the external interfaces chosen: external wins over tunnel, tunnel
+    /// over pod.
     pub fn role(&self, link: &Link, links: &BTreeMap<u32, Link>, ext: &External) -> Option<Role> {
         if ext.names.contains(&link.name) {
             return Some(Role::External);
+        }
+        if link.kind == LinkKind::Tunnel {
+            return Some(Role::Tunnel);
         }
         if self.pod.iter().any(|p| p.matches(&link.name)) {
             return Some(Role::Pod);
         }
         // A port of a bridge that is itself external (br0 holding the node IP, with eth0 as its
         // port) faces the outside, not a pod.
-        let bridge = links.get(&link.controller?).filter(|c| c.bridge)?;
+        let bridge = links
+            .get(&link.controller?)
+            .filter(|c| c.kind == LinkKind::Bridge)?;
         (self.bridge_ports && !ext.names.contains(&bridge.name)).then_some(Role::Pod)
     }
 

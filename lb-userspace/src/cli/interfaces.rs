@@ -1,6 +1,6 @@
 //! `lbctl interfaces`: the interfaces lb attached to (`LB_IFACES`), in which XDP mode and why.
 use anyhow::Result;
-use lb_common::IFACE_EXTERNAL;
+use lb_common::{IFACE_EXTERNAL, IFACE_POD, IFACE_TUNNEL};
 use serde::Serialize;
 
 use super::table::Builder;
@@ -11,7 +11,8 @@ pub struct InterfaceRow {
     pub ifindex: u32,
     /// The name when lb attached to it.
     pub name: String,
-    /// `"external"` (north-south: XDP, or TC ingress with `--xdp-mode off`) or `"pod"` (TC).
+    /// `"external"` (north-south: XDP, or TC ingress with `--xdp-mode off`), `"pod"` (TC) or
+    /// `"tunnel"` (the pod overlay's device: TC).
     pub role: &'static str,
     /// `"native"` or `"generic"`; null where only TC programs run.
     pub xdp_mode: Option<&'static str>,
@@ -31,10 +32,11 @@ pub fn rows(maps: &Maps) -> Result<Vec<InterfaceRow>> {
             InterfaceRow {
                 ifindex,
                 name: info.name().to_string(),
-                role: if info.role == IFACE_EXTERNAL {
-                    "external"
-                } else {
-                    "pod"
+                role: match info.role {
+                    IFACE_EXTERNAL => "external",
+                    IFACE_POD => "pod",
+                    IFACE_TUNNEL => "tunnel",
+                    _ => "(recorded by another lb version)",
                 },
                 xdp_mode: mode.filter(|m| *m != XdpModeUsed::Off).map(|m| m.label()),
                 reason: XdpReason::from_code(info.reason)

@@ -20,7 +20,7 @@ use aya::{
     programs::{CgroupSockAddr, SchedClassifier, TracePoint, Xdp},
     Ebpf, EbpfLoader,
 };
-use lb_common::{map_names as names, Config, IfaceInfo, IFACE_EXTERNAL, IFACE_POD};
+use lb_common::{map_names as names, Config, IfaceInfo, IFACE_EXTERNAL, IFACE_POD, IFACE_TUNNEL};
 
 pub use attach::{ifindex, TcHook, TcMode, TC_NETLINK_PRIORITY};
 pub use maps::{Capacities, Maps};
@@ -223,12 +223,7 @@ impl Dataplane {
             .collect();
         let (plan, mut reason) = xdp_mode::choose(req, xdp_mode::device(iface).as_ref(), &siblings);
         let mode = if plan == xdp_mode::XdpPlan::Off {
-            let prog = tc_mut(&mut self.ebpf, PROG_TC_EXT)?;
-            let used = self.links.attach_tc(prog, iface, ifindex, TcHook::Ext)?;
-            tracing::debug!("{iface}: {PROG_TC_EXT} attached ({used:?})");
-            // A previous agent may have run with XDP here: its program must not keep running.
-            self.links.detach_xdp(ifindex)?;
-            self.forget_tx_port(ifindex)?;
+            self.attach_tc_ext(iface, ifindex)?;
             XdpModeUsed::Off
         } else {
             let pinned = self
@@ -261,6 +256,33 @@ impl Dataplane {
         self.attach_egress(iface, ifindex)?;
         self.record(ifindex, iface, IFACE_EXTERNAL, mode, reason)?;
         Ok(Attached { mode, reason })
+    }
+
+    /// Attach to a tunnel device of the pod overlay (vxlan, geneve): the north-south program on
+    /// TC ingress, where the replies to flows SNATed to the tunnel's address arrive, and TC
+    /// egress. No XDP: XDP never transmits into a tunnel (`LB_XDP_TX_PORTS`), and TC sees the
+    /// decapsulated frame on every kernel.
+    pub fn attach_tunnel(&mut self, iface: &str) -> Result<()> {
+        let ifindex = attach::ifindex(iface)?;
+        self.attach_tc_ext(iface, ifindex)?;
+        self.attach_egress(iface, ifindex)?;
+        self.record(
+            ifindex,
+            iface,
+            IFACE_TUNNEL,
+            XdpModeUsed::Off,
+            XdpReason::Tunnel,
+        )
+    }
+
+    /// lb_tc_ext on TC ingress, and no XDP.
+    fn attach_tc_ext(&mut self, iface: &str, ifindex: u32) -> Result<()> {
+        let prog = tc_mut(&mut self.ebpf, PROG_TC_EXT)?;
+        let used = self.links.attach_tc(prog, iface, ifindex, TcHook::Ext)?;
+        tracing::debug!("{iface}: {PROG_TC_EXT} attached ({used:?})");
+        // A previous agent may have run with XDP here: its program must not keep running.
+        self.links.detach_xdp(ifindex)?;
+        self.forget_tx_port(ifindex)
     }
 
     /// Attach the pod-side program to a host-side pod interface (TC ingress = pod egress).

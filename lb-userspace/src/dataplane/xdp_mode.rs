@@ -84,10 +84,12 @@ pub enum XdpReason {
     /// A network card, but another external interface is a software device that native
     /// XDP_REDIRECT from it could not reach.
     SoftwareSibling = 6,
+    /// A tunnel of the pod overlay: TC only.
+    Tunnel = 7,
 }
 
 impl XdpReason {
-    const ALL: [XdpReason; 7] = [
+    const ALL: [XdpReason; 8] = [
         XdpReason::Requested,
         XdpReason::Veth,
         XdpReason::Virtual,
@@ -95,6 +97,7 @@ impl XdpReason {
         XdpReason::NoNativeXdp,
         XdpReason::Pod,
         XdpReason::SoftwareSibling,
+        XdpReason::Tunnel,
     ];
 
     pub fn from_code(code: u8) -> Option<Self> {
@@ -118,6 +121,10 @@ impl XdpReason {
             XdpReason::SoftwareSibling => {
                 "network card, but another external interface is a software device, which native \
                  XDP_REDIRECT from here could not reach"
+            }
+            XdpReason::Tunnel => {
+                "tunnel of the pod overlay: TC programs only (replies to flows SNATed to its \
+                 address come back through it)"
             }
         }
     }

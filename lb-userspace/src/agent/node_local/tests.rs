@@ -39,31 +39,34 @@ fn node(addrs: &[(&str, &str)]) -> Node {
 }
 
 /// lo; eth0 (default route, 10.0.0.5); eth1 (192.0.2.1); veth, cali and lxc pod links; tap0 on
-/// bridge cni0; eth2 on bridge br0 (198.51.100.1); unrelated dummy0.
+/// bridge cni0; eth2 on bridge br0 (198.51.100.1); unrelated dummy0; flannel.1, a vxlan device
+/// (10.244.0.0).
 fn host() -> BTreeMap<u32, Link> {
+    use LinkKind::{Bridge, Other, Tunnel};
     let links = [
-        (1, "lo", "127.0.0.1", None, false),
-        (2, "eth0", "10.0.0.5", None, false),
-        (3, "eth1", "192.0.2.1", None, false),
-        (4, "veth1a2b", "", None, false),
-        (5, "cali123", "", None, false),
-        (6, "lxc9", "", None, false),
-        (7, "cni0", "10.244.0.1", None, true),
-        (8, "tap0", "", Some(7), false),
-        (9, "br0", "198.51.100.1", None, true),
-        (10, "eth2", "", Some(9), false),
-        (11, "dummy0", "", None, false),
+        (1, "lo", "127.0.0.1", None, Other),
+        (2, "eth0", "10.0.0.5", None, Other),
+        (3, "eth1", "192.0.2.1", None, Other),
+        (4, "veth1a2b", "", None, Other),
+        (5, "cali123", "", None, Other),
+        (6, "lxc9", "", None, Other),
+        (7, "cni0", "10.244.0.1", None, Bridge),
+        (8, "tap0", "", Some(7), Other),
+        (9, "br0", "198.51.100.1", None, Bridge),
+        (10, "eth2", "", Some(9), Other),
+        (11, "dummy0", "", None, Other),
+        (12, "flannel.1", "10.244.0.0", None, Tunnel),
     ];
     links
         .into_iter()
-        .map(|(index, name, addr, controller, bridge)| {
+        .map(|(index, name, addr, controller, kind)| {
             let addrs = addr.parse().into_iter().collect();
             let link = Link {
                 index,
                 name: name.into(),
                 addrs,
                 controller,
-                bridge,
+                kind,
             };
             (index, link)
         })
@@ -151,10 +154,10 @@ fn roles_of_links() {
         names: names.iter().map(|n| n.to_string()).collect(),
         how: String::new(),
     };
-    use Role::{External as X, Pod as P};
+    use Role::{External as X, Pod as P, Tunnel as T};
     // node: the external links chosen; want: roles by link name.
     type RoleCase<'a> = Case<'a, &'a [&'a str], &'a [(&'a str, Option<Role>)]>;
-    let cases: [RoleCase; 3] = [
+    let cases: [RoleCase; 5] = [
         Case {
             name: "defaults",
             flags: &[],
@@ -170,6 +173,7 @@ fn roles_of_links() {
                 ("cni0", None),
                 ("eth2", Some(P)),
                 ("dummy0", None),
+                ("flannel.1", Some(T)),
             ],
         },
         Case {
@@ -177,6 +181,18 @@ fn roles_of_links() {
             flags: &[],
             node: &["br0"],
             want: &[("br0", Some(X)), ("eth2", None), ("tap0", Some(P))],
+        },
+        Case {
+            name: "a tunnel matching a --pod-iface glob stays a tunnel",
+            flags: &["--pod-iface", "flannel*"],
+            node: &["eth1"],
+            want: &[("flannel.1", Some(T)), ("eth1", Some(X))],
+        },
+        Case {
+            name: "a tunnel named external",
+            flags: &[],
+            node: &["flannel.1"],
+            want: &[("flannel.1", Some(X)), ("eth1", None)],
         },
         Case {
             name: "an explicit list is complete; external wins over a matching glob",
@@ -240,7 +256,7 @@ fn nodeport_addresses() {
                 "198.51.100.0/24",
             ],
             node: Some(&n),
-            want: &["10.0.0.5", "10.244.0.1", "198.51.100.1"],
+            want: &["10.0.0.5", "10.244.0.0", "10.244.0.1", "198.51.100.1"],
         },
         Case {
             name: "a CIDR matching nothing serves nothing",
