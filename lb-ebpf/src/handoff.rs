@@ -1,12 +1,13 @@
 //! XDP hands a packet to TC when it translated it for a destination outside the node but cannot
-//! transmit it itself: above all when the next hop's MAC address is not known yet (no neighbour
-//! entry: XDP cannot resolve one). Passed to the stack as it is, such a packet (its source now a
-//! node address after SNAT, or a frontend's) would be dropped as a martian, and nothing would
-//! resolve the neighbour. Instead XDP marks it in the packet's metadata (the bytes before the
-//! frame, which the kernel keeps for TC on XDP_PASS, native and generic alike) and lb's TC
-//! ingress program on the same interface sends it on with `bpf_redirect_neigh`, which resolves
-//! the neighbour as the stack's output does. The packet is already translated, its TTL already
-//! decremented: TC only transmits it. Cilium hands packets from XDP to TC the same way.
+//! transmit it itself: when the next hop's MAC address is not known yet (no neighbour entry: XDP
+//! cannot resolve one), and when the route leaves through a device XDP does not transmit on (not
+//! in `LB_XDP_TX_PORTS`: a tunnel, a bridge). Passed to the stack as it is, such a packet (its
+//! source now a node address after SNAT, or a frontend's) would be dropped as a martian, and
+//! nothing would resolve the neighbour. Instead XDP marks it in the packet's metadata (the bytes
+//! before the frame, which the kernel keeps for TC on XDP_PASS, native and generic alike) and
+//! lb's TC ingress program on the same interface sends it on with `bpf_redirect_neigh`, which
+//! resolves the neighbour as the stack's output does. The packet is already translated, its TTL
+//! already decremented: TC only transmits it. Cilium hands packets from XDP to TC the same way.
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated as gen,

@@ -1,8 +1,9 @@
 //! lb's kernel programs. One load-balancing core (`lb`) behind four attach points:
 //! - `lb_xdp_ext`: XDP on external interfaces, the north-south fast path;
-//! - `lb_tc_ext`: TC ingress on external interfaces when XDP is off or unavailable;
+//! - `lb_tc_ext`: TC ingress on external interfaces when XDP is off or unavailable, and on the
+//!   pod overlay's tunnel devices (replies to flows SNATed to the tunnel's address);
 //! - `lb_tc_pod`: TC ingress on host-side pod interfaces (traffic from pods);
-//! - `lb_tc_egress`: TC egress on both, for replies the node itself sends as an endpoint;
+//! - `lb_tc_egress`: TC egress on all of them, for replies that leave the node translated late;
 //! - `lb_tc_handoff`: TC ingress on external interfaces beside XDP, transmitting what XDP
 //!   translated but could not send itself (`handoff`);
 //!

@@ -174,6 +174,16 @@ impl Cluster {
         })
     }
 
+    /// Both nodes drop what netfilter's conntrack calls INVALID in FORWARD, as kube-proxy's own
+    /// `KUBE-FORWARD` rule, Calico and firewalld do.
+    pub fn drop_invalid_in_forward(&self) {
+        for node in &self.nodes {
+            node.ns
+                .run("iptables -I FORWARD -m conntrack --ctstate INVALID -j DROP")
+                .expect("the firewall rule");
+        }
+    }
+
     pub fn node(&self, name: &str) -> &Node {
         self.nodes
             .iter()

@@ -26,11 +26,7 @@ fn services_work_beside_a_firewall_that_drops_invalid_conntrack_state() {
         &[("web.yaml", &web)],
     )
     .expect("cluster lab");
-    for node in &c.nodes {
-        node.ns
-            .run("iptables -I FORWARD -m conntrack --ctstate INVALID -j DROP")
-            .expect("the firewall rule");
-    }
+    c.drop_invalid_in_forward();
     let vip = "10.96.0.20:80".parse().unwrap();
     let dns = "10.96.0.20:53".parse().unwrap();
     let nodeport = "192.0.2.10:30090".parse().unwrap();

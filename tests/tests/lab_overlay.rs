@@ -3,7 +3,7 @@
 //! between nodes goes through the tunnel, and so must every reply lb's translations cause. Both
 //! nodes run the INVALID-dropping firewall, as kube-proxy's own rule does.
 use lb_tests::{
-    cluster_lab::{ready, spread, web_service, Cluster, PodNetwork},
+    cluster_lab::{ready, spread, web_service, Cluster, PodNetwork, ASK},
     lab::require_privileged,
 };
 
@@ -28,18 +28,11 @@ fn services_work_across_a_vxlan_overlay() {
         PodNetwork::Vxlan,
     )
     .expect("cluster lab");
-    for node in &c.nodes {
-        node.ns
-            .run("iptables -I FORWARD -m conntrack --ctstate INVALID -j DROP")
-            .expect("the firewall rule");
-    }
+    c.drop_invalid_in_forward();
     // The overlay carries pod traffic, and only it: pod to pod across nodes works, a pod-sourced
     // packet on the lan does not get through.
     let b1 = "10.244.2.5:8080".parse().unwrap();
-    let reply = c
-        .pod("a2")
-        .ns
-        .request(b1, false, lb_tests::cluster_lab::ASK);
+    let reply = c.pod("a2").ns.request(b1, false, ASK);
     assert_eq!(
         reply.expect("a2 → b1 over the overlay").name,
         "b1",

@@ -189,15 +189,15 @@ fn build() -> Result<(Vec<TestBinary>, PathBuf)> {
 /// judges lb's flows, which 6.1 and 6.18 do alike, and needs iptables' nf_tables modules, which
 /// the guest would have to load from the unpacked kernel; so does the overlay lab (its nodes run
 /// that firewall, its lan an nf_tables bridge filter), whose programs and TC attachments are
-/// the external interfaces' ones, checked on 6.1 by the other labs. The conntrack churn lab (100,000 UDP
-/// round trips) tests which table an LRU evicts from, alike on every kernel; the programs that
-/// choose the table are verified on 6.1 by every other suite that loads them. The rest are
-/// userspace logic on stable interfaces: unit tests of the agent, lbctl, the model, the sources
-/// and the deploy manifests (no kernel at all), and the reconciler's and conntrack collector's
-/// suites, which write and walk maps through syscalls unchanged since before 6.1 (the programs
-/// reading those maps are verified by `packet` and the labs). Under emulation they took 15 of
-/// the VM's minutes and pushed a CI run past the VM's 60-minute limit. The eBPF stack check
-/// reads the object file only: it applies 6.1's rule on the host.
+/// the external interfaces' ones, checked on 6.1 by the other labs. The conntrack churn lab
+/// (100,000 UDP round trips) tests which table an LRU evicts from, alike on every kernel; the
+/// programs that choose the table are verified on 6.1 by every other suite that loads them. The
+/// rest are userspace logic on stable interfaces: unit tests of the agent, lbctl, the model, the
+/// sources and the deploy manifests (no kernel at all), and the reconciler's and conntrack
+/// collector's suites, which write and walk maps through syscalls unchanged since before 6.1
+/// (the programs reading those maps are verified by `packet` and the labs). Under emulation
+/// they took 15 of the VM's minutes and pushed a CI run past the VM's 60-minute limit. The eBPF
+/// stack check reads the object file only: it applies 6.1's rule on the host.
 const HOST_ONLY: &[&str] = &[
     "lb-tests/ebpf_stack",
     "lb-tests/e2e_services",

@@ -38,7 +38,7 @@ pub enum LinkKind {
     /// A Linux bridge.
     Bridge,
     /// A tunnel that carries Ethernet frames between nodes (vxlan, geneve): the pod overlay of
-    /// flannel, Calico VXLAN, Antrea, kindnet-less overlays.
+    /// flannel, Calico in VXLAN mode, Antrea.
     Tunnel,
 }
 

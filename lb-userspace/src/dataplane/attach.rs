@@ -44,8 +44,8 @@ pub enum TcMode {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcHook {
-    /// Ingress of an external interface: lb_tc_ext with `--xdp-mode off`, lb_tc_handoff beside
-    /// XDP.
+    /// Ingress of an external interface (lb_tc_ext with `--xdp-mode off`, lb_tc_handoff beside
+    /// XDP) or of a tunnel (lb_tc_ext).
     Ext,
     /// Ingress of a pod interface.
     Pod,
