@@ -59,6 +59,9 @@ pub mod map_names {
     /// The node's own IPv4 addresses: externalIPs and LoadBalancer IPs are translated at the
     /// socket only when the node holds them (the CVE-2020-8554 mitigation).
     pub const HOST_ADDRS4: &str = "LB4_HOST_ADDRS";
+    /// SNAT ports being taken over from a flow that is over, held for the length of one
+    /// program run (kernel only: the lock that lets one CPU at a time reclaim a port).
+    pub const SNAT_CLAIMS4: &str = "LB4_SNAT_CLAIMS";
     /// Socket-local storage: the Services a socket was translated for ([`super::SockRevNat4`]).
     pub const SOCK_RNAT4: &str = "LB4_SOCK_RNAT";
     /// Benchmarks only, not pinned: see [`super::BENCH_FRAME_LEN`].
@@ -85,6 +88,8 @@ pub mod capacity {
     pub const NODE_ADDRS: u32 = 64;
     pub const IFACES: u32 = 4_096;
     pub const HOST_ADDRS: u32 = 1_024;
+    /// Reclaims in progress: at most one per CPU at a time.
+    pub const SNAT_CLAIMS: u32 = 1_024;
 }
 
 /// Key of `LB4_FRONTENDS`: what a packet is addressed to, and where it came from.

@@ -12,7 +12,7 @@ use crate::{
     fib, frag, icmp,
     maps::{
         count, count_frontend, ct_map, rnat_map, LB4_AFFINITY, LB4_BACKENDS, LB4_FRONTENDS,
-        LB4_NODE_ADDRS, LB_CONFIG, LB_SERVICES, LB_SLOTS,
+        LB4_NODE_ADDRS, LB4_SNAT_CLAIMS, LB_CONFIG, LB_SERVICES, LB_SLOTS,
     },
     nat::rewrite,
     packet::Packet,
@@ -69,6 +69,9 @@ const NS: u64 = 1_000_000_000;
 /// Last-seen times are written at most this often, so a busy flow does not bounce a cache line.
 const TOUCH_NS: u64 = NS;
 const SNAT_TRIES: u32 = 16;
+/// How long a reverse entry is safe from being reclaimed after it was last seen or claimed:
+/// longer than any program run between a claim and its conntrack entry's insert.
+const CLAIM_GRACE_NS: u64 = NS;
 
 /// Not inlined into the programs: the path MTU check's frames (`fib`, `reject::frag_needed`)
 /// then stack beside this one's, not under it.
@@ -429,7 +432,7 @@ fn snat_addr<P: Packet>(p: &mut P, hairpin: bool, backend: u32) -> Option<u32> {
 
 /// Take a SNAT source port: the first free one from a random start, where free means no reply
 /// tuple is registered for it or the flow that held it is over. Inserting with BPF_NOEXIST makes
-/// the claim atomic between CPUs.
+/// a fresh claim atomic between CPUs; `reclaim` does the same for a port whose flow is over.
 #[inline(always)]
 fn snat_port(reply: &Tuple4, addr: u32, rn: &RevNat4, now: u64) -> Option<u16> {
     let cfg = LB_CONFIG.get(0)?;
@@ -446,31 +449,52 @@ fn snat_port(reply: &Tuple4, addr: u32, rn: &RevNat4, now: u64) -> Option<u16> {
         if rnat_map(key.proto)
             .insert(&key, rn, u64::from(BPF_NOEXIST))
             .is_ok()
+            || reclaim(&key, rn, now)
         {
-            return Some(key.dport);
-        }
-        if stale(&key, now) && rnat_map(key.proto).insert(&key, rn, 0).is_ok() {
             return Some(key.dport);
         }
     }
     None
 }
 
-/// A reverse entry whose flow is over: its conntrack entry is gone, expired, or took another port.
+/// Take over the reverse entry at `key` for the flow `rn` if the flow that holds it is over.
+/// Several CPUs may find the same entry stale at once: only the one holding the port's claim
+/// (`LB4_SNAT_CLAIMS`) decides, and it looks again first. The entry it writes has just been seen,
+/// so it is not stale for `CLAIM_GRACE_NS` (even before its conntrack entry exists), and a CPU
+/// that judged the old entry is turned away by the second look.
+#[inline(always)]
+fn reclaim(key: &Tuple4, rn: &RevNat4, now: u64) -> bool {
+    if !stale(key, now)
+        || LB4_SNAT_CLAIMS
+            .insert(key, &0, u64::from(BPF_NOEXIST))
+            .is_err()
+    {
+        return false;
+    }
+    let won = stale(key, now) && rnat_map(key.proto).insert(key, rn, 0).is_ok();
+    let _ = LB4_SNAT_CLAIMS.remove(key);
+    won
+}
+
+/// A reverse entry whose flow is over: not seen for `CLAIM_GRACE_NS`, and its conntrack entry
+/// gone, expired, or holding another port.
 #[inline(always)]
 fn stale(key: &Tuple4, now: u64) -> bool {
     // SAFETY: read-only use of map values within this run.
     let Some(rn) = (unsafe { rnat_map(key.proto).get(key) }) else {
         return true;
     };
+    let idle = now.saturating_sub(rn.last_seen_ns);
+    if idle < CLAIM_GRACE_NS {
+        return false;
+    }
     let ct_key = client_tuple(rn, key.proto);
     match unsafe { ct_map(key.proto).get(&ct_key) } {
         Some(ct) => {
+            let hold = timeout::hold(key.proto, ct.flags) * NS;
             ct.snat_port != key.dport
                 || ct.snat_addr != key.daddr
-                || (now.saturating_sub(ct.last_seen_ns) >= timeout::hold(key.proto, ct.flags) * NS
-                    && now.saturating_sub(rn.last_seen_ns)
-                        >= timeout::hold(key.proto, ct.flags) * NS)
+                || (now.saturating_sub(ct.last_seen_ns) >= hold && idle >= hold)
         }
         None => true,
     }

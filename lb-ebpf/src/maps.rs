@@ -60,6 +60,11 @@ pub fn rnat_map(proto: u8) -> &'static LruHashMap<Tuple4, RevNat4> {
     }
 }
 
+/// SNAT ports being reclaimed (`lb::reclaim`): a CPU that inserts a port's reply tuple here
+/// with BPF_NOEXIST may take the port over, and removes the entry before its run ends.
+#[map]
+pub static LB4_SNAT_CLAIMS: HashMap<Tuple4, u8> = HashMap::pinned(capacity::SNAT_CLAIMS, 0);
+
 #[map]
 pub static LB4_AFFINITY: LruHashMap<AffinityKey4, Affinity> =
     LruHashMap::pinned(capacity::AFFINITY, 0);

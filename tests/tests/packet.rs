@@ -688,6 +688,101 @@ fn fixture_snat_to_remote_backend_and_unsnat() {
     });
 }
 
+/// A SNAT port changes hands only when the flow that held it is over: closed and past the
+/// backend's TIME_WAIT, or orphaned (its conntrack entry gone) and not seen for a second; and
+/// never while another CPU holds the port's claim.
+#[test]
+fn fixture_a_snat_port_changes_hands_only_when_its_flow_is_over() {
+    use aya::maps::{HashMap, MapData};
+    use lb_common::timeout::TCP_TIME_WAIT;
+    with_node("pkt-snat-reuse", |node| {
+        web(node, &[(1, "10.244.2.9", 8080, 0)]);
+        node.dp.set_snat_ports((40000, 40000)).expect("SNAT range");
+        let syn_from = |client: &str| Pkt::new(client, "192.0.2.10:30080", SYN);
+        let port_key = tuple(&Pkt::new("10.244.2.9:8080", "192.0.2.10:40000", ACK));
+        let holder = |node: &Node| {
+            let rn = node.dp.maps.tcp_flows.rnat.get(&port_key, 0).expect("rnat");
+            std::net::Ipv4Addr::from(rn.daddr.to_ne_bytes()).to_string()
+        };
+        let takes = |node: &Node, client: &str| node.xdp(&syn_from(client).build()).0 == XDP_TX;
+        let age = |node: &mut Node, client: &str, idle: Duration| {
+            let seen = monotonic_ns_after(idle) - idle.as_nanos() as u64;
+            let flows = &mut node.dp.maps.tcp_flows;
+            let key = tuple(&syn_from(client));
+            if let Ok(mut ct) = flows.ct.get(&key, 0) {
+                ct.last_seen_ns = seen;
+                flows.ct.insert(key, ct, 0).expect("age ct");
+            }
+            let mut rn = flows.rnat.get(&port_key, 0).expect("rnat");
+            rn.last_seen_ns = seen;
+            flows.rnat.insert(port_key, rn, 0).expect("age rnat");
+        };
+
+        assert!(
+            takes(node, "198.51.100.7:42000"),
+            "the first flow takes the port"
+        );
+        assert!(!takes(node, "198.51.100.8:42000"), "held by a live flow");
+        // The client resets: closed, but the backend keeps TIME_WAIT for its 4-tuple.
+        let rst = Pkt::new(
+            "198.51.100.7:42000",
+            "192.0.2.10:30080",
+            tcp(false, true, false, true),
+        );
+        assert_eq!(node.xdp(&rst.build()).0, XDP_TX, "the RST is forwarded");
+        age(
+            node,
+            "198.51.100.7:42000",
+            Duration::from_secs(TCP_TIME_WAIT / 2),
+        );
+        assert!(!takes(node, "198.51.100.8:42000"), "closed, in TIME_WAIT");
+        age(
+            node,
+            "198.51.100.7:42000",
+            Duration::from_secs(TCP_TIME_WAIT + 1),
+        );
+        assert!(takes(node, "198.51.100.8:42000"), "past TIME_WAIT: reused");
+        assert_eq!(
+            holder(node),
+            "198.51.100.8",
+            "replies to the port reach the new client"
+        );
+
+        // Orphaned (its conntrack entry evicted) but just seen: kept a second, as a claim whose
+        // conntrack entry is not written yet is.
+        let evict = |node: &mut Node, client: &str| {
+            let key = tuple(&syn_from(client));
+            node.dp.maps.tcp_flows.ct.remove(&key).expect("evict");
+        };
+        evict(node, "198.51.100.8:42000");
+        assert!(!takes(node, "198.51.100.9:42000"), "orphaned, just seen");
+        age(node, "198.51.100.8:42000", Duration::from_secs(2));
+        assert!(
+            takes(node, "198.51.100.9:42000"),
+            "orphaned and quiet: reused"
+        );
+        assert_eq!(holder(node), "198.51.100.9");
+
+        // Another CPU holds the port's claim: this one leaves the port to it.
+        evict(node, "198.51.100.9:42000");
+        age(node, "198.51.100.9:42000", Duration::from_secs(2));
+        let pin = node.dp.layout().map(map_names::SNAT_CLAIMS4);
+        let mut claims: HashMap<MapData, lb_common::Tuple4, u8> = HashMap::try_from(
+            aya::maps::Map::HashMap(MapData::from_pin(pin).expect("claims")),
+        )
+        .expect("claims map");
+        claims.insert(port_key, 0, 0).expect("claim");
+        assert!(
+            !takes(node, "198.51.100.10:42000"),
+            "claimed by another CPU"
+        );
+        claims.remove(&port_key).expect("release");
+        assert!(takes(node, "198.51.100.10:42000"), "claim released: reused");
+        assert_eq!(holder(node), "198.51.100.10");
+        assert!(claims.keys().next().is_none(), "no claim left behind");
+    });
+}
+
 fn node_counter(node: &Node, name: &str) -> u64 {
     node.dp.maps.global_counters().expect("counters")[name]
 }
