@@ -1,9 +1,10 @@
 //! The agent's conntrack collection against real pinned maps: flows idle beyond their timeout in
-//! both directions go (with their reply entries, freeing SNAT ports), the rest are counted.
+//! both directions go (with their reply entries, freeing SNAT ports), the rest are counted; a
+//! reply entry that names another flow (its SNAT port taken over) is left to that flow.
 use std::time::Duration;
 
 use lb::dataplane::{
-    conntrack::{collect, monotonic_ns, reply_key},
+    conntrack::{monotonic_ns, reply_key, Collector},
     Dataplane, Options,
 };
 use lb_common::{
@@ -89,6 +90,10 @@ fn expired_flows_are_collected_live_ones_counted() {
         let rkey = reply_key(&key, &ct);
         if let Some(r) = reply_ago {
             let rn = RevNat4 {
+                saddr: key.daddr,
+                daddr: key.saddr,
+                sport: key.dport,
+                dport: key.sport,
                 last_seen_ns: now - r * NS,
                 ..Default::default()
             };
@@ -96,9 +101,51 @@ fn expired_flows_are_collected_live_ones_counted() {
         }
         keys.push((key, rkey));
     }
-    let got = collect(&mut dp.maps, monotonic_ns()).expect("collect");
-    assert_eq!(got.removed, 3, "{got:?}");
-    assert_eq!(got.live.get("ESTABLISHED"), Some(&1), "{got:?}");
+    // An expired flow whose SNAT port the datapath has handed to another client: the entry at
+    // its reply key is the other flow's now.
+    let gone = tuple(("198.51.100.7", 40007), vip, PROTO_TCP);
+    let gone_ct = flow(0, 61, 61099);
+    dp.maps.tcp_flows.ct.insert(gone, gone_ct, 0).expect("ct");
+    let taken_over = RevNat4 {
+        saddr: ip("10.96.0.10"),
+        daddr: ip("198.51.100.8"),
+        sport: 80u16.to_be(),
+        dport: 40007u16.to_be(),
+        last_seen_ns: now,
+        ..Default::default()
+    };
+    let gone_rkey = reply_key(&gone, &gone_ct);
+    dp.maps
+        .tcp_flows
+        .rnat
+        .insert(gone_rkey, taken_over, 0)
+        .expect("rnat");
+
+    // More live flows than one batch read returns (4096): the walk goes on past the first.
+    let extra = 5000u32;
+    for n in 0..extra {
+        let key = Tuple4 {
+            saddr: ip("203.0.113.0") + n.to_be(),
+            ..tuple(("0.0.0.0", 50000), vip, PROTO_TCP)
+        };
+        let ct = flow(CT_F_ESTABLISHED, 1, 0);
+        dp.maps.tcp_flows.ct.insert(key, ct, 0).expect("ct");
+    }
+
+    let mut collector = Collector::open(dp.layout()).expect("collector");
+    let got = collector.collect(monotonic_ns()).expect("collect");
+    assert_eq!(got.removed, 4, "{got:?}");
+    assert!(dp.maps.tcp_flows.ct.get(&gone, 0).is_err(), "expired flow");
+    assert_eq!(
+        dp.maps.tcp_flows.rnat.get(&gone_rkey, 0).ok(),
+        Some(taken_over),
+        "the port's new flow keeps its reply entry"
+    );
+    assert_eq!(
+        got.live.get("ESTABLISHED"),
+        Some(&(1 + u64::from(extra))),
+        "{got:?}"
+    );
     assert_eq!(got.live.get("UDP"), Some(&2), "{got:?}");
     for ((key, rkey), case) in keys.iter().zip(cases) {
         let kept = case.5;

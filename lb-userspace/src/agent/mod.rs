@@ -227,6 +227,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // kube-proxy's healthz timeout is twice its sync period.
     let metrics = Metrics::new(Some(dp.layout().clone()), caps, 2 * RESYNC_INTERVAL);
     tokio::spawn(metrics::serve_retrying(args.metrics_addr, metrics.clone()));
+    // On a thread of its own: a walk of the flow tables never holds up the loop.
+    let gc_metrics = metrics.clone();
+    conntrack::Collector::open(dp.layout())?.spawn(CT_COLLECT_INTERVAL, move |r| match r {
+        Ok(c) => gc_metrics.record_conntrack(&c),
+        Err(e) => tracing::warn!("collecting expired flows: {e:#}"),
+    })?;
     let mut health_servers = HealthServers::new(metrics.proxy_health());
     tracing::info!(
         node = %node_name,
@@ -256,7 +262,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     resync.tick().await;
-    let mut ct_collect = tokio::time::interval(CT_COLLECT_INTERVAL);
     let mut reported: BTreeSet<Problem> = BTreeSet::new();
     let mut event_at = Instant::now();
     let mut tracker = Tracker::default();
@@ -314,12 +319,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 // Attachments that failed get another try (at the top of the loop).
                 attachments.forget_failures();
                 rescan(&handle, &mut host).await;
-            }
-            _ = ct_collect.tick() => {
-                match conntrack::collect(&mut dp.maps, conntrack::monotonic_ns()) {
-                    Ok(c) => metrics.record_conntrack(&c),
-                    Err(e) => tracing::warn!("collecting expired flows: {e:#}"),
-                }
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,

@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use lb_common::{timeout, Ct4, Tuple4, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_SNAT, PROTO_TCP};
+use lb_common::{
+    timeout, Ct4, RevNat4, Tuple4, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_SNAT, PROTO_TCP,
+};
 
-use super::{maps::FlowTable, Maps};
+use super::{batch, maps::FlowTable, Maps, PinLayout};
 
 const NS: u64 = 1_000_000_000;
 
@@ -63,27 +65,60 @@ pub struct Collected {
     pub removed: u64,
 }
 
-/// Remove the flows idle beyond their timeout in both directions (the datapath's own rule), with
-/// their reply entries, and count the rest by state; in both tables.
-pub fn collect(maps: &mut Maps, now: u64) -> Result<Collected> {
-    let mut out = Collected::default();
-    for table in [&mut maps.tcp_flows, &mut maps.other_flows] {
-        collect_table(table, now, &mut out);
-    }
-    Ok(out)
+/// The agent's collector: its own handles on the two conntrack tables (opened from the pins), so
+/// that it runs on a thread of its own and a walk of 262k flows never holds up the control loop
+/// (a new pod's interface attached, a Service programmed).
+pub struct Collector {
+    tables: [FlowTable; 2],
 }
 
-fn collect_table(table: &mut FlowTable, now: u64, out: &mut Collected) {
-    let flows: Vec<(Tuple4, Ct4)> = table.ct.iter().filter_map(|e| e.ok()).collect();
-    for (key, ct) in flows {
+impl Collector {
+    pub fn open(layout: &PinLayout) -> Result<Self> {
+        let maps = Maps::open_pinned(layout)?;
+        Ok(Collector {
+            tables: [maps.tcp_flows, maps.other_flows],
+        })
+    }
+
+    /// Remove the flows idle beyond their timeout in both directions (the datapath's own rule),
+    /// with their reply entries, and count the rest by state; in both tables.
+    pub fn collect(&mut self, now: u64) -> Result<Collected> {
+        let mut out = Collected::default();
+        for table in &mut self.tables {
+            collect_table(table, now, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Collect now and then every `interval`, on a thread of its own, handing each result to
+    /// `report`, until the process ends.
+    pub fn spawn(
+        mut self,
+        interval: std::time::Duration,
+        report: impl Fn(Result<Collected>) + Send + 'static,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("conntrack-gc".into())
+            .spawn(move || loop {
+                report(self.collect(monotonic_ns()));
+                std::thread::sleep(interval);
+            })
+    }
+}
+
+fn collect_table(table: &mut FlowTable, now: u64, out: &mut Collected) -> Result<()> {
+    for (key, ct) in batch::read_all(&table.ct)? {
         // A closed SNATed flow is kept through the backend's TIME_WAIT: its port stays taken.
         let limit = timeout::hold(key.proto, ct.flags) * NS;
         let rkey = reply_key(&key, &ct);
-        let reply_seen = table
+        // The reply entry at the flow's reply key, if it still names this flow (the datapath
+        // may have handed an idle SNAT port to another flow).
+        let reply = table
             .rnat
             .get(&rkey, 0)
-            .map(|r| r.last_seen_ns)
-            .unwrap_or(0);
+            .ok()
+            .filter(|r| client_of(r, &key) == key);
+        let reply_seen = reply.map_or(0, |r| r.last_seen_ns);
         let idle = now.saturating_sub(ct.last_seen_ns.max(reply_seen));
         if idle < limit {
             *out.live
@@ -91,8 +126,8 @@ fn collect_table(table: &mut FlowTable, now: u64, out: &mut Collected) {
                 .or_default() += 1;
             continue;
         }
-        // The datapath may have replaced the flow at this key since the snapshot (a client
-        // reusing its port): only the flow that was read is removed.
+        // Compare before delete: the datapath may have replaced the flow at this key since it
+        // was read (a client reusing its port); only the flow that was read is removed.
         match table.ct.get(&key, 0) {
             Ok(now_ct) if now_ct.created_ns == ct.created_ns => {}
             _ => continue,
@@ -101,7 +136,25 @@ fn collect_table(table: &mut FlowTable, now: u64, out: &mut Collected) {
         if table.ct.remove(&key).is_ok() {
             out.removed += 1;
         }
-        let _ = table.rnat.remove(&rkey);
+        if table
+            .rnat
+            .get(&rkey, 0)
+            .is_ok_and(|r| client_of(&r, &key) == key)
+        {
+            let _ = table.rnat.remove(&rkey);
+        }
+    }
+    Ok(())
+}
+
+/// The client-direction key a reply entry names (the datapath's `client_tuple`).
+fn client_of(rn: &RevNat4, key: &Tuple4) -> Tuple4 {
+    Tuple4 {
+        saddr: rn.daddr,
+        daddr: rn.saddr,
+        sport: rn.dport,
+        dport: rn.sport,
+        ..*key
     }
 }
 

@@ -3,6 +3,7 @@
 //! programs atomically on restart; TC falls back to netlink filters on kernels without tcx),
 //! and the typed map API in `maps`.
 mod attach;
+mod batch;
 pub mod conntrack;
 pub mod maps;
 mod migrate;
