@@ -17,9 +17,12 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
-/// Headers of interest fit in the first bytes: Ethernet, IPv4 with options, and for ICMP errors
-/// the ICMP header plus the quoted IPv4 header (with options) and its ports.
-const HEADERS_MAX: usize = ETH_LEN + 60 + 8 + 60 + 8;
+const IPV4_MIN: usize = 20;
+const TCP_MIN: usize = 20;
+const UDP_LEN: usize = 8;
+/// What an ICMP error needs after its own header: the quoted IPv4 header (with options) and its
+/// ports.
+const ICMP_QUOTE_MAX: usize = 8 + 60 + 8;
 
 #[derive(Clone, Copy)]
 pub struct Flow {
@@ -99,7 +102,10 @@ impl Ipv4 {
 
 #[inline(always)]
 pub fn parse<P: Packet>(p: &mut P) -> Option<Flow> {
-    p.ensure(HEADERS_MAX);
+    // TC sees what is linear in the skb; each header is made linear only as far as it is read,
+    // and only where it is not already: a pull on a cloned skb (every TCP segment a pod sends)
+    // copies its head, service or not.
+    p.ensure(IP_OFF + IPV4_MIN);
     if read::<u16, P>(p, 12)? != ETH_P_IP.to_be() {
         return None;
     }
@@ -128,6 +134,7 @@ pub fn parse<P: Packet>(p: &mut P) -> Option<Flow> {
     // bounds per pointer, so a second pointer computed from the same offset would be unchecked.
     let ports: [u16; 2] = match flow.proto {
         PROTO_TCP => {
+            p.ensure(flow.l4 + TCP_MIN);
             // The whole fixed header must be there: NAT rewrites its checksum.
             let tcp: [u8; 20] = read(p, flow.l4)?;
             flow.tcp_flags = tcp[13];
@@ -140,10 +147,12 @@ pub fn parse<P: Packet>(p: &mut P) -> Option<Flow> {
             ]
         }
         PROTO_UDP => {
+            p.ensure(flow.l4 + UDP_LEN);
             let udp: [u16; 4] = read(p, flow.l4)?;
             [udp[0], udp[1]]
         }
         PROTO_ICMP => {
+            p.ensure(flow.l4 + ICMP_QUOTE_MAX);
             read::<[u8; 8], P>(p, flow.l4)?;
             return Some(flow);
         }
