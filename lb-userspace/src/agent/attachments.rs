@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Node;
 use lb_common::{IfaceInfo, IFACE_EXTERNAL, IFACE_TUNNEL};
 
 use super::{
-    interfaces::{Host, Link},
+    interfaces::{Host, Link, LinkKind},
     node_local::{External, Placement, Role},
     RunArgs,
 };
@@ -40,6 +40,8 @@ pub struct Attachments {
     /// ifindexes whose attach failed: not retried on every link event (errors would pile up),
     /// only after [`Attachments::forget_failures`] (the periodic resync) or once the link is gone.
     failed: BTreeSet<u32>,
+    /// L3 tunnels (ipip, WireGuard) already warned about, by ifindex.
+    l3_tunnels: BTreeSet<u32>,
 }
 
 impl Attachments {
@@ -53,6 +55,7 @@ impl Attachments {
             ext: None,
             attached: BTreeMap::new(),
             failed: BTreeSet::new(),
+            l3_tunnels: BTreeSet::new(),
         })
     }
 
@@ -103,6 +106,7 @@ impl Attachments {
             }
         }
         self.failed.retain(|i| links.contains_key(i));
+        self.warn_l3_tunnels(links);
         for (&ifindex, (_, role)) in &wanted {
             let link = &links[&ifindex];
             if self.attached.contains_key(&ifindex) || self.failed.contains(&ifindex) {
@@ -127,6 +131,27 @@ impl Attachments {
         let nodeport_addrs = self.placement.nodeport_addrs(node, links, &ext);
         self.ext = Some(ext);
         nodeport_addrs
+    }
+
+    /// Once per link: lb attaches nothing to a tunnel without Ethernet header, and says what
+    /// that costs.
+    fn warn_l3_tunnels(&mut self, links: &BTreeMap<u32, Link>) {
+        self.l3_tunnels.retain(|i| links.contains_key(i));
+        for link in links.values().filter(|l| l.kind == LinkKind::L3Tunnel) {
+            if self.l3_tunnels.insert(link.index) {
+                tracing::warn!(
+                    iface = %link.name,
+                    "not attached: lb's programs need Ethernet frames and this tunnel (ipip, sit, \
+                     WireGuard) carries bare IP packets. Pod traffic through it is balanced \
+                     where it starts (the pod's interface) and reverse-NATed where it ends; but a \
+                     NodePort or LoadBalancer with externalTrafficPolicy=Cluster whose backend \
+                     is reached through it is SNATed to the external interface's address, so \
+                     the backend's replies cross the node network with a pod source address, \
+                     which networks that check sources (cloud anti-spoofing) drop. Use a VXLAN \
+                     or Geneve overlay, or externalTrafficPolicy=Local"
+                );
+            }
+        }
     }
 
     /// The external interfaces for now, logged when they change.

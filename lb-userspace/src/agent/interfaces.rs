@@ -40,6 +40,9 @@ pub enum LinkKind {
     /// A tunnel that carries Ethernet frames between nodes (vxlan, geneve): the pod overlay of
     /// flannel, Calico in VXLAN mode, Antrea.
     Tunnel,
+    /// A tunnel of IP packets without Ethernet header (ipip: Calico's IPIP mode, tunl0; sit;
+    /// WireGuard): lb's programs parse Ethernet frames, so it attaches none here.
+    L3Tunnel,
 }
 
 /// What a scan finds.
@@ -127,6 +130,9 @@ fn link(msg: &LinkMessage) -> Option<Link> {
                         LinkInfo::Kind(InfoKind::Bridge) => Some(LinkKind::Bridge),
                         LinkInfo::Kind(InfoKind::Vxlan | InfoKind::Geneve) => {
                             Some(LinkKind::Tunnel)
+                        }
+                        LinkInfo::Kind(InfoKind::IpIp | InfoKind::SitTun | InfoKind::Wireguard) => {
+                            Some(LinkKind::L3Tunnel)
                         }
                         _ => None,
                     })

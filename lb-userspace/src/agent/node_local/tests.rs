@@ -40,9 +40,9 @@ fn node(addrs: &[(&str, &str)]) -> Node {
 
 /// lo; eth0 (default route, 10.0.0.5); eth1 (192.0.2.1); veth, cali and lxc pod links; tap0 on
 /// bridge cni0; eth2 on bridge br0 (198.51.100.1); unrelated dummy0; flannel.1, a vxlan device
-/// (10.244.0.0).
+/// (10.244.0.0); tunl0, Calico's ipip device (10.244.0.64).
 fn host() -> BTreeMap<u32, Link> {
-    use LinkKind::{Bridge, Other, Tunnel};
+    use LinkKind::{Bridge, L3Tunnel, Other, Tunnel};
     let links = [
         (1, "lo", "127.0.0.1", None, Other),
         (2, "eth0", "10.0.0.5", None, Other),
@@ -56,6 +56,7 @@ fn host() -> BTreeMap<u32, Link> {
         (10, "eth2", "", Some(9), Other),
         (11, "dummy0", "", None, Other),
         (12, "flannel.1", "10.244.0.0", None, Tunnel),
+        (13, "tunl0", "10.244.0.64", None, L3Tunnel),
     ];
     links
         .into_iter()
@@ -157,7 +158,7 @@ fn roles_of_links() {
     use Role::{External as X, Pod as P, Tunnel as T};
     // node: the external links chosen; want: roles by link name.
     type RoleCase<'a> = Case<'a, &'a [&'a str], &'a [(&'a str, Option<Role>)]>;
-    let cases: [RoleCase; 5] = [
+    let cases: [RoleCase; 6] = [
         Case {
             name: "defaults",
             flags: &[],
@@ -174,6 +175,7 @@ fn roles_of_links() {
                 ("eth2", Some(P)),
                 ("dummy0", None),
                 ("flannel.1", Some(T)),
+                ("tunl0", None),
             ],
         },
         Case {
@@ -193,6 +195,12 @@ fn roles_of_links() {
             flags: &[],
             node: &["flannel.1"],
             want: &[("flannel.1", Some(X)), ("eth1", None)],
+        },
+        Case {
+            name: "a tunnel without Ethernet header gets nothing, named or matched",
+            flags: &["--pod-iface", "tunl*"],
+            node: &["tunl0"],
+            want: &[("tunl0", None)],
         },
         Case {
             name: "an explicit list is complete; external wins over a matching glob",
@@ -256,7 +264,13 @@ fn nodeport_addresses() {
                 "198.51.100.0/24",
             ],
             node: Some(&n),
-            want: &["10.0.0.5", "10.244.0.0", "10.244.0.1", "198.51.100.1"],
+            want: &[
+                "10.0.0.5",
+                "10.244.0.0",
+                "10.244.0.1",
+                "10.244.0.64",
+                "198.51.100.1",
+            ],
         },
         Case {
             name: "a CIDR matching nothing serves nothing",
