@@ -412,6 +412,21 @@ pub struct RevNat4 {
     pub last_seen_ns: u64,
 }
 
+impl RevNat4 {
+    /// The client-direction key (`LB4_CT`) of the flow this reply entry belongs to.
+    #[inline(always)]
+    pub const fn client(&self, proto: u8) -> Tuple4 {
+        Tuple4 {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// Key of `LB4_AFFINITY`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

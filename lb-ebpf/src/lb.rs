@@ -488,7 +488,7 @@ fn stale(key: &Tuple4, now: u64) -> bool {
     if idle < CLAIM_GRACE_NS {
         return false;
     }
-    let ct_key = client_tuple(rn, key.proto);
+    let ct_key = rn.client(key.proto);
     match unsafe { ct_map(key.proto).get(&ct_key) } {
         Some(ct) => {
             let hold = timeout::hold(key.proto, ct.flags) * NS;
@@ -571,23 +571,10 @@ fn backend_state(f: &Flow, rn: &mut RevNat4) {
         set |= CT_F_CLOSING;
     }
     rn.flags |= set;
-    let key = client_tuple(rn, f.proto);
+    let key = rn.client(f.proto);
     if let Some(ct) = ct_map(key.proto).get_ptr_mut(&key) {
         // SAFETY: map value valid for this run; racing writers only add flags.
         unsafe { (*ct).flags |= set };
-    }
-}
-
-/// The conntrack key of the client flow a reverse entry answers: the client to the frontend.
-#[inline(always)]
-fn client_tuple(rn: &RevNat4, proto: u8) -> Tuple4 {
-    Tuple4 {
-        saddr: rn.daddr,
-        daddr: rn.saddr,
-        sport: rn.dport,
-        dport: rn.sport,
-        proto,
-        _pad: [0; 3],
     }
 }
 

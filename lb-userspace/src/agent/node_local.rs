@@ -118,7 +118,7 @@ impl Placement {
     /// What `link` gets, given the external interfaces chosen: external wins over tunnel, tunnel
     /// over pod.
     pub fn role(&self, link: &Link, links: &BTreeMap<u32, Link>, ext: &External) -> Option<Role> {
-        // Nothing of lb's parses a packet without Ethernet header (see `unattachable`).
+        // Nothing of lb's parses a packet without Ethernet header (`LinkKind::L3Tunnel`).
         if link.kind == LinkKind::L3Tunnel {
             return None;
         }

@@ -37,16 +37,13 @@ pub fn read_all<K: Pod + Default, V: Pod + Default>(
     let mut out = Vec::new();
     let mut keys = vec![K::default(); BATCH];
     let mut values = vec![V::default(); BATCH];
-    // The position the kernel hands back (a bucket index for hash maps).
-    let (mut position, mut next) = (0u64, 0u64);
-    let mut first = true;
+    // Where the last call stopped, as the kernel hands it back (a bucket index for hash maps);
+    // none before the first call.
+    let mut position: Option<u64> = None;
+    let mut next = 0u64;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                &position as *const u64 as u64
-            },
+            in_batch: position.as_ref().map_or(0, |p| p as *const u64 as u64),
             out_batch: &mut next as *mut u64 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -64,17 +61,14 @@ pub fn read_all<K: Pod + Default, V: Pod + Default>(
                 std::mem::size_of::<BatchAttr>(),
             )
         };
-        let err = std::io::Error::last_os_error();
+        let err = (rc < 0).then(std::io::Error::last_os_error);
         let n = attr.count as usize;
         out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
-        if rc < 0 {
+        match err {
+            None => position = Some(next),
             // ENOENT: the walk reached the end (with the last entries in this call).
-            if err.raw_os_error() == Some(libc::ENOENT) {
-                return Ok(out);
-            }
-            bail!("BPF_MAP_LOOKUP_BATCH: {err}");
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Some(e) => bail!("BPF_MAP_LOOKUP_BATCH: {e}"),
         }
-        position = next;
-        first = false;
     }
 }

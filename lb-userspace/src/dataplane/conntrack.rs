@@ -5,9 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use lb_common::{
-    timeout, Ct4, RevNat4, Tuple4, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_SNAT, PROTO_TCP,
-};
+use lb_common::{timeout, Ct4, Tuple4, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_SNAT, PROTO_TCP};
 
 use super::{batch, maps::FlowTable, Maps, PinLayout};
 
@@ -117,7 +115,7 @@ fn collect_table(table: &mut FlowTable, now: u64, out: &mut Collected) -> Result
             .rnat
             .get(&rkey, 0)
             .ok()
-            .filter(|r| client_of(r, &key) == key);
+            .filter(|r| r.client(key.proto) == key);
         let reply_seen = reply.map_or(0, |r| r.last_seen_ns);
         let idle = now.saturating_sub(ct.last_seen_ns.max(reply_seen));
         if idle < limit {
@@ -139,23 +137,12 @@ fn collect_table(table: &mut FlowTable, now: u64, out: &mut Collected) -> Result
         if table
             .rnat
             .get(&rkey, 0)
-            .is_ok_and(|r| client_of(&r, &key) == key)
+            .is_ok_and(|r| r.client(key.proto) == key)
         {
             let _ = table.rnat.remove(&rkey);
         }
     }
     Ok(())
-}
-
-/// The client-direction key a reply entry names (the datapath's `client_tuple`).
-fn client_of(rn: &RevNat4, key: &Tuple4) -> Tuple4 {
-    Tuple4 {
-        saddr: rn.daddr,
-        daddr: rn.saddr,
-        sport: rn.dport,
-        dport: rn.sport,
-        ..*key
-    }
 }
 
 #[cfg(test)]
