@@ -3,46 +3,92 @@
 //! cannot resolve one), and when the route leaves through a device XDP does not transmit on (not
 //! in `LB_XDP_TX_PORTS`: a tunnel, a bridge). Passed to the stack as it is, such a packet (its
 //! source now a node address after SNAT, or a frontend's) would be dropped as a martian, and
-//! nothing would resolve the neighbour. Instead XDP marks it in the packet's metadata (the bytes
-//! before the frame, which the kernel keeps for TC on XDP_PASS, native and generic alike) and
-//! lb's TC ingress program on the same interface sends it on with `bpf_redirect_neigh`, which
-//! resolves the neighbour as the stack's output does. The packet is already translated, its TTL
-//! already decremented: TC only transmits it. Cilium hands packets from XDP to TC the same way.
+//! nothing would resolve the neighbour. Instead XDP records the packet in `LB4_HANDOFF` and passes
+//! it; lb's TC ingress program on the same interface finds it there and sends it on with
+//! `bpf_redirect_neigh`, which resolves the neighbour as the stack's output does. The packet is
+//! already translated, its TTL already decremented: TC only transmits it.
+//!
+//! Why a map and not the XDP metadata area (Cilium's way): `bpf_xdp_adjust_meta` is refused by
+//! some kernels ("program of this type cannot use helper", seen on a 6.18 build) and fails at
+//! run time on drivers without metadata room (ENA); either way the packet would be lost. A map
+//! works on every kernel and driver, for one hash lookup per IPv4 packet XDP passes to the stack
+//! on an external interface (packets on their way to the stack's much longer path anyway).
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::generated as gen,
-    programs::{TcContext, XdpContext},
+    bindings::xdp_action, helpers::generated as gen, macros::map, maps::LruHashMap,
+    programs::XdpContext,
 };
 
-/// The metadata word that marks a packet XDP handed over ("LBHO").
-const MARK: u32 = 0x4c42_484f;
-const META_LEN: i32 = core::mem::size_of::<u32>() as i32;
+use crate::{
+    packet::{read, Packet, Tc, Xdp},
+    parse::{IP_OFF, IP_SADDR},
+};
 
-/// XDP: mark the packet for TC and pass it. Without room for the metadata (a driver without
-/// headroom for it) it is passed unmarked, as before there was a handoff.
+/// Offsets of the EtherType, the IPv4 identification and protocol fields.
+const ETH_PROTO: usize = 12;
+const IP_ID: usize = IP_OFF + 4;
+const IP_PROTO: usize = IP_OFF + 9;
+const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+/// How long a record stands for its packet: the time from XDP to TC on one interface is
+/// microseconds; a record only ever matches the packet it was made for or, within this time, a
+/// retransmission of it, which TC should send on as well.
+const FRESH_NS: u64 = 1_000_000_000;
+
+/// A packet as XDP handed it over (translated): its addresses, IP id and protocol. The IP id
+/// tells a flow's packets apart where the stack numbers them; where it is 0 (some stacks' DF
+/// packets), every packet between the two addresses is handed over alike, which is right.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Key {
+    addrs: [u32; 2],
+    id: u16,
+    proto: u8,
+    _pad: u8,
+}
+
+/// Kernel-private (the agent never reads it), so not pinned: a restart loses only packets in
+/// flight between XDP and TC.
+#[map]
+static LB4_HANDOFF: LruHashMap<Key, u64> = LruHashMap::with_max_entries(4_096, 0);
+
+#[inline(always)]
+fn key<P: Packet>(p: &P) -> Option<Key> {
+    if read::<u16, P>(p, ETH_PROTO)? != ETH_P_IP_BE {
+        return None;
+    }
+    Some(Key {
+        // Both addresses in one read (see frag.rs: read apart, the verifier refused LLVM's code).
+        addrs: read(p, IP_SADDR)?,
+        id: read(p, IP_ID)?,
+        proto: read(p, IP_PROTO)?,
+        _pad: 0,
+    })
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { gen::bpf_ktime_get_coarse_ns() }
+}
+
+/// XDP: record the packet for TC and pass it.
 #[inline(always)]
 pub fn to_tc(ctx: &XdpContext) -> u32 {
-    // SAFETY: plain helper call on our own context.
-    if unsafe { gen::bpf_xdp_adjust_meta(ctx.ctx, -META_LEN) } == 0 {
-        // SAFETY: the context pointer is the program's own; the metadata is bounds-checked
-        // against the frame's start before it is written.
-        unsafe {
-            let meta = (*ctx.ctx).data_meta as usize;
-            if meta + META_LEN as usize <= ctx.data() {
-                *(meta as *mut u32) = MARK;
-            }
-        }
+    if let Some(key) = key(&Xdp(ctx)) {
+        let _ = LB4_HANDOFF.insert(&key, &now(), 0);
     }
     xdp_action::XDP_PASS
 }
 
 /// TC: whether XDP handed this packet over.
 #[inline(always)]
-pub fn from_xdp(ctx: &TcContext) -> bool {
-    // SAFETY: the context pointer is the program's own skb; the metadata is bounds-checked
-    // against the frame's start before it is read.
-    unsafe {
-        let meta = (*ctx.skb.skb).data_meta as usize;
-        meta + META_LEN as usize <= ctx.data() && *(meta as *const u32) == MARK
+pub fn from_xdp(p: &mut Tc) -> bool {
+    p.ensure(IP_SADDR + 8);
+    let Some(key) = key(p) else {
+        return false;
+    };
+    // SAFETY: read-only copy of the map value.
+    match unsafe { LB4_HANDOFF.get(&key) } {
+        Some(&at) => now().wrapping_sub(at) < FRESH_NS,
+        None => false,
     }
 }

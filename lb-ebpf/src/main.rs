@@ -81,11 +81,10 @@ pub fn lb_tc_ext(ctx: TcContext) -> i32 {
 /// could not transmit (`handoff`); everything else goes on untouched.
 #[classifier]
 pub fn lb_tc_handoff(ctx: TcContext) -> i32 {
-    if !handoff::from_xdp(&ctx) {
+    let mut p = Tc(&ctx);
+    if !handoff::from_xdp(&mut p) {
         return TCX_NEXT;
     }
-    let mut p = Tc(&ctx);
-    p.ensure(parse::IP_DADDR + 4);
     let Some(daddr) = packet::read::<u32, Tc>(&p, parse::IP_DADDR) else {
         return TC_ACT_OK;
     };

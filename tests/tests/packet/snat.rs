@@ -200,7 +200,7 @@ fn fixture_snat_out_of_another_interface_is_redirected() {
 
 /// A route through a device XDP does not run on (a VXLAN tunnel here; a bridge, an L3 device)
 /// is not a redirect target: native XDP cannot transmit there (the kernel drops the frame
-/// silently). The translated packet goes to TC marked, as for an unresolved neighbour.
+/// silently). The translated packet goes to TC, as for an unresolved neighbour.
 #[test]
 fn fixture_snat_into_a_tunnel_is_handed_to_tc() {
     with_node("pkt-snat-tunnel", |node| {
@@ -212,35 +212,41 @@ fn fixture_snat_into_a_tunnel_is_handed_to_tc() {
 }
 
 /// XDP cannot resolve a next hop's MAC address: a packet it translated for a node whose
-/// neighbour entry is missing goes to TC marked (the metadata word before the frame), where
-/// lb_tc_handoff sends it on with `bpf_redirect_neigh` (the lab shows the whole path:
-/// lab_neighbours). Unmarked packets pass lb_tc_handoff untouched.
+/// neighbour entry is missing goes to TC (recorded in LB4_HANDOFF), where lb_tc_handoff sends it
+/// on with `bpf_redirect_neigh` (the lab shows the whole path: lab_neighbours). Packets XDP did
+/// not hand over pass lb_tc_handoff untouched.
 #[test]
 fn fixture_an_unresolved_next_hop_is_handed_to_tc() {
     with_node("pkt-handoff", |node| {
-        let syn = handed_to_tc(node, "10.244.6.9", |p| p);
+        let (syn, handed) = handed_to_tc(node, "10.244.6.9", |p| p);
         check(
             node,
-            &[Case {
-                name: "an unmarked packet passes the handoff program untouched",
-                hook: Hook::TcHandoff,
-                input: syn.build(),
-                verdict: TCX_NEXT,
-                counters: &[],
-                output: None,
-            }],
+            &[
+                Case {
+                    name: "the handed packet is sent to its next hop",
+                    hook: Hook::TcHandoff,
+                    input: handed,
+                    verdict: TC_ACT_REDIRECT,
+                    counters: &[],
+                    output: None,
+                },
+                Case {
+                    name: "a packet XDP did not hand over passes the handoff program untouched",
+                    hook: Hook::TcHandoff,
+                    input: syn.build(),
+                    verdict: TCX_NEXT,
+                    counters: &[],
+                    output: None,
+                },
+            ],
         );
     });
 }
 
-/// The metadata word lb_xdp_ext writes before a frame it hands to TC (handoff.rs: "LBHO" as a
-/// native-endian word).
-const HANDOFF_MARK: [u8; 4] = 0x4c42_484fu32.to_ne_bytes();
-
 /// A NodePort SYN to the one backend `backend` (port 8080, on another node) leaves XDP for TC:
-/// XDP_PASS, the mark before the frame, and the frame SNATed, DNATed and one hop further (its
-/// MAC addresses as `l2` makes them). Returns the SYN.
-fn handed_to_tc(node: &mut Node, backend: &str, l2: impl FnOnce(Pkt) -> Pkt) -> Pkt {
+/// XDP_PASS, the frame SNATed, DNATed and one hop further (its MAC addresses as `l2` makes them).
+/// Returns the SYN and the frame XDP passed.
+fn handed_to_tc(node: &mut Node, backend: &str, l2: impl FnOnce(Pkt) -> Pkt) -> (Pkt, Vec<u8>) {
     web(node, &[(1, backend, 8080, 0)]);
     let syn = Pkt::new("198.51.100.7:42000", "192.0.2.10:30080", SYN);
     let (verdict, out) = node.xdp(&syn.build());
@@ -249,9 +255,8 @@ fn handed_to_tc(node: &mut Node, backend: &str, l2: impl FnOnce(Pkt) -> Pkt) -> 
         "192.0.2.10:{}",
         u16::from_be(flow(node, &syn, "flow").snat_port)
     );
-    let mut want = HANDOFF_MARK.to_vec();
-    want.extend(l2(syn.nat(&snat, &format!("{backend}:8080")).hop()).build());
-    assert_eq!(hex(&out), hex(&want), "marked, translated, one hop further");
-    assert_checksums(&out[4..]);
-    syn
+    let want = l2(syn.nat(&snat, &format!("{backend}:8080")).hop()).build();
+    assert_eq!(hex(&out), hex(&want), "translated, one hop further");
+    assert_checksums(&out);
+    (syn, out)
 }
