@@ -1,6 +1,8 @@
 //! Which endpoints a service port uses on this node: kube-proxy's CategorizeEndpoints
 //! (pkg/proxy/topology.go), with its topology hints (same node, then same zone) and its fallback
 //! to serving-terminating endpoints when nothing is ready.
+use std::net::Ipv4Addr;
+
 use super::Endpoint;
 
 /// The traffic policies of one service port, as kube-proxy's ServicePort reports them.
@@ -13,16 +15,27 @@ pub struct PortPolicy {
 }
 
 /// The result of [`categorize_endpoints`]. `None` plays the part of Go's nil slice.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Categorized {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Categorized<A = Ipv4Addr> {
     /// Usable Cluster-policy endpoints; `None` when the port never uses Cluster policy.
-    pub cluster: Option<Vec<Endpoint>>,
+    pub cluster: Option<Vec<Endpoint<A>>>,
     /// Usable Local-policy endpoints; `None` when the port never uses Local policy (or has none).
-    pub local: Option<Vec<Endpoint>>,
+    pub local: Option<Vec<Endpoint<A>>>,
     /// Union of the two: every endpoint this node may send to.
-    pub all_reachable: Option<Vec<Endpoint>>,
+    pub all_reachable: Option<Vec<Endpoint<A>>>,
     /// Whether the service has usable endpoints anywhere in the cluster.
     pub has_any_endpoints: bool,
+}
+
+impl<A> Default for Categorized<A> {
+    fn default() -> Self {
+        Categorized {
+            cluster: None,
+            local: None,
+            all_reachable: None,
+            has_any_endpoints: false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,12 +45,12 @@ enum Topology {
     SameZone,
 }
 
-pub fn categorize_endpoints(
-    endpoints: &[Endpoint],
+pub fn categorize_endpoints<A: Copy + Ord>(
+    endpoints: &[Endpoint<A>],
     policy: &PortPolicy,
     node_name: &str,
     zone: &str,
-) -> Categorized {
+) -> Categorized<A> {
     let mut out = Categorized::default();
     if endpoints.is_empty() {
         return out;
@@ -87,7 +100,7 @@ pub fn categorize_endpoints(
         out.all_reachable = out.cluster.clone();
         return out;
     }
-    let mut all: Vec<Endpoint> = out
+    let mut all: Vec<Endpoint<A>> = out
         .cluster
         .iter()
         .chain(&out.local)
@@ -102,8 +115,8 @@ pub fn categorize_endpoints(
 
 /// Same-node hints win when every ready endpoint has one and one names this node; then
 /// same-zone hints likewise; otherwise no topology.
-fn topology_from_hints(endpoints: &[Endpoint], node_name: &str, zone: &str) -> Topology {
-    let ready: Vec<&Endpoint> = endpoints.iter().filter(|e| e.ready).collect();
+fn topology_from_hints<A>(endpoints: &[Endpoint<A>], node_name: &str, zone: &str) -> Topology {
+    let ready: Vec<&Endpoint<A>> = endpoints.iter().filter(|e| e.ready).collect();
     if ready.is_empty() {
         return Topology::None;
     }
@@ -118,7 +131,12 @@ fn topology_from_hints(endpoints: &[Endpoint], node_name: &str, zone: &str) -> T
     Topology::None
 }
 
-fn available_for_topology(e: &Endpoint, topology: Topology, node_name: &str, zone: &str) -> bool {
+fn available_for_topology<A>(
+    e: &Endpoint<A>,
+    topology: Topology,
+    node_name: &str,
+    zone: &str,
+) -> bool {
     match topology {
         Topology::None => true,
         Topology::SameNode => e.node_hints.contains(node_name),
@@ -126,6 +144,9 @@ fn available_for_topology(e: &Endpoint, topology: Topology, node_name: &str, zon
     }
 }
 
-fn filter(endpoints: &[Endpoint], keep: impl Fn(&Endpoint) -> bool) -> Vec<Endpoint> {
+fn filter<A: Clone>(
+    endpoints: &[Endpoint<A>],
+    keep: impl Fn(&Endpoint<A>) -> bool,
+) -> Vec<Endpoint<A>> {
     endpoints.iter().filter(|e| keep(e)).cloned().collect()
 }

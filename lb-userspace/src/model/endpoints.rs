@@ -1,7 +1,8 @@
 //! EndpointSlices → endpoints per service port, as kube-proxy's EndpointSliceCache merges them:
 //! slices grouped by their kubernetes.io/service-name label, ports matched to Service ports by
 //! (name, protocol), endpoints deduplicated on ip:port across slices (a local copy wins), only
-//! the first address of an endpoint, IPv4 slices only (FQDN and IPv6 slices are not ours).
+//! the first address of an endpoint, slices of the model's family only (FQDN slices and the other
+//! family's are not its: kube-proxy's per-family EndpointsChangeTracker skips them).
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -9,7 +10,7 @@ use std::{
 
 use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
 
-use super::{ignored, ObjectRef, Problem, Protocol, LABEL_SERVICE_NAME};
+use super::{ignored, Family, ObjectRef, Problem, Protocol, LABEL_SERVICE_NAME};
 
 /// A Service port as EndpointSlices name it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -19,8 +20,8 @@ pub struct PortKey {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Endpoint {
-    pub ip: Ipv4Addr,
+pub struct Endpoint<A = Ipv4Addr> {
+    pub ip: A,
     pub port: u16,
     /// conditions.ready: nil or true.
     pub ready: bool,
@@ -34,10 +35,10 @@ pub struct Endpoint {
     pub node_hints: BTreeSet<String>,
 }
 
-pub type EndpointsByPort = BTreeMap<PortKey, Vec<Endpoint>>;
+pub type EndpointsByPort<A = Ipv4Addr> = BTreeMap<PortKey, Vec<Endpoint<A>>>;
 
 /// A service's endpoints while slices merge: per port, deduplicated on ip:port.
-type MergingPorts = BTreeMap<PortKey, BTreeMap<(Ipv4Addr, u16), Endpoint>>;
+type MergingPorts<A> = BTreeMap<PortKey, BTreeMap<(A, u16), Endpoint<A>>>;
 
 /// The service a slice belongs to: its kubernetes.io/service-name label, in its namespace.
 pub fn group_of(name: &ObjectRef, slice: &EndpointSlice) -> Option<ObjectRef> {
@@ -50,14 +51,14 @@ pub fn group_of(name: &ObjectRef, slice: &EndpointSlice) -> Option<ObjectRef> {
 }
 
 /// Merge one service's slices (in name order) into per-port endpoint lists (sorted by ip:port).
-pub fn merge<'a>(
+pub fn merge<'a, A: Family>(
     slices: impl IntoIterator<Item = (&'a ObjectRef, &'a EndpointSlice)>,
     node_name: &str,
     problems: &mut Vec<Problem>,
-) -> EndpointsByPort {
+) -> EndpointsByPort<A> {
     let mut ports = MergingPorts::new();
     for (name, slice) in slices {
-        if slice.address_type == "IPv4" && !ignored(&slice.metadata.labels) {
+        if slice.address_type == A::NAME && !ignored(&slice.metadata.labels) {
             add_slice(&mut ports, name, slice, node_name, problems);
         }
     }
@@ -67,8 +68,8 @@ pub fn merge<'a>(
         .collect()
 }
 
-fn add_slice(
-    ports: &mut MergingPorts,
+fn add_slice<A: Family>(
+    ports: &mut MergingPorts<A>,
     name: &ObjectRef,
     slice: &EndpointSlice,
     node_name: &str,
@@ -112,9 +113,10 @@ fn add_slice(
             let Some(addr) = ep.addresses.first() else {
                 continue;
             };
-            let Ok(ip) = addr.parse::<Ipv4Addr>() else {
+            let Some(ip) = addr.parse().ok().and_then(A::of) else {
                 let field = format!("endpoints[{j}].addresses[0]");
-                problems.push(problem(field, format!("{addr:?} is not an IPv4 address")));
+                let message = format!("{addr:?} is not an {} address", A::NAME);
+                problems.push(problem(field, message));
                 continue;
             };
             let endpoint = endpoint(ep, ip, number, node_name);
@@ -127,7 +129,7 @@ fn add_slice(
     }
 }
 
-fn endpoint(ep: &SliceEndpoint, ip: Ipv4Addr, port: u16, node_name: &str) -> Endpoint {
+fn endpoint<A>(ep: &SliceEndpoint, ip: A, port: u16, node_name: &str) -> Endpoint<A> {
     let cond = ep.conditions.clone().unwrap_or_default();
     let hints = ep.hints.clone().unwrap_or_default();
     Endpoint {

@@ -1,21 +1,29 @@
 //! Golden tests in the style of Cilium's pkg/loadbalancer tests: each directory under
 //! `testdata/model/` holds `input.yaml` (Services, EndpointSlices, Nodes) and `expected.txt`, a
-//! dump of the desired maps for node `node-a` with NodePort address 192.0.2.10.
+//! dump of the desired maps for node `node-a` with NodePort address 192.0.2.10, then, when the
+//! IPv6 model has anything to say, a dump of the IPv6 ones with NodePort address 2001:db8::10.
 //! `LB_UPDATE_GOLDEN=1 cargo test -p lb-userspace golden` rewrites the expectations (review the
 //! diff before committing it).
-use std::{fmt::Write as _, path::Path};
+use std::{
+    fmt::Write as _,
+    net::{Ipv6Addr, SocketAddr},
+    path::Path,
+};
 
-use super::{desired, Desired, NodeContext};
+use super::{desired, Desired, Family, NodeContext};
 use crate::source::manifests::parse;
 
-fn dump(d: &Desired) -> String {
+fn socket<A: Family>(ip: A, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+fn dump<A: Family>(d: &Desired<A>) -> String {
     let mut out = String::new();
     for (key, fe) in &d.frontends {
         let _ = writeln!(
             out,
-            "frontend {}:{}/{} {:?} {} -> {}:{}/{} {:?}",
-            key.ip,
-            key.port,
+            "frontend {}/{} {:?} {} -> {}:{}/{} {:?}",
+            socket(key.ip, key.port),
             key.proto.as_str(),
             key.scope,
             fe.kind.as_str(),
@@ -41,9 +49,8 @@ fn dump(d: &Desired) -> String {
         for b in &set.backends {
             let _ = writeln!(
                 out,
-                "  backend {}:{}{}{}",
-                b.ip,
-                b.port,
+                "  backend {}{}{}",
+                socket(b.ip, b.port),
                 if b.local { " local" } else { "" },
                 if b.terminating { " terminating" } else { "" },
             );
@@ -57,9 +64,8 @@ fn dump(d: &Desired) -> String {
     for (key, b) in d.retained.iter().filter(|(k, _)| !in_sets.contains(k)) {
         let _ = writeln!(
             out,
-            "kept {}:{} (established connections only){}",
-            key.0,
-            key.1,
+            "kept {} (established connections only){}",
+            socket(key.0, key.1),
             if b.terminating { " terminating" } else { "" }
         );
     }
@@ -85,13 +91,22 @@ fn run_case(dir: &Path) -> Result<(), String> {
     for obj in objects {
         obj.insert_into(&mut store);
     }
-    let node = NodeContext {
+    let node: NodeContext = NodeContext {
         name: "node-a".into(),
         nodeport_addrs: vec!["192.0.2.10".parse().unwrap()],
     };
     let mut d = desired(&store, &node);
     d.problems.append(&mut problems);
-    let got = dump(&d);
+    let mut got = dump(&d);
+    let node6: NodeContext<Ipv6Addr> = NodeContext {
+        name: "node-a".into(),
+        nodeport_addrs: vec!["2001:db8::10".parse().unwrap()],
+    };
+    let ipv6 = dump(&desired(&store, &node6));
+    if !ipv6.is_empty() {
+        got += "--- IPv6\n";
+        got += &ipv6;
+    }
     let expected_path = dir.join("expected.txt");
     if std::env::var_os("LB_UPDATE_GOLDEN").is_some() {
         std::fs::write(&expected_path, &got).map_err(|e| e.to_string())?;

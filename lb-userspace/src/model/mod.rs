@@ -10,6 +10,7 @@
 //!   "short-circuit" rule does (the local set only when the service uses no cluster endpoints).
 mod categorize;
 pub(crate) mod endpoints;
+mod family;
 mod service;
 mod tracker;
 
@@ -27,6 +28,7 @@ use k8s_openapi::api::{
 
 pub use categorize::{categorize_endpoints, Categorized, PortPolicy};
 pub use endpoints::{Endpoint, EndpointsByPort, PortKey};
+pub use family::Family;
 pub use service::{Listed, ServicePortSpec, ServiceSpec, MAX_PORT_NAME};
 pub use tracker::{Changes, Tracker};
 
@@ -75,12 +77,21 @@ pub struct Objects {
     pub nodes: BTreeMap<String, Arc<Node>>,
 }
 
-/// This node, as the agent sees it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct NodeContext {
+/// This node, as the agent sees it, in family `A`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeContext<A = Ipv4Addr> {
     pub name: String,
     /// Addresses that serve NodePorts (`--nodeport-addresses`, default the external interfaces').
-    pub nodeport_addrs: Vec<Ipv4Addr>,
+    pub nodeport_addrs: Vec<A>,
+}
+
+impl<A> Default for NodeContext<A> {
+    fn default() -> Self {
+        NodeContext {
+            name: String::new(),
+            nodeport_addrs: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -192,8 +203,8 @@ impl Policy {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FrontendKey {
-    pub ip: Ipv4Addr,
+pub struct FrontendKey<A = Ipv4Addr> {
+    pub ip: A,
     pub port: u16,
     pub proto: Protocol,
     pub scope: Scope,
@@ -215,8 +226,8 @@ pub struct Frontend {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Backend {
-    pub ip: Ipv4Addr,
+pub struct Backend<A = Ipv4Addr> {
+    pub ip: A,
     pub port: u16,
     pub local: bool,
     pub terminating: bool,
@@ -231,9 +242,9 @@ pub enum Verdict {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BackendSet {
+pub struct BackendSet<A = Ipv4Addr> {
     /// Sorted, so equal sets compare equal and slot order is stable across syncs.
-    pub backends: Vec<Backend>,
+    pub backends: Vec<Backend<A>>,
     /// ClientIP session affinity timeout in seconds.
     pub affinity_timeout: Option<u32>,
     pub external_local: bool,
@@ -265,37 +276,50 @@ impl fmt::Display for Problem {
     }
 }
 
-/// What this node's maps should hold.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Desired {
-    pub frontends: BTreeMap<FrontendKey, Frontend>,
-    pub sets: BTreeMap<SetKey, BackendSet>,
+/// What this node's maps of family `A` should hold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired<A = Ipv4Addr> {
+    pub frontends: BTreeMap<FrontendKey<A>, Frontend>,
+    pub sets: BTreeMap<SetKey, BackendSet<A>>,
     /// By healthCheckNodePort.
     pub health_checks: BTreeMap<u16, HealthCheck>,
     /// Every endpoint still listed in a slice of a proxied service, usable or not: their
     /// backends stay in the maps (without slots) so established connections to a terminating
     /// or not-ready pod keep going, as kube-proxy's conntrack entries do.
-    pub retained: BTreeMap<(Ipv4Addr, u16), Backend>,
+    pub retained: BTreeMap<(A, u16), Backend<A>>,
     /// Sorted.
     pub problems: Vec<Problem>,
 }
 
-impl Desired {
+impl<A> Default for Desired<A> {
+    fn default() -> Self {
+        Desired {
+            frontends: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            health_checks: BTreeMap::new(),
+            retained: BTreeMap::new(),
+            problems: Vec::new(),
+        }
+    }
+}
+
+impl<A> Desired<A> {
     /// The Kubernetes services with at least one frontend.
     pub fn services(&self) -> BTreeSet<&ObjectRef> {
         self.sets.keys().map(|k| &k.service).collect()
     }
 }
 
-/// Objects → desired maps for this node, from scratch ([`Tracker`] keeps it up to date).
-pub fn desired(objects: &Objects, node: &NodeContext) -> Desired {
+/// Objects → desired maps of family `A` for this node, from scratch ([`Tracker`] keeps it up to
+/// date).
+pub fn desired<A: Family>(objects: &Objects, node: &NodeContext<A>) -> Desired<A> {
     let mut tracker = Tracker::default();
     tracker.update(&Objects::default(), objects, node);
     tracker.into_desired()
 }
 
 /// The zone label of this node's Node object ("" without one).
-fn zone_of(objects: &Objects, node: &NodeContext) -> String {
+fn zone_of<A>(objects: &Objects, node: &NodeContext<A>) -> String {
     objects
         .nodes
         .get(&node.name)
@@ -317,35 +341,47 @@ pub fn set_range(service: &ObjectRef) -> std::ops::RangeInclusive<SetKey> {
 }
 
 /// One service's part of [`Desired`], before it is merged with the other services'.
-#[derive(Default)]
-struct Share {
-    sets: Vec<(SetKey, BackendSet)>,
+struct Share<A> {
+    sets: Vec<(SetKey, BackendSet<A>)>,
     /// The first frontend of the service with a key keeps it: its ClusterIP before its other
     /// addresses, as kube-proxy's ClusterIP rule comes before its externalIP and LB rules.
-    frontends: BTreeMap<FrontendKey, Frontend>,
-    retained: BTreeMap<(Ipv4Addr, u16), Backend>,
+    frontends: BTreeMap<FrontendKey<A>, Frontend>,
+    retained: BTreeMap<(A, u16), Backend<A>>,
     health_check: Option<(u16, HealthCheck)>,
     /// Every externalIP and LoadBalancer IP the Service lists, refused or not: whether it is
     /// refused changes with other services' ClusterIPs.
-    requested: Vec<Ipv4Addr>,
+    requested: Vec<A>,
     problems: Vec<Problem>,
+}
+
+impl<A> Default for Share<A> {
+    fn default() -> Self {
+        Share {
+            sets: Vec::new(),
+            frontends: BTreeMap::new(),
+            retained: BTreeMap::new(),
+            health_check: None,
+            requested: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
 }
 
 /// A Service and its merged endpoints → its share (empty when lb does not proxy it). `refusal`
 /// says why an externalIP or LoadBalancer IP may not be served ([`ServiceSpec::refuse`]).
-fn share_of(
+fn share_of<A: Family>(
     name: &ObjectRef,
     svc: &Service,
-    eps: Option<&EndpointsByPort>,
-    node: &NodeContext,
+    eps: Option<&EndpointsByPort<A>>,
+    node: &NodeContext<A>,
     zone: &str,
-    refusal: impl Fn(Ipv4Addr) -> Option<String>,
-) -> Share {
+    refusal: impl Fn(A) -> Option<String>,
+) -> Share<A> {
     let mut out = Share::default();
     if ignored(&svc.metadata.labels) {
         return out;
     }
-    match ServiceSpec::parse(name, svc) {
+    match ServiceSpec::<A>::parse(name, svc) {
         Ok(Some(mut spec)) => {
             let listed = spec.external_ips.iter().chain(&spec.load_balancer_ips);
             out.requested = listed.map(|l| l.ip).collect();
@@ -366,11 +402,11 @@ pub fn ignored(labels: &Option<BTreeMap<String, String>>) -> bool {
         .is_some_and(|l| l.contains_key(LABEL_PROXY_NAME) || l.contains_key(LABEL_HEADLESS))
 }
 
-fn add_service(
-    out: &mut Share,
-    spec: &ServiceSpec,
-    eps: Option<&EndpointsByPort>,
-    node: &NodeContext,
+fn add_service<A: Family>(
+    out: &mut Share<A>,
+    spec: &ServiceSpec<A>,
+    eps: Option<&EndpointsByPort<A>>,
+    node: &NodeContext<A>,
     zone: &str,
 ) {
     for port in &spec.ports {
@@ -390,7 +426,7 @@ fn add_service(
             proto: port.proto,
             policy,
         };
-        let make_set = |eps: &[Endpoint], local: bool| BackendSet {
+        let make_set = |eps: &[Endpoint<A>], local: bool| BackendSet {
             backends: backends(eps),
             affinity_timeout: spec.affinity_timeout,
             external_local: local && spec.external_local,
@@ -412,7 +448,7 @@ fn add_service(
         }
         // From a pod, external addresses short-circuit to the cluster set when there is one.
         let pod_to_external = policy_of(!policy.uses_cluster);
-        let mut add = |ip: Ipv4Addr, port_num: u16, kind: Kind, external: Policy| {
+        let mut add = |ip: A, port_num: u16, kind: Kind, external: Policy| {
             for (scope, policy) in [
                 (Scope::External, external),
                 (Scope::Internal, pod_to_external),
@@ -454,7 +490,7 @@ fn add_service(
     }
     if let Some(port) = spec.health_check_node_port {
         // kube-proxy's LocalReadyEndpoints: distinct IPs, over all the service's ports.
-        let local_ready: BTreeSet<Ipv4Addr> = eps
+        let local_ready: BTreeSet<A> = eps
             .into_iter()
             .flat_map(|ports| ports.values().flatten())
             .filter(|e| e.local && e.ready)
@@ -476,7 +512,7 @@ fn policy_of(local: bool) -> Policy {
     }
 }
 
-fn backend_of(e: &Endpoint) -> Backend {
+fn backend_of<A: Copy>(e: &Endpoint<A>) -> Backend<A> {
     Backend {
         ip: e.ip,
         port: e.port,
@@ -485,8 +521,8 @@ fn backend_of(e: &Endpoint) -> Backend {
     }
 }
 
-fn backends(eps: &[Endpoint]) -> Vec<Backend> {
-    let mut out: Vec<Backend> = eps.iter().map(backend_of).collect();
+fn backends<A: Copy + Ord>(eps: &[Endpoint<A>]) -> Vec<Backend<A>> {
+    let mut out: Vec<Backend<A>> = eps.iter().map(backend_of).collect();
     out.sort();
     out
 }

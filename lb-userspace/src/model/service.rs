@@ -6,6 +6,9 @@
 //! Service: a bad port skips that port, a bad address that address, and a setting with no smaller
 //! unit falls back to what kube-proxy makes of the value. Each is reported as a warning. Only a
 //! Service without a spec, or one lb has no datapath for (IPv6-only), is left out whole.
+//!
+//! A Service is read once per IP family ([`Family`]), as kube-proxy's per-family proxiers read
+//! it: each sees that family's cluster IPs, externalIPs and LoadBalancer IPs only.
 use std::{
     collections::{btree_map::Entry, BTreeMap},
     net::{IpAddr, Ipv4Addr},
@@ -14,7 +17,8 @@ use std::{
 use k8s_openapi::api::core::v1::{self as core, Service};
 
 use super::{
-    ObjectRef, PortPolicy, Problem, Protocol, DEFAULT_AFFINITY_TIMEOUT, MAX_AFFINITY_TIMEOUT,
+    Family, ObjectRef, PortPolicy, Problem, Protocol, DEFAULT_AFFINITY_TIMEOUT,
+    MAX_AFFINITY_TIMEOUT,
 };
 
 /// Longest Service port name: an RFC 1123 label (only container port names are 15-character
@@ -31,19 +35,20 @@ pub struct ServicePortSpec {
 
 /// An address and the field listing it, to name that field when the address is refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listed {
-    pub ip: Ipv4Addr,
+pub struct Listed<A = Ipv4Addr> {
+    pub ip: A,
     pub field: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceSpec {
+pub struct ServiceSpec<A = Ipv4Addr> {
     pub name: ObjectRef,
-    /// IPv4 cluster IPs (dual-stack services also list an IPv6 one, not ours).
-    pub cluster_ips: Vec<Ipv4Addr>,
-    pub external_ips: Vec<Listed>,
-    /// status.loadBalancer.ingress IPs, except those with ipMode Proxy.
-    pub load_balancer_ips: Vec<Listed>,
+    /// The cluster IPs of family `A` (a dual-stack Service's others are the other model's).
+    pub cluster_ips: Vec<A>,
+    /// spec.externalIPs of family `A`.
+    pub external_ips: Vec<Listed<A>>,
+    /// status.loadBalancer.ingress IPs of family `A`, except those with ipMode Proxy.
+    pub load_balancer_ips: Vec<Listed<A>>,
     pub ports: Vec<ServicePortSpec>,
     pub external_local: bool,
     pub internal_local: bool,
@@ -69,10 +74,10 @@ impl Report<'_> {
     }
 }
 
-impl ServiceSpec {
-    /// `Ok(None)`: a valid Service lb does not proxy (headless, ExternalName). `Err`: one lb
-    /// leaves out whole, and why.
-    pub fn parse(name: &ObjectRef, svc: &Service) -> Result<Option<ServiceSpec>, Vec<Problem>> {
+impl<A: Family> ServiceSpec<A> {
+    /// `Ok(None)`: a valid Service lb does not proxy in family `A` (headless, ExternalName, or
+    /// of the other family only). `Err`: one lb leaves out whole, and why.
+    pub fn parse(name: &ObjectRef, svc: &Service) -> Result<Option<Self>, Vec<Problem>> {
         let mut report = Report {
             name,
             problems: Vec::new(),
@@ -86,15 +91,18 @@ impl ServiceSpec {
             return Ok(None);
         }
         let Some(cluster_ips) = cluster_ips(spec, &mut report) else {
-            return Err(report.problems);
+            return match report.problems.is_empty() {
+                true => Ok(None),
+                false => Err(report.problems),
+            };
         };
         let external_local = external_policy_local(spec, kind, &mut report);
         let external_ips = indexed("spec.externalIPs", spec.external_ips.as_deref());
         let internal_policy = spec.internal_traffic_policy.as_deref();
-        let mut out = ServiceSpec {
+        let mut out = Self {
             name: name.clone(),
             cluster_ips,
-            external_ips: ipv4s(external_ips, &mut report).0,
+            external_ips: of_family(external_ips, &mut report),
             load_balancer_ips: load_balancer_ips(svc, &mut report),
             ports: ports(spec, &mut report),
             external_local,
@@ -124,7 +132,7 @@ impl ServiceSpec {
 
     /// Drop the externalIPs and LoadBalancer IPs `refusal` gives a reason for, each reported:
     /// an address another Service or this node holds must not be taken over (CVE-2020-8554).
-    pub fn refuse(&mut self, refusal: impl Fn(Ipv4Addr) -> Option<String>) {
+    pub fn refuse(&mut self, refusal: impl Fn(A) -> Option<String>) {
         let mut report = Report {
             name: &self.name,
             problems: std::mem::take(&mut self.warnings),
@@ -167,30 +175,63 @@ impl ServiceSpec {
     }
 }
 
-/// Every IPv4 address a Service holds as a ClusterIP, whether lb proxies it or not (another
-/// proxy's Service still owns its address): no other Service's externalIP or LoadBalancer IP
-/// may take it. Unparsable entries are reported by [`ServiceSpec::parse`], not here.
-pub fn cluster_ips_of(svc: &Service) -> Vec<Ipv4Addr> {
+/// Every address of family `A` a Service holds as a ClusterIP, whether lb proxies it or not
+/// (another proxy's Service still owns its address): no other Service's externalIP or
+/// LoadBalancer IP may take it. Unparsable entries are reported by [`ServiceSpec::parse`].
+pub fn cluster_ips_of<A: Family>(svc: &Service) -> Vec<A> {
     let fields = svc.spec.as_ref().map(cluster_ip_fields).unwrap_or_default();
-    let v4 = |(_, ip): (String, &str)| match ip.parse() {
-        Ok(IpAddr::V4(v4)) => Some(v4),
-        _ => None,
-    };
-    fields.into_iter().filter_map(v4).collect()
+    let of_a = |(_, ip): (String, &str)| A::of(ip.parse().ok()?);
+    fields.into_iter().filter_map(of_a).collect()
 }
 
-/// The IPv4 cluster IPs; `None` (reported) for a Service with IPv6 ones only, or of the IPv6
-/// family first and no IPv4 address: kube-proxy's IPv4 proxier skips a Service without an IPv4
-/// ClusterIP, whose NodePorts and health check would answer for a service with no IPv4 endpoints.
-fn cluster_ips(spec: &core::ServiceSpec, report: &mut Report) -> Option<Vec<Ipv4Addr>> {
-    let (listed, ipv6) = ipv4s(cluster_ip_fields(spec), report);
-    let first_family = spec.ip_families.as_ref().and_then(|f| f.first());
-    if listed.is_empty() && (ipv6 || first_family.is_some_and(|f| f == "IPv6")) {
-        let message = "IPv6-only Service: not proxied until IPv6 support lands";
-        report.push("spec.ipFamilies", message);
+/// The cluster IPs of family `A`, each checked against its family in spec.ipFamilies (paired by
+/// index, as the API server allocates them). `None` for a Service not of family `A`: one whose
+/// addresses, or whose spec.ipFamilies, are of the other family only (reported while lb has no
+/// datapath for that family). A Service with neither (a manifest's) is single-stack IPv4, the
+/// API server's default family.
+fn cluster_ips<A: Family>(spec: &core::ServiceSpec, report: &mut Report) -> Option<Vec<A>> {
+    let families = spec.ip_families.as_deref().unwrap_or_default();
+    let (mut ours, mut others) = (Vec::new(), 0);
+    // Problems with the addresses are the family's that serves the Service to report.
+    let mut local = Report {
+        name: report.name,
+        problems: Vec::new(),
+    };
+    for (i, (field, value)) in cluster_ip_fields(spec).into_iter().enumerate() {
+        let Some(ip) = address(&field, value, &mut local) else {
+            continue;
+        };
+        let family = family_name(ip);
+        if let Some(listed) = families.get(i).filter(|f| *f != family) {
+            let message =
+                format!("{ip} is {family}, not {listed} as spec.ipFamilies[{i}] says: skipped");
+            local.push(field, message);
+            continue;
+        }
+        match A::of(ip) {
+            Some(ip) => ours.push(ip),
+            None => others += 1,
+        }
+    }
+    let ours_declared = families.iter().any(|f| f == A::NAME);
+    let is_ours = !ours.is_empty()
+        || (others == 0 && ours_declared)
+        || (others == 0 && families.is_empty() && A::NAME == Ipv4Addr::NAME);
+    if !is_ours {
+        if let Some(message) = A::OTHER_FAMILY_ONLY {
+            report.push("spec.ipFamilies", message);
+        }
         return None;
     }
-    Some(listed.into_iter().map(|l| l.ip).collect())
+    report.problems.append(&mut local.problems);
+    Some(ours)
+}
+
+fn family_name(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => Ipv4Addr::NAME,
+        IpAddr::V6(_) => std::net::Ipv6Addr::NAME,
+    }
 }
 
 /// spec.clusterIPs, or spec.clusterIP in an object written before dual-stack.
@@ -214,7 +255,7 @@ fn indexed<'a>(field: &str, list: Option<&'a [String]>) -> Vec<(String, &'a str)
 
 /// status.loadBalancer.ingress IPs, except those with ipMode Proxy (the load balancer proxies
 /// them itself: kube-proxy leaves them alone).
-fn load_balancer_ips(svc: &Service, report: &mut Report) -> Vec<Listed> {
+fn load_balancer_ips<A: Family>(svc: &Service, report: &mut Report) -> Vec<Listed<A>> {
     let ingress = svc
         .status
         .as_ref()
@@ -226,25 +267,35 @@ fn load_balancer_ips(svc: &Service, report: &mut Report) -> Vec<Listed> {
             let ip = ing.ip.as_deref()?;
             Some((format!("status.loadBalancer.ingress[{i}].ip"), ip))
         });
-    ipv4s(entries, report).0
+    of_family(entries, report)
 }
 
-/// The IPv4 addresses among (field, value) entries, and whether any was IPv6 (lb has no IPv6
-/// datapath yet). An empty value is skipped; one that is not an address is reported and skipped.
-fn ipv4s<'a>(
+/// The addresses of family `A` among (field, value) entries; the other family's are the other
+/// model's (kube-proxy's FilterIncorrectIPVersion). An empty value is skipped; one that is not an
+/// address is reported and skipped.
+fn of_family<'a, A: Family>(
     entries: impl IntoIterator<Item = (String, &'a str)>,
     report: &mut Report,
-) -> (Vec<Listed>, bool) {
-    let (mut out, mut ipv6) = (Vec::new(), false);
-    for (field, ip) in entries {
-        match ip.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => out.push(Listed { ip: v4, field }),
-            Ok(IpAddr::V6(_)) => ipv6 = true,
-            Err(_) if ip.is_empty() => {}
-            Err(_) => report.push(field, format!("{ip:?} is not an IP address: skipped")),
+) -> Vec<Listed<A>> {
+    let mut out = Vec::new();
+    for (field, value) in entries {
+        if let Some(ip) = address(&field, value, report).and_then(A::of) {
+            out.push(Listed { ip, field });
         }
     }
-    (out, ipv6)
+    out
+}
+
+/// An address field's value; `None` for an empty one, or (reported) one that is no address.
+fn address(field: &str, value: &str, report: &mut Report) -> Option<IpAddr> {
+    match value.parse() {
+        Ok(ip) => Some(ip),
+        Err(_) if value.is_empty() => None,
+        Err(_) => {
+            report.push(field, format!("{value:?} is not an IP address: skipped"));
+            None
+        }
+    }
 }
 
 /// kube-proxy's ExternalPolicyLocal: eTP Local, for a type it counts as external. kube-proxy

@@ -27,63 +27,96 @@ use k8s_openapi::api::core::v1::Service;
 use smallvec::SmallVec;
 
 use super::{
-    endpoints, service::cluster_ips_of, set_range, share_of, zone_of, Desired, FrontendKey,
+    endpoints, service::cluster_ips_of, set_range, share_of, zone_of, Desired, Family, FrontendKey,
     NodeContext, ObjectRef, Objects, Problem, Scope,
 };
 
 /// What one [`Tracker::update`] changed in [`Desired`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Changes {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changes<A = Ipv4Addr> {
     /// The node changed: any entry may have (the lists below name them all anyway).
     pub node: bool,
     /// Services whose sets or frontends may have changed, each with the frontends it wins now.
-    pub services: BTreeMap<ObjectRef, Vec<FrontendKey>>,
+    pub services: BTreeMap<ObjectRef, Vec<FrontendKey<A>>>,
     /// Retained backends added, removed or changed.
-    pub retained: BTreeSet<(Ipv4Addr, u16)>,
+    pub retained: BTreeSet<(A, u16)>,
+}
+
+impl<A> Default for Changes<A> {
+    fn default() -> Self {
+        Changes {
+            node: false,
+            services: BTreeMap::new(),
+            retained: BTreeSet::new(),
+        }
+    }
 }
 
 /// A service's claims, to release them when it changes.
-#[derive(Default)]
-struct Fragment {
-    frontends: Vec<FrontendKey>,
-    retained: Vec<(Ipv4Addr, u16)>,
+struct Fragment<A> {
+    frontends: Vec<FrontendKey<A>>,
+    retained: Vec<(A, u16)>,
     health_check: Option<u16>,
     /// Its Service's ClusterIPs, proxied or not.
-    cluster_ips: Vec<Ipv4Addr>,
+    cluster_ips: Vec<A>,
     /// The externalIPs and LoadBalancer IPs its Service lists, refused or not.
-    requested: Vec<Ipv4Addr>,
+    requested: Vec<A>,
     problems: Vec<Problem>,
 }
 
-#[derive(Default)]
-pub struct Tracker {
-    node: NodeContext,
+/// [`Desired`] of family `A`, kept up to date (one tracker per family, as kube-proxy's
+/// per-family change trackers).
+pub struct Tracker<A = Ipv4Addr> {
+    node: NodeContext<A>,
     zone: String,
     /// Slices by the service their label names.
     groups: HashMap<ObjectRef, BTreeSet<ObjectRef>>,
-    fragments: HashMap<ObjectRef, Fragment>,
-    frontends: Claims<FrontendKey>,
-    retained: Claims<(Ipv4Addr, u16)>,
+    fragments: HashMap<ObjectRef, Fragment<A>>,
+    frontends: Claims<FrontendKey<A>>,
+    retained: Claims<(A, u16)>,
     health_checks: Claims<u16>,
     /// Services by the addresses they hold as ClusterIPs and those they request as external.
-    cluster_ips: Claims<Ipv4Addr>,
-    requested: Claims<Ipv4Addr>,
+    cluster_ips: Claims<A>,
+    requested: Claims<A>,
     /// Services whose fragment has problems.
     troubled: BTreeSet<ObjectRef>,
-    desired: Desired,
+    desired: Desired<A>,
 }
 
-impl Tracker {
-    pub fn desired(&self) -> &Desired {
+impl<A> Default for Tracker<A> {
+    fn default() -> Self {
+        Tracker {
+            node: NodeContext::default(),
+            zone: String::new(),
+            groups: HashMap::new(),
+            fragments: HashMap::new(),
+            frontends: Claims::default(),
+            retained: Claims::default(),
+            health_checks: Claims::default(),
+            cluster_ips: Claims::default(),
+            requested: Claims::default(),
+            troubled: BTreeSet::new(),
+            desired: Desired::default(),
+        }
+    }
+}
+
+impl<A: Family> Tracker<A> {
+    pub fn desired(&self) -> &Desired<A> {
         &self.desired
     }
 
-    pub fn into_desired(self) -> Desired {
+    pub fn into_desired(self) -> Desired<A> {
         self.desired
     }
 
     /// Bring [`Desired`] from `previous` (what the last update saw) to `objects`.
-    pub fn update(&mut self, previous: &Objects, objects: &Objects, node: &NodeContext) -> Changes {
+    pub fn update(
+        &mut self,
+        previous: &Objects,
+        objects: &Objects,
+        node: &NodeContext<A>,
+    ) -> Changes<A> {
         let mut dirty = BTreeSet::new();
         for_changed(&previous.slices, &objects.slices, |name, old, new| {
             if let Some(service) = old.and_then(|s| endpoints::group_of(name, s)) {
@@ -122,7 +155,7 @@ impl Tracker {
         }
     }
 
-    fn recompute(&mut self, mut dirty: BTreeSet<ObjectRef>, objects: &Objects) -> Changes {
+    fn recompute(&mut self, mut dirty: BTreeSet<ObjectRef>, objects: &Objects) -> Changes<A> {
         let flipped = self.flipped(&dirty, objects);
         dirty.extend(flipped);
         let sharing: Vec<ObjectRef> = dirty
@@ -151,7 +184,7 @@ impl Tracker {
             let Some(fragment) = self.fragments.get(name) else {
                 continue;
             };
-            let wins = |k: &&FrontendKey| self.frontends.winner(k) == Some(name);
+            let wins = |k: &&FrontendKey<A>| self.frontends.winner(k) == Some(name);
             *won = fragment.frontends.iter().filter(wins).copied().collect();
         }
         self.desired.problems = self.problems();
@@ -165,7 +198,7 @@ impl Tracker {
         for name in dirty {
             let old = self.fragments.get(name).map_or(&[][..], |f| &f.cluster_ips);
             let new = objects.services.get(name);
-            let new = new.map_or_else(Vec::new, |s| cluster_ips_of(s));
+            let new = new.map_or_else(Vec::new, |s| cluster_ips_of::<A>(s));
             let gone = old.iter().filter(|ip| !new.contains(ip));
             let came = new.iter().filter(|ip| !old.contains(ip));
             for ip in gone.chain(came) {
@@ -176,7 +209,7 @@ impl Tracker {
     }
 
     /// The other services claiming an entry this fragment claims.
-    fn sharing<'a>(&'a self, f: &'a Fragment) -> impl Iterator<Item = &'a ObjectRef> {
+    fn sharing<'a>(&'a self, f: &'a Fragment<A>) -> impl Iterator<Item = &'a ObjectRef> {
         let frontends = f.frontends.iter().flat_map(|k| self.frontends.claimants(k));
         let retained = f.retained.iter().flat_map(|k| self.retained.claimants(k));
         let health = f
@@ -187,7 +220,7 @@ impl Tracker {
     }
 
     /// Index the ClusterIPs of a service's Service; returns them for its fragment.
-    fn allocate(&mut self, name: &ObjectRef, objects: &Objects) -> Vec<Ipv4Addr> {
+    fn allocate(&mut self, name: &ObjectRef, objects: &Objects) -> Vec<A> {
         let Some(svc) = objects.services.get(name) else {
             return Vec::new();
         };
@@ -200,7 +233,7 @@ impl Tracker {
     }
 
     /// Why `name` may not serve `ip` as an externalIP or LoadBalancer IP.
-    fn refusal(&self, name: &ObjectRef, ip: Ipv4Addr) -> Option<String> {
+    fn refusal(&self, name: &ObjectRef, ip: A) -> Option<String> {
         if self.node.nodeport_addrs.contains(&ip) {
             return Some("an address of this node".into());
         }
@@ -210,7 +243,7 @@ impl Tracker {
     }
 
     /// Take a service's fragment out of `Desired`.
-    fn remove(&mut self, name: &ObjectRef, changes: &mut Changes) {
+    fn remove(&mut self, name: &ObjectRef, changes: &mut Changes<A>) {
         let Some(fragment) = self.fragments.remove(name) else {
             return;
         };
@@ -246,9 +279,9 @@ impl Tracker {
     fn add(
         &mut self,
         name: &ObjectRef,
-        cluster_ips: Vec<Ipv4Addr>,
+        cluster_ips: Vec<A>,
         objects: &Objects,
-        changes: &mut Changes,
+        changes: &mut Changes<A>,
     ) {
         let mut problems = Vec::new();
         let eps = self.groups.get(name).map(|group| {
@@ -318,10 +351,9 @@ impl Tracker {
                     object: format!("Service {}", loser.name),
                     field: "spec".into(),
                     message: format!(
-                        "{}:{}/{} is also a frontend of {}, older or as old and first by name: \
+                        "{}/{} is also a frontend of {}, older or as old and first by name: \
                          not served",
-                        key.ip,
-                        key.port,
+                        std::net::SocketAddr::new(key.ip.into(), key.port),
                         key.proto.as_str(),
                         holder.name,
                     ),

@@ -1,14 +1,18 @@
 //! How a Service's fields survive validation, through `desired()`: a bad field skips the smallest
 //! unit kube-proxy would skip (one port, one address), a setting without a smaller unit falls back
 //! to what kube-proxy makes of its value, and each is reported on the Service; only a Service
-//! without a spec, or an IPv6-only one, is left out whole.
-use std::{net::Ipv4Addr, sync::Arc};
+//! without a spec, or an IPv6-only one, is left out whole (by the IPv4 model: the IPv6 model serves
+//! it). Every case runs through both families' models, as kube-proxy's two proxiers would see it.
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use serde_json::{json, Value};
 
 use crate::model::{
-    desired, set_range, Desired, NodeContext, ObjectRef, Objects, Scope, MAX_PORT_NAME,
+    desired, set_range, Desired, Family, NodeContext, ObjectRef, Objects, Scope, MAX_PORT_NAME,
 };
 
 /// A port name of 63 characters, the longest a DNS label may be.
@@ -30,6 +34,12 @@ struct Case {
     health_checks: &'static [u16],
     /// Problems on the Service: (field, part of the message).
     problems: &'static [(&'static str, &'static str)],
+    /// The same four from the IPv6 model (node address 2001:db8::10): empty for an IPv4-only
+    /// Service.
+    frontends6: &'static [&'static str],
+    sets6: &'static [&'static str],
+    health_checks6: &'static [u16],
+    problems6: &'static [(&'static str, &'static str)],
 }
 
 const CASE: Case = Case {
@@ -39,6 +49,10 @@ const CASE: Case = Case {
     sets: &[],
     health_checks: &[],
     problems: &[],
+    frontends6: &[],
+    sets6: &[],
+    health_checks6: &[],
+    problems6: &[],
 };
 
 #[rustfmt::skip]
@@ -331,10 +345,11 @@ static CASES: &[Case] = &[
         name: "no spec: the Service is left out",
         service: || json!({}),
         problems: &[("spec", "missing")],
+        problems6: &[("spec", "missing")],
         ..CASE
     },
     Case {
-        name: "IPv6-only: no ClusterIP, NodePort, externalIP or health check",
+        name: "IPv6-only: the IPv4 model leaves it out, the IPv6 model serves it",
         service: || json!({"spec": {
             "type": "LoadBalancer",
             "ipFamilies": ["IPv6"],
@@ -346,6 +361,9 @@ static CASES: &[Case] = &[
             "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
         }}),
         problems: &[("spec.ipFamilies", "IPv6-only Service: not proxied until IPv6 support lands")],
+        frontends6: &["[2001:db8::10]:30080/TCP NodePort http", "[fd00::10]:80/TCP ClusterIP http"],
+        sets6: &["http/TCP Cluster", "http/TCP Local ext_local"],
+        health_checks6: &[32000],
         ..CASE
     },
     Case {
@@ -356,6 +374,8 @@ static CASES: &[Case] = &[
             "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
         }}),
         problems: &[("spec.ipFamilies", "IPv6-only Service")],
+        frontends6: &["[2001:db8::10]:30080/TCP NodePort http", "[fd00::10]:80/TCP ClusterIP http"],
+        sets6: &["http/TCP Cluster"],
         ..CASE
     },
     Case {
@@ -369,20 +389,24 @@ static CASES: &[Case] = &[
             "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
         }}),
         problems: &[("spec.ipFamilies", "IPv6-only Service")],
+        frontends6: &["[2001:db8::10]:30080/TCP NodePort http", "[fd00::10]:80/TCP ClusterIP http"],
+        sets6: &["http/TCP Cluster"],
         ..CASE
     },
     Case {
-        name: "IPv6 family, cluster IP not allocated yet",
+        name: "IPv6 family, cluster IP not allocated yet: NodePorts on IPv6 node addresses only",
         service: || json!({"spec": {
             "type": "NodePort",
             "ipFamilies": ["IPv6"],
             "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
         }}),
         problems: &[("spec.ipFamilies", "IPv6-only Service")],
+        frontends6: &["[2001:db8::10]:30080/TCP NodePort http"],
+        sets6: &["http/TCP Cluster"],
         ..CASE
     },
     Case {
-        name: "dual-stack, IPv6 first, with an IPv4 cluster IP: the IPv4 frontends stay",
+        name: "dual-stack, IPv6 first: each family its ClusterIP, NodePort and externalIPs",
         service: || json!({"spec": {
             "type": "LoadBalancer",
             "ipFamilies": ["IPv6", "IPv4"],
@@ -401,6 +425,74 @@ static CASES: &[Case] = &[
         ],
         sets: &["http/TCP Cluster", "http/TCP Local ext_local"],
         health_checks: &[32000],
+        frontends6: &[
+            "[2001:db8::10]:30080/TCP NodePort http",
+            "[fd00::10]:80/TCP ClusterIP http",
+            "[fd00::99]:80/TCP ExternalIP http",
+        ],
+        sets6: &["http/TCP Cluster", "http/TCP Local ext_local"],
+        health_checks6: &[32000],
+        ..CASE
+    },
+    Case {
+        name: "dual-stack, IPv4 first: LoadBalancer ingress IPs split by family",
+        service: || json!({
+            "spec": {
+                "type": "LoadBalancer",
+                "ipFamilies": ["IPv4", "IPv6"],
+                "clusterIPs": ["10.96.0.1", "fd00::10"],
+                "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
+            },
+            "status": {"loadBalancer": {"ingress": [
+                {"ip": "2001:db8:2::1"}, {"ip": "203.0.113.1"},
+            ]}},
+        }),
+        frontends: &[
+            "10.96.0.1:80/TCP ClusterIP http",
+            "192.0.2.10:30080/TCP NodePort http",
+            "203.0.113.1:80/TCP LoadBalancer http",
+        ],
+        sets: &["http/TCP Cluster"],
+        frontends6: &[
+            "[2001:db8::10]:30080/TCP NodePort http",
+            "[2001:db8:2::1]:80/TCP LoadBalancer http",
+            "[fd00::10]:80/TCP ClusterIP http",
+        ],
+        sets6: &["http/TCP Cluster"],
+        ..CASE
+    },
+    Case {
+        name: "a clusterIPs entry of another family than its spec.ipFamilies entry is skipped",
+        service: || json!({"spec": {
+            "ipFamilies": ["IPv4", "IPv6"],
+            "clusterIPs": ["10.96.0.1", "10.96.0.2"],
+            "ports": [{"name": "http", "port": 80}],
+        }}),
+        frontends: &["10.96.0.1:80/TCP ClusterIP http"],
+        sets: &["http/TCP Cluster"],
+        problems: &[("spec.clusterIPs[1]", "10.96.0.2 is IPv4, not IPv6 as spec.ipFamilies[1] says: skipped")],
+        ..CASE
+    },
+    Case {
+        name: "loadBalancerSourceRanges of one family keep both families' LoadBalancer IPs out",
+        service: || json!({
+            "spec": {
+                "type": "LoadBalancer",
+                "ipFamilies": ["IPv4", "IPv6"],
+                "clusterIPs": ["10.96.0.1", "fd00::10"],
+                "loadBalancerSourceRanges": ["198.51.100.0/24"],
+                "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
+            },
+            "status": {"loadBalancer": {"ingress": [
+                {"ip": "203.0.113.1"}, {"ip": "2001:db8:2::1"},
+            ]}},
+        }),
+        frontends: &["10.96.0.1:80/TCP ClusterIP http", "192.0.2.10:30080/TCP NodePort http"],
+        sets: &["http/TCP Cluster"],
+        problems: &[("spec.loadBalancerSourceRanges", "not supported yet")],
+        frontends6: &["[2001:db8::10]:30080/TCP NodePort http", "[fd00::10]:80/TCP ClusterIP http"],
+        sets6: &["http/TCP Cluster"],
+        problems6: &[("spec.loadBalancerSourceRanges", "not supported yet")],
         ..CASE
     },
 ];
@@ -409,6 +501,13 @@ fn node() -> NodeContext {
     NodeContext {
         name: "node-a".into(),
         nodeport_addrs: vec![Ipv4Addr::new(192, 0, 2, 10)],
+    }
+}
+
+fn node6() -> NodeContext<Ipv6Addr> {
+    NodeContext {
+        name: "node-a".into(),
+        nodeport_addrs: vec!["2001:db8::10".parse().unwrap()],
     }
 }
 
@@ -428,20 +527,20 @@ fn objects(service: Value, slices: &[Value]) -> Objects {
     objects
 }
 
-fn frontends(d: &Desired) -> Vec<String> {
+fn frontends<A: Family>(d: &Desired<A>) -> Vec<String> {
     let outside = d
         .frontends
         .iter()
         .filter(|(k, _)| k.scope == Scope::External);
     let described = outside.map(|(k, fe)| {
-        let (ip, port, proto) = (k.ip, k.port, k.proto.as_str());
+        let (addr, proto) = (SocketAddr::new(k.ip.into(), k.port), k.proto.as_str());
         let name = &fe.set.port_name;
-        format!("{ip}:{port}/{proto} {} {name}", fe.kind.as_str())
+        format!("{addr}/{proto} {} {name}", fe.kind.as_str())
     });
     described.map(|s| s.trim_end().to_string()).collect()
 }
 
-fn sets(d: &Desired) -> Vec<String> {
+fn sets<A>(d: &Desired<A>) -> Vec<String> {
     let described = d.sets.iter().map(|(k, set)| {
         let mut out = format!("{}/{} {:?}", k.port_name, k.proto.as_str(), k.policy);
         if let Some(t) = set.affinity_timeout {
@@ -465,31 +564,59 @@ fn strings<T: ToString>(list: impl IntoIterator<Item = T>) -> Vec<String> {
 }
 
 fn check(case: &Case) -> Vec<String> {
-    let d = desired(&objects((case.service)(), &[]), &node());
+    let objects = objects((case.service)(), &[]);
+    let mut errs = compare(
+        "",
+        &desired(&objects, &node()),
+        (case.frontends, case.sets, case.health_checks, case.problems),
+    );
+    errs.extend(compare(
+        "IPv6 ",
+        &desired(&objects, &node6()),
+        (
+            case.frontends6,
+            case.sets6,
+            case.health_checks6,
+            case.problems6,
+        ),
+    ));
+    errs
+}
+
+type Expected = (
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [u16],
+    &'static [(&'static str, &'static str)],
+);
+
+/// One family's model against its expected frontends, sets, health checks and problems.
+fn compare<A: Family>(family: &str, d: &Desired<A>, want: Expected) -> Vec<String> {
+    let (want_frontends, want_sets, want_health_checks, want_problems) = want;
     let fields = d.problems.iter().map(|p| &p.field);
     let comparisons = [
-        ("frontends", strings(case.frontends), frontends(&d)),
-        ("sets", strings(case.sets), sets(&d)),
+        ("frontends", strings(want_frontends), frontends(d)),
+        ("sets", strings(want_sets), sets(d)),
         (
             "health checks",
-            strings(case.health_checks),
+            strings(want_health_checks),
             strings(d.health_checks.keys()),
         ),
         (
             "problems",
-            strings(case.problems.iter().map(|p| p.0)),
+            strings(want_problems.iter().map(|p| p.0)),
             strings(fields),
         ),
     ];
     let mut errs: Vec<String> = comparisons
         .into_iter()
         .filter(|(_, want, got)| want != got)
-        .map(|(what, want, got)| format!("{what}: want {want:#?}, got {got:#?}"))
+        .map(|(what, want, got)| format!("{family}{what}: want {want:#?}, got {got:#?}"))
         .collect();
-    for (p, (_, fragment)) in d.problems.iter().zip(case.problems) {
+    for (p, (_, fragment)) in d.problems.iter().zip(want_problems) {
         if p.object != "Service ns/svc" || !p.message.contains(fragment) {
             errs.push(format!(
-                "problem {p}: want it on the Service, with {fragment:?}"
+                "{family}problem {p}: want it on the Service, with {fragment:?}"
             ));
         }
     }

@@ -1488,7 +1488,7 @@ fn check_local_ready(
             .services
             .insert(ObjectRef::new(namespace, name), Arc::new(svc));
     }
-    let node = NodeContext {
+    let node: NodeContext = NodeContext {
         name: case.node.to_string(),
         nodeport_addrs: Vec::new(),
     };
@@ -1577,7 +1577,7 @@ fn run_desired(case: &DesiredCase) -> Vec<String> {
         apply(&mut slices, Event::Apply(slice));
     }
     objects.slices = shared(&slices);
-    let node = NodeContext {
+    let node: NodeContext = NodeContext {
         name: "node-1".into(),
         nodeport_addrs: Vec::new(),
     };

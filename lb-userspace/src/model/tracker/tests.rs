@@ -1,4 +1,7 @@
-use std::{net::Ipv4Addr, sync::Arc};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use k8s_openapi::api::{
     core::v1::{Node, Service},
@@ -16,9 +19,22 @@ fn node() -> NodeContext {
     }
 }
 
+fn node6() -> NodeContext<Ipv6Addr> {
+    NodeContext {
+        name: "node-a".into(),
+        nodeport_addrs: vec![node6_addr(0x10)],
+    }
+}
+
+fn node6_addr(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last)
+}
+
 /// External addresses that collide: with each other, with the ClusterIPs of [`service`], and with
 /// the NodePort address [`edit`] moves between .10 and .11.
 const EXTERNAL: [&str; 3] = ["203.0.113.7", "10.96.0.11", "192.0.2.11"];
+/// The same for the IPv6 addresses of dual-stack variants.
+const EXTERNAL6: [&str; 3] = ["2001:db8:7::7", "fd00::11", "2001:db8::11"];
 
 /// A Service; `variant` picks its address, type, policies, external addresses and age from a few
 /// that collide.
@@ -47,7 +63,12 @@ fn service(name: &str, variant: u64) -> Arc<Service> {
         spec["ports"][0]["port"] = 0.into(); // invalid: a problem
     }
     if variant % 17 == 6 {
-        spec["clusterIP"] = "fd00::10".into(); // IPv6-only: not proxied
+        spec["clusterIP"] = "fd00::10".into(); // IPv6-only: the IPv6 model's alone
+    } else if variant.is_multiple_of(3) {
+        // Dual-stack: an IPv6 ClusterIP and an IPv6 externalIP that may collide too.
+        spec["ipFamilies"] = json!(["IPv4", "IPv6"]);
+        spec["clusterIPs"] = json!([ip, format!("fd00::{}", 10 + variant % 3)]);
+        spec["externalIPs"] = json!([EXTERNAL6[(variant / 3 % 3) as usize]]);
     }
     let mut metadata = json!({"namespace": "ns", "name": name, "labels": {}});
     if variant % 11 == 4 {
@@ -65,10 +86,14 @@ fn service(name: &str, variant: u64) -> Arc<Service> {
 
 /// A slice of `service`; `variant` picks endpoints (shared between services) and conditions.
 fn slice(name: &str, service: &str, variant: u64) -> Arc<EndpointSlice> {
+    let ipv6 = variant % 4 == 3;
     let endpoints: Vec<_> = (0..1 + variant % 3)
         .map(|j| {
             let k = variant + j;
-            let ip = format!("10.244.0.{}", k % 6);
+            let ip = match ipv6 {
+                true => format!("fd00:244::{}", k % 6),
+                false => format!("10.244.0.{}", k % 6),
+            };
             let node = if k.is_multiple_of(2) {
                 "node-a"
             } else {
@@ -93,7 +118,7 @@ fn slice(name: &str, service: &str, variant: u64) -> Arc<EndpointSlice> {
                 "name": name,
                 "labels": {"kubernetes.io/service-name": service},
             },
-            "addressType": "IPv4",
+            "addressType": if ipv6 { "IPv6" } else { "IPv4" },
             "ports": [
                 {"name": "http", "port": 8080 + variant % 2},
                 {"name": "dns", "port": 53, "protocol": "UDP"},
@@ -126,8 +151,13 @@ impl Rng {
 }
 
 /// One random edit: add, replace or delete a Service, a slice (maybe moved to another
-/// service), the Node; or change the node's NodePort addresses.
-fn edit(objects: &mut Objects, node: &mut NodeContext, rng: &mut Rng) {
+/// service), the Node; or change the node's NodePort addresses (both families').
+fn edit(
+    objects: &mut Objects,
+    node: &mut NodeContext,
+    node6: &mut NodeContext<Ipv6Addr>,
+    rng: &mut Rng,
+) {
     let svc = format!("svc-{}", rng.next(4));
     let key = ObjectRef::new("ns", &svc);
     match rng.next(10) {
@@ -151,28 +181,51 @@ fn edit(objects: &mut Objects, node: &mut NodeContext, rng: &mut Rng) {
                 .nodes
                 .insert("node-a".into(), node_object(rng.next(2)));
         }
-        _ => node.nodeport_addrs = vec![Ipv4Addr::new(192, 0, 2, 10 + rng.next(2) as u8)],
+        _ => {
+            let last = rng.next(2);
+            node.nodeport_addrs = vec![Ipv4Addr::new(192, 0, 2, 10 + last as u8)];
+            node6.nodeport_addrs = vec![node6_addr(0x10 + last as u16)];
+        }
     }
 }
 
 #[test]
 fn incremental_equals_from_scratch() {
+    // The IPv6 model must have had something to do, or its half of the test proves nothing.
+    let (mut backends6, mut refused6) = (0, 0);
     for seed in 1..=40u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut tracker = Tracker::default();
+        let (mut tracker, mut tracker6) = (Tracker::default(), Tracker::default());
         let mut objects = Objects::default();
-        let mut node = node();
+        let (mut node, mut node6) = (node(), node6());
         for step in 0..60 {
             let previous = objects.clone();
-            edit(&mut objects, &mut node, &mut rng);
+            edit(&mut objects, &mut node, &mut node6, &mut rng);
             tracker.update(&previous, &objects, &node);
+            tracker6.update(&previous, &objects, &node6);
             assert_eq!(
                 tracker.desired(),
                 &desired(&objects, &node),
                 "seed {seed}, step {step}"
             );
+            assert_eq!(
+                tracker6.desired(),
+                &desired(&objects, &node6),
+                "IPv6: seed {seed}, step {step}"
+            );
+            let d6 = tracker6.desired();
+            backends6 += d6.sets.values().map(|s| s.backends.len()).sum::<usize>();
+            refused6 += d6
+                .problems
+                .iter()
+                .filter(|p| p.message.contains("8554"))
+                .count();
         }
     }
+    assert!(
+        backends6 > 0 && refused6 > 0,
+        "IPv6: {backends6} backends, {refused6} refusals"
+    );
 }
 
 fn names(list: &[&str]) -> Vec<ObjectRef> {
