@@ -69,6 +69,7 @@ struct Inner {
     invalid_objects: Gauge,
     ct_flows: Family<OneLabel, Gauge>,
     ct_collected: Counter,
+    ct_orphans: Counter,
     interfaces: Family<Labels, Gauge>,
     health: ProxyHealth,
     /// Where the datapath counters are read at scrape time (None: no datapath metrics).
@@ -206,6 +207,12 @@ impl Metrics {
             "Expired flows the agent removed from the conntrack table (with their reply entries)",
             ct_collected.clone(),
         );
+        let ct_orphans = Counter::default();
+        registry.register(
+            "lb_conntrack_orphans_collected",
+            "Reply entries the agent removed whose flow was gone (evicted from a full table)",
+            ct_orphans.clone(),
+        );
         let interfaces = Family::<Labels, Gauge>::default();
         registry.register(
             "lb_interface_xdp_mode",
@@ -226,6 +233,7 @@ impl Metrics {
                 invalid_objects,
                 ct_flows,
                 ct_collected,
+                ct_orphans,
                 interfaces,
                 health: ProxyHealth::new(health_timeout),
                 layout,
@@ -264,6 +272,7 @@ impl Metrics {
                 .set(n as i64);
         }
         self.inner.ct_collected.inc_by(c.removed);
+        self.inner.ct_orphans.inc_by(c.orphans);
     }
 
     /// After each apply: what it did, how long after the change, the desired state, what the
@@ -711,6 +720,7 @@ mod tests {
         let mut collected = crate::dataplane::conntrack::Collected::default();
         collected.live.insert("ESTABLISHED", 5);
         collected.removed = 2;
+        collected.orphans = 1;
         m.record_conntrack(&collected);
         m.record_conntrack(&collected);
         let text = m.render();
@@ -720,6 +730,7 @@ mod tests {
             ("lb_conntrack_flows{state=\"ESTABLISHED\"} ", 5.0),
             ("lb_conntrack_flows{state=\"UDP\"} ", 0.0),
             ("lb_conntrack_collected_total ", 4.0),
+            ("lb_conntrack_orphans_collected_total ", 2.0),
         ] {
             assert_eq!(sample(&text, prefix), Some(want), "{prefix}\n{text}");
         }

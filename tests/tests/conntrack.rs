@@ -1,6 +1,7 @@
 //! The agent's conntrack collection against real pinned maps: flows idle beyond their timeout in
 //! both directions go (with their reply entries, freeing SNAT ports), the rest are counted; a
-//! reply entry that names another flow (its SNAT port taken over) is left to that flow.
+//! reply entry that names another flow (its SNAT port taken over) is left to that flow; reply
+//! entries whose flow is gone go once TIME_WAIT is over.
 use std::time::Duration;
 
 use lb::dataplane::{
@@ -8,8 +9,8 @@ use lb::dataplane::{
     Dataplane, Options,
 };
 use lb_common::{
-    Ct4, RevNat4, Tuple4, CT_F_ESTABLISHED, CT_F_EXTERNAL, CT_F_REPLIED, CT_F_SNAT, PROTO_TCP,
-    PROTO_UDP,
+    Ct4, RevNat4, Tuple4, CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_EXTERNAL, CT_F_REPLIED, CT_F_SNAT,
+    PROTO_TCP, PROTO_UDP,
 };
 use lb_tests::{
     clock::monotonic_ns_after,
@@ -121,6 +122,26 @@ fn expired_flows_are_collected_live_ones_counted() {
         .insert(gone_rkey, taken_over, 0)
         .expect("rnat");
 
+    // Reply entries whose flow is gone (evicted from a full table): past TIME_WAIT one goes,
+    // within it one stays (it still guards its SNAT port); an orphan marked established is not
+    // kept for 24 h.
+    let mut orphan = |port: u16, flags, ago: u64| {
+        let rkey = tuple(("10.244.1.7", 8080), ("192.0.2.10", port), PROTO_TCP);
+        let rn = RevNat4 {
+            saddr: ip("10.244.1.7"),
+            daddr: ip("192.0.2.10"),
+            sport: 8080u16.to_be(),
+            dport: port.to_be(),
+            flags,
+            last_seen_ns: now - ago * NS,
+            ..Default::default()
+        };
+        dp.maps.tcp_flows.rnat.insert(rkey, rn, 0).expect("orphan");
+        rkey
+    };
+    let old_orphan = orphan(62001, CT_F_ESTABLISHED | CT_F_SNAT, 200);
+    let young_orphan = orphan(62002, CT_F_ESTABLISHED | CT_F_CLOSING | CT_F_SNAT, 30);
+
     // More live flows than one batch read returns (4096): the walk goes on past the first.
     let extra = 5000u32;
     for n in 0..extra {
@@ -135,6 +156,15 @@ fn expired_flows_are_collected_live_ones_counted() {
     let mut collector = Collector::open(dp.layout()).expect("collector");
     let got = collector.collect(monotonic_ns()).expect("collect");
     assert_eq!(got.removed, 4, "{got:?}");
+    assert_eq!(got.orphans, 1, "{got:?}");
+    assert!(
+        dp.maps.tcp_flows.rnat.get(&old_orphan, 0).is_err(),
+        "old orphan"
+    );
+    assert!(
+        dp.maps.tcp_flows.rnat.get(&young_orphan, 0).is_ok(),
+        "young orphan"
+    );
     assert!(dp.maps.tcp_flows.ct.get(&gone, 0).is_err(), "expired flow");
     assert_eq!(
         dp.maps.tcp_flows.rnat.get(&gone_rkey, 0).ok(),

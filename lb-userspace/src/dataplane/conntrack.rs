@@ -61,6 +61,8 @@ pub struct Collected {
     pub live: BTreeMap<&'static str, u64>,
     /// Expired flows removed (with their reply entries).
     pub removed: u64,
+    /// Reply entries removed whose flow was gone (evicted from a full table, or taken over).
+    pub orphans: u64,
 }
 
 /// The agent's collector: its own handles on the two conntrack tables (opened from the pins), so
@@ -140,6 +142,39 @@ fn collect_table(table: &mut FlowTable, now: u64, out: &mut Collected) -> Result
             .is_ok_and(|r| r.client(key.proto) == key)
         {
             let _ = table.rnat.remove(&rkey);
+        }
+    }
+    collect_orphans(table, now, out)
+}
+
+/// Remove the reply entries no flow owns any more: their flow was evicted from a full table (an
+/// LRU evicts the two directions independently) or removed while another flow held the key.
+/// Without this they would sit there, holding SNAT ports, until evicted in turn. An orphan is
+/// kept as long as its flow's state would hold it, but no longer than TIME_WAIT: with its flow
+/// gone it only still guards the port against reuse while the backend may hold the old 4-tuple.
+fn collect_orphans(table: &mut FlowTable, now: u64, out: &mut Collected) -> Result<()> {
+    for (rkey, rn) in batch::read_all(&table.rnat)? {
+        let limit = timeout::hold(rkey.proto, rn.flags).min(timeout::TCP_TIME_WAIT) * NS;
+        if now.saturating_sub(rn.last_seen_ns) < limit {
+            continue;
+        }
+        let client = rn.client(rkey.proto);
+        let owned = table
+            .ct
+            .get(&client, 0)
+            .is_ok_and(|ct| reply_key(&client, &ct) == rkey);
+        if owned {
+            continue; // its flow's expiry decides (collect_table)
+        }
+        // Compare before delete: the datapath may have given the key to a new flow since.
+        match table.rnat.get(&rkey, 0) {
+            Ok(now_rn)
+                if now_rn.last_seen_ns == rn.last_seen_ns
+                    && now_rn.client(rkey.proto) == client => {}
+            _ => continue,
+        }
+        if table.rnat.remove(&rkey).is_ok() {
+            out.orphans += 1;
         }
     }
     Ok(())

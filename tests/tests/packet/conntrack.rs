@@ -61,7 +61,7 @@ fn fixture_tcp_states() {
                 .macs(POD_MAC, NODE_MAC)
                 .build()
         };
-        let rows: [(&str, Vec<u8>, u8); 6] = [
+        let rows: [(&str, Vec<u8>, u8); 9] = [
             ("SYN opens the flow, not established", from_client(SYN), 0),
             (
                 "an ACK before any answer does not establish it",
@@ -88,8 +88,23 @@ fn fixture_tcp_states() {
                 from_client(SYN),
                 0,
             ),
+            (
+                "the backend answers the new connection",
+                from_backend(tcp(true, true, false, false)),
+                CT_F_REPLIED,
+            ),
+            (
+                "the client's ACK completes its handshake",
+                from_client(ACK),
+                CT_F_REPLIED | CT_F_ESTABLISHED,
+            ),
+            (
+                "the backend's FIN closes the flow",
+                from_backend(tcp(false, true, true, false)),
+                CT_F_REPLIED | CT_F_ESTABLISHED | CT_F_CLOSING,
+            ),
         ];
-        // Flags are only ever added to a live entry: the last row's zero is a new entry.
+        // Flags are only ever added to a live entry: the zero after the RST is a new entry.
         for (what, packet, want) in rows {
             let (verdict, _) = match packet[6..12] == POD_MAC {
                 true => node.tc_egress(&packet),
@@ -100,6 +115,9 @@ fn fixture_tcp_states() {
             assert_eq!(flags, want, "{what}: flags {flags:#x}");
             println!("ok: {what}");
         }
+        // Closed by the backend, the flow lets go in CLOSING's 10 s, not ESTABLISHED's 24 h.
+        let closed = lb_common::timeout::idle(PROTO_TCP, state(node));
+        assert_eq!(closed, lb_common::timeout::TCP_CLOSING);
         // A flow whose first packet is a bare ACK (an ACK flood, a flow lb lost) is tracked,
         // but not as established: it expires in 60 s, not 24 h.
         let stray = Pkt::new("10.244.1.5:42001", vip, ACK);
