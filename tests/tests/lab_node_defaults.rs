@@ -105,12 +105,13 @@ fn agent_falls_back_to_default_route_without_node_object() {
         .add_route("default", "192.0.2.100")
         .expect("default route");
     s.write("web.yaml", &web_manifest("", &local_endpoints(&[POD1])));
-    let agent = s.start_agent_with("agent", &[]).expect("lb-agent");
+    // An IPv6 CIDR alone (a dual-stack kube-proxy configuration carried over) is accepted and
+    // leaves IPv4 NodePorts at their default, as kube-proxy's IPv4 proxier does.
+    let flags = ["--nodeport-addresses", "::/0"];
+    let agent = s.start_agent_with("agent", &flags).expect("lb-agent");
     let within = Duration::from_secs(10);
     until_answer(&s.client, addr(NODE_IP, 30080), false, Some("pod1"), within);
-    assert!(
-        agent.stderr().contains("carries the IPv4 default route"),
-        "{}",
-        agent.stderr()
-    );
+    let log = agent.stderr();
+    assert!(log.contains("carries the IPv4 default route"), "{log}");
+    assert!(log.contains("IPv6 CIDRs noted"), "{log}");
 }

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -97,10 +97,11 @@ pub struct RunArgs {
     /// Default: veth*, cali*, lxc* and the ports of Linux bridges.
     #[arg(long = "pod-iface", value_name = "GLOB")]
     pub pod_ifaces: Vec<String>,
-    /// Node addresses that serve NodePorts (default: the external interfaces' IPv4 addresses and
-    /// the Node object's addresses this host holds).
+    /// Node addresses that serve NodePorts, IPv4 or IPv6 CIDRs (default: the external
+    /// interfaces' addresses and the Node object's addresses this host holds). A family without a
+    /// CIDR of its own gets the default, as kube-proxy's per-family proxiers do.
     #[arg(long = "nodeport-addresses", value_name = "CIDR")]
-    pub nodeport_cidrs: Vec<Ipv4Net>,
+    pub nodeport_cidrs: Vec<IpNet>,
     /// How the north-south program runs: auto (native on network cards, generic on veth and
     /// software devices, where native XDP cannot deliver what lb transmits), native, generic, or
     /// off (TC ingress).

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use glob::Pattern;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::api::core::v1::Node;
 
 use super::{
@@ -62,11 +62,31 @@ impl Placement {
             .iter()
             .map(|g| Pattern::new(g).with_context(|| format!("--pod-iface {g:?}")))
             .collect::<Result<_>>()?;
+        let cidrs = args.nodeport_cidrs.iter();
+        let v6: Vec<&IpNet> = cidrs
+            .clone()
+            .filter(|c| matches!(c, IpNet::V6(_)))
+            .collect();
+        if !v6.is_empty() {
+            // Accepted (a kube-proxy configuration carried over lists both families), but the
+            // IPv6 model's NodePorts have no datapath yet.
+            tracing::warn!(
+                cidrs = ?v6,
+                "--nodeport-addresses: IPv6 CIDRs noted; IPv6 NodePorts are not served until \
+                 lb's IPv6 datapath lands"
+            );
+        }
+        let nodeport_cidrs = cidrs
+            .filter_map(|c| match c {
+                IpNet::V4(c) => Some(*c),
+                IpNet::V6(_) => None,
+            })
+            .collect();
         Ok(Placement {
             ext: args.ext_ifaces.iter().cloned().collect(),
             pod,
             bridge_ports: args.pod_ifaces.is_empty(),
-            nodeport_cidrs: args.nodeport_cidrs.clone(),
+            nodeport_cidrs,
         })
     }
 
@@ -139,8 +159,9 @@ impl Placement {
         (self.bridge_ports && !ext.names.contains(&bridge.name)).then_some(Role::Pod)
     }
 
-    /// `--nodeport-addresses` picks among all the host's addresses; by default NodePorts are
-    /// served on the external interfaces' addresses and on the Node's addresses this host holds.
+    /// `--nodeport-addresses` picks among all the host's addresses; by default (and when the
+    /// flag names only IPv6 CIDRs) NodePorts are served on the external interfaces' addresses
+    /// and on the Node's addresses this host holds.
     pub fn nodeport_addrs(
         &self,
         node: Option<&Node>,

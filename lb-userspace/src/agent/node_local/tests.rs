@@ -242,7 +242,7 @@ fn nodeport_addresses() {
     };
     // InternalIP on eth0 (not external), ExternalIP held by no link.
     let n = node(&[("InternalIP", "10.0.0.5"), ("ExternalIP", "203.0.113.9")]);
-    let cases: [Case<Option<&Node>, &[&str]>; 4] = [
+    let cases: [Case<Option<&Node>, &[&str]>; 6] = [
         Case {
             name: "external interfaces without a Node",
             flags: &[],
@@ -277,6 +277,23 @@ fn nodeport_addresses() {
             flags: &["--nodeport-addresses", "203.0.113.0/24"],
             node: Some(&n),
             want: &[],
+        },
+        Case {
+            name: "IPv6 CIDRs beside IPv4 ones leave the IPv4 choice to the IPv4 ones",
+            flags: &[
+                "--nodeport-addresses",
+                "::/0",
+                "--nodeport-addresses",
+                "198.51.100.0/24",
+            ],
+            node: Some(&n),
+            want: &["198.51.100.1"],
+        },
+        Case {
+            name: "IPv6 CIDRs only: IPv4 gets its default (kube-proxy's per-family rule)",
+            flags: &["--nodeport-addresses", "2001:db8::/64"],
+            node: Some(&n),
+            want: &["10.0.0.5", "192.0.2.1"],
         },
     ];
     for Case {
