@@ -108,22 +108,37 @@ pub fn lb_tc_pod(ctx: TcContext) -> i32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn lb_sock_connect4(ctx: SockAddrContext) -> i32 {
-    sock::forward(&ctx)
+    sock::forward4(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::forward(&ctx)
+    sock::forward4(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx)
+    sock::reverse4(&ctx)
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx)
+    sock::reverse4(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn lb_sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock::forward6(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn lb_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::reverse6(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn lb_sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::reverse6(&ctx)
 }
 
 /// TC egress on pod and external interfaces: replies the node itself sent as a Service endpoint.

@@ -7,6 +7,12 @@
 //!   remember the pair in the socket's own storage;
 //! - `recvmsg4` (UDP) and `getpeername4` rewrite the backend back to the Service, so a resolver
 //!   that checks where its answer came from accepts it and the socket reports what it connected to.
+//! - `connect6`, `recvmsg6` and `getpeername6` do the same for IPv4-mapped addresses
+//!   (`::ffff:a.b.c.d`) of IPv6 sockets: dual-stack sockets (Java's by default, any program
+//!   listening or dialing on `::`) reach IPv4 Services through them, and the kernel hands such a
+//!   connect() to IPv4 without running `connect4`. (A mapped address's unconnected sendmsg() is
+//!   handed to IPv4 with an IPv4 address, so `sendmsg4` sees it.) Native IPv6 addresses pass
+//!   untouched until lb's IPv6 datapath.
 //!
 //! The storage is socket-local (`BPF_MAP_TYPE_SK_STORAGE`), freed by the kernel with the socket:
 //! nothing to delete on close, and nothing evicted from a live socket (an LRU keyed by cookie, as
@@ -37,41 +43,91 @@ const DENY: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 const ETIMEDOUT: i32 = 110;
 
-/// connect() and sendmsg(): a frontend address becomes a backend's.
+/// The first three words of an IPv4-mapped IPv6 address (`::ffff:0:0/96`), network order.
+const V4_MAPPED: [u32; 3] = [0, 0, 0xffff_u32.to_be()];
+
+/// connect() and sendmsg() of IPv4 sockets: a frontend address becomes a backend's.
 #[inline(always)]
-pub fn forward(ctx: &SockAddrContext) -> i32 {
+pub fn forward4(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid context for the program's whole run.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let proto = sa.protocol as u8;
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    let (addr, port) = (sa.user_ip4, sa.user_port as u16);
+    match forward(ctx, sa.protocol as u8, addr, port) {
+        Ok(Some((addr, port))) => {
+            sa.user_ip4 = addr;
+            sa.user_port = u32::from(port);
+            ALLOW
+        }
+        Ok(None) => ALLOW,
+        Err(()) => DENY,
+    }
+}
+
+/// connect() of IPv6 sockets: an IPv4-mapped frontend address becomes the backend's, mapped.
+#[inline(always)]
+pub fn forward6(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the kernel passes a valid context for the program's whole run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let Some(addr) = mapped(sa) else {
         return ALLOW;
+    };
+    match forward(ctx, sa.protocol as u8, addr, sa.user_port as u16) {
+        Ok(Some((addr, port))) => {
+            sa.user_ip6[3] = addr;
+            sa.user_port = u32::from(port);
+            ALLOW
+        }
+        Ok(None) => ALLOW,
+        Err(()) => DENY,
+    }
+}
+
+/// The IPv4 address an IPv4-mapped `user_ip6` holds. Read one word at a time: the verifier
+/// allows only 4-byte loads of `user_ip6`.
+#[inline(always)]
+fn mapped(sa: &aya_ebpf::bindings::bpf_sock_addr) -> Option<u32> {
+    let prefix = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2]];
+    (prefix == V4_MAPPED).then(|| sa.user_ip6[3])
+}
+
+/// The backend a connect() or sendmsg() to `addr:port` goes to instead (`Ok(None)`: leave it
+/// alone; `Err`: fail the call, the errno set).
+#[inline(always)]
+fn forward(
+    ctx: &SockAddrContext,
+    proto: u8,
+    addr: u32,
+    port: u16,
+) -> Result<Option<(u32, u16)>, ()> {
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Ok(None);
     }
     let Some(cfg) = LB_SOCK_CONFIG.get(0) else {
-        return ALLOW;
+        return Ok(None);
     };
     let host = is_host(ctx, cfg);
     if !host && cfg.mode != SOCK_LB_ALL {
-        return ALLOW;
+        return Ok(None);
     }
     let key = Frontend4Key {
-        addr: sa.user_ip4,
-        port: sa.user_port as u16,
+        addr,
+        port,
         proto,
         scope: SCOPE_INTERNAL,
     };
     let Some(fe) = frontend(&key, cfg.node_addr) else {
-        return ALLOW;
+        return Ok(None);
     };
     // CVE-2020-8554: an externalIP or LoadBalancer IP is the Service's only where the node holds
     // it; elsewhere it is somebody else's address, and traffic to it goes there untouched.
     let external = fe.kind == KIND_EXTERNAL_IP || fe.kind == KIND_LOAD_BALANCER;
     // SAFETY: existence check only.
     if external && unsafe { LB4_HOST_ADDRS.get(&key.addr) }.is_none() {
-        return ALLOW;
+        return Ok(None);
     }
     // SAFETY: read-only use of the map value within this run.
     let Some(svc) = (unsafe { LB_SERVICES.get(fe.service_id) }) else {
-        return ALLOW;
+        return Ok(None);
     };
     if svc.backend_count == 0 {
         let errno = if svc.verdict == VERDICT_DROP {
@@ -81,13 +137,13 @@ pub fn forward(ctx: &SockAddrContext) -> i32 {
         };
         // SAFETY: plain helper call.
         unsafe { gen::bpf_set_retval(-errno) };
-        return DENY;
+        return Err(());
     }
     // Affinity is keyed by client address. A pod socket's address is unknown before it is bound
     // (the hook runs before the route is chosen), so its connections to such a Service are left
     // to the packet path, which sees the pod's address: the two paths never disagree.
     if svc.flags & SVC_F_AFFINITY != 0 && !host {
-        return ALLOW;
+        return Ok(None);
     }
     // SAFETY: coarse clock read, no arguments.
     let now = unsafe { gen::bpf_ktime_get_coarse_ns() };
@@ -102,7 +158,7 @@ pub fn forward(ctx: &SockAddrContext) -> i32 {
         unsafe { gen::bpf_get_prandom_u32() }
     };
     let Some((_, be)) = lb::select(fe.service_id, svc, cfg.node_addr, now, pick) else {
-        return ALLOW;
+        return Ok(None);
     };
     remember(
         ctx,
@@ -113,13 +169,11 @@ pub fn forward(ctx: &SockAddrContext) -> i32 {
             service_port: key.port,
         },
     );
-    sa.user_ip4 = be.addr;
-    sa.user_port = u32::from(be.port);
     if let Some(c) = LB_SOCK_STATS.get_ptr_mut(fe.stats_id) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *c += 1 };
     }
-    ALLOW
+    Ok(Some((be.addr, be.port)))
 }
 
 /// The frontend `key` names. On a loopback address only a NodePort, found on the node's address:
@@ -143,27 +197,48 @@ fn frontend(key: &Frontend4Key, node_addr: u32) -> Option<&'static Frontend4> {
     unsafe { LB4_FRONTENDS.get(&on_node) }.filter(|fe| fe.kind == KIND_NODE_PORT)
 }
 
-/// recvmsg() and getpeername(): a backend this socket was sent to shows as its Service.
+/// recvmsg() and getpeername() of IPv4 sockets: a backend this socket was sent to shows as its
+/// Service.
 #[inline(always)]
-pub fn reverse(ctx: &SockAddrContext) -> i32 {
+pub fn reverse4(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid context for the program's whole run.
     let sa = unsafe { &mut *ctx.sock_addr };
+    if let Some((addr, port)) = reverse(ctx, sa.user_ip4, sa.user_port as u16) {
+        sa.user_ip4 = addr;
+        sa.user_port = u32::from(port);
+    }
+    ALLOW
+}
+
+/// The same for IPv6 sockets, whose IPv4 peers show as IPv4-mapped addresses.
+#[inline(always)]
+pub fn reverse6(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the kernel passes a valid context for the program's whole run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let Some(addr) = mapped(sa) else {
+        return ALLOW;
+    };
+    if let Some((addr, port)) = reverse(ctx, addr, sa.user_port as u16) {
+        sa.user_ip6[3] = addr;
+        sa.user_port = u32::from(port);
+    }
+    ALLOW
+}
+
+/// The Service address this socket's backend `addr:port` stands for, if it was sent there.
+#[inline(always)]
+fn reverse(ctx: &SockAddrContext, addr: u32, port: u16) -> Option<(u32, u16)> {
     // SAFETY: lookup without creating; the pointer is valid for this run.
     let rev = unsafe { LB4_SOCK_RNAT.get_ptr_mut(ctx) };
     if rev.is_null() {
-        return ALLOW;
+        return None;
     }
     // SAFETY: non-null storage of this socket.
     let rev = unsafe { &*rev };
-    let (addr, port) = (sa.user_ip4, sa.user_port as u16);
-    for e in rev.entries.iter() {
-        if e.backend_addr == addr && e.backend_port == port && e.service_addr != 0 {
-            sa.user_ip4 = e.service_addr;
-            sa.user_port = u32::from(e.service_port);
-            break;
-        }
-    }
-    ALLOW
+    rev.entries
+        .iter()
+        .find(|e| e.backend_addr == addr && e.backend_port == port && e.service_addr != 0)
+        .map(|e| (e.service_addr, e.service_port))
 }
 
 /// Whether the socket belongs to the agent's own network namespace (the node).

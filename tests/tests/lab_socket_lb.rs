@@ -184,6 +184,17 @@ fn the_node_reaches_services_at_connect_time() {
     let unconnected = [&udp[..], &["--unconnected"]].concat();
     let answers = ask(node, &unconnected);
     assert!(!pods(&answers, "10.96.0.10:53").is_empty(), "{answers:?}");
+    // A dual-stack (IPv6) socket reaching the Service by its IPv4-mapped address, as Java does
+    // by default: connect6 translates it (the kernel hands such a connect() to IPv4 without
+    // connect4), getpeername6 and recvmsg6 report the Service, for TCP and both kinds of UDP.
+    let mapped_tcp = "[::ffff:10.96.0.10]:80";
+    let tcp6 = [&["--addr", mapped_tcp][..], &many].concat();
+    until_pods(node, &tcp6, mapped_tcp, &["a1", "b1"]);
+    let mapped_udp = "[::ffff:10.96.0.10]:53";
+    let udp6 = [&["--udp", "--addr", mapped_udp][..], &many].concat();
+    until_pods(node, &udp6, mapped_udp, &["a1", "b1"]);
+    let answers = ask(node, &[&udp6[..], &["--unconnected"]].concat());
+    assert!(!pods(&answers, mapped_udp).is_empty(), "{answers:?}");
     // NodePort on the node's own address.
     let nodeport = format!("{A_IP}:30080");
     until_pods(
