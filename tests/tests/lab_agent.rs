@@ -386,3 +386,48 @@ fn a_link_that_changes_role_across_a_restart_loses_its_old_hooks() {
         "h1 has its XDP program: {left:?}"
     );
 }
+
+/// Two agents on one pin path would undo each other's writes unnoticed: the second stops at
+/// start with an error naming the first, which keeps serving; `lb-agent cleanup` refuses too
+/// while an agent holds the path.
+#[test]
+fn a_second_agent_on_the_same_pin_path_stops_naming_the_first() {
+    if !require_privileged("lab_agent") {
+        return;
+    }
+    let (s, agent) = started("lab-agent-lock");
+    let mut second = s.start_agent("second").expect("lb-agent");
+    let status = second
+        .wait_timeout(scaled(Duration::from_secs(20)))
+        .expect("waiting for the second lb-agent")
+        .expect("the second lb-agent exits");
+    assert!(!status.success(), "{status}");
+    let err = second.stderr();
+    let first = format!("is in use by pid {} (", agent.pid());
+    assert!(err.contains(&first), "wanted {first:?} in:\n{err}");
+
+    let pin = s.lab.pin_path("node");
+    let pin_arg = pin.to_str().expect("pin path");
+    let cleanup = s
+        .node
+        .exec_unchecked(
+            agent_bin().expect("lb-agent"),
+            ["cleanup", "--pin-path", pin_arg],
+        )
+        .expect("lb-agent cleanup");
+    assert!(!cleanup.status.success(), "cleanup ran under a live agent");
+    let err = String::from_utf8_lossy(&cleanup.stderr);
+    assert!(err.contains("is in use by"), "{err}");
+    assert!(pin.exists(), "cleanup removed the live agent's pins");
+
+    // The first agent still runs the node: an edit still takes effect.
+    s.write("web.yaml", &web(&[POD2]));
+    let vip = addr(CLUSTER_IP, 80);
+    until_answer(
+        &s.pods[0],
+        vip,
+        false,
+        Some("pod2"),
+        Duration::from_secs(10),
+    );
+}

@@ -21,8 +21,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     dataplane::{
-        conntrack, reconcile::Reconciler, socket_lb, Capacities, Dataplane, Options, SocketLbMode,
-        XdpRequest,
+        conntrack, reconcile::Reconciler, socket_lb, Capacities, Dataplane, Options, PinLayout,
+        SocketLbMode, XdpRequest,
     },
     health::HealthServers,
     metrics::{self, Metrics},
@@ -220,6 +220,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         pin_path: args.pin_path.clone(),
         capacities: sizes.capacities(),
     };
+    // One agent per pin path, held until the process ends.
+    let layout = PinLayout::new(&args.pin_path);
+    layout.create()?;
+    let _lock = layout.lock()?;
     let mut dp = Dataplane::open(&opts)?;
     let caps = Capacities::read(dp.layout())?;
     sizes.warn_if_pinned_differ(&caps);

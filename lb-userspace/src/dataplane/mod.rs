@@ -424,7 +424,13 @@ impl Dataplane {
 /// Remove every program attachment (pinned links, and the netlink TC filters recorded there) and
 /// pinned map under `pin_path`. Run it in the network namespace the interfaces are in.
 pub fn cleanup(pin_path: &std::path::Path) -> Result<()> {
-    PinLayout::new(pin_path).remove_all()
+    let layout = PinLayout::new(pin_path);
+    // Not under a running agent, which would put back what this removes.
+    let _lock = match pin_path.exists() {
+        true => Some(layout.lock()?),
+        false => None,
+    };
+    layout.remove_all()
 }
 
 fn ensure_config(maps: &mut Maps) -> Result<()> {

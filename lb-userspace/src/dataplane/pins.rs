@@ -4,6 +4,7 @@
 //! `PIN/links/<ifindex>-<hook>-nl`, a pinned program, recording a netlink TC filter).
 use std::{
     fs, io,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -64,6 +65,11 @@ impl PinLayout {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         Ok(())
+    }
+
+    /// Take the pin path for this process (see [`PinLock`]); the root must exist.
+    pub fn lock(&self) -> Result<PinLock> {
+        PinLock::acquire(&self.root)
     }
 
     /// Map directories of other lb versions found under the root (their maps cannot be adopted).
@@ -136,4 +142,57 @@ fn remove_dir(path: &Path) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// An exclusive `flock` on the pin path's root directory, held while the process lives (the
+/// kernel drops it with the process, however it ends). Two agents on one pin path (a hand-run
+/// agent beside the DaemonSet's, a cleanup applied too early) would undo each other's writes
+/// unnoticed; the second one stops at start instead, naming the first.
+pub struct PinLock {
+    _dir: fs::File,
+}
+
+impl PinLock {
+    fn acquire(root: &Path) -> Result<Self> {
+        let dir = fs::File::open(root).with_context(|| format!("opening {}", root.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(PinLock { _dir: dir });
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err).with_context(|| format!("locking {}", root.display()));
+        }
+        let holder = holder(&dir).unwrap_or_else(|| "another process".into());
+        bail!(
+            "{} is in use by {holder}: one lb-agent per pin path (stop that one first, or give \
+             this one another --pin-path)",
+            root.display()
+        )
+    }
+}
+
+/// Who holds the flock on `dir`, from /proc/locks (`1: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE
+/// 0 EOF`): "pid N (command line)". None when it cannot be told (another PID namespace).
+fn holder(dir: &fs::File) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = dir.metadata().ok()?;
+    let dev = meta.dev();
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(dev),
+        libc::minor(dev),
+        meta.ino()
+    );
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    let pid = locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields[..] {
+            [_, "FLOCK", _, _, pid, lock_id, ..] if lock_id == id => pid.parse::<u32>().ok(),
+            _ => None,
+        }
+    })?;
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    Some(format!("pid {pid} ({})", cmdline.trim()))
 }
