@@ -349,7 +349,7 @@ fn probes_ask_the_agents_metrics_address() {
 }
 
 #[test]
-fn bpffs_is_the_hosts_and_pins_land_at_the_default_path() {
+fn only_lbs_bpffs_directory_is_mounted_and_pins_land_at_the_default_path() {
     let r = render();
     let pod = r.pod();
     let volumes = pod.volumes.as_deref().unwrap_or_default();
@@ -359,9 +359,11 @@ fn bpffs_is_the_hosts_and_pins_land_at_the_default_path() {
         ["bpffs", "tracefs", "cgroup"],
         "only these from the host"
     );
+    // lb's directory, not the whole bpffs: other programs' pins (Cilium's, Calico's) stay out
+    // of the agent's reach.
     let host = volumes[0].host_path.as_ref().expect("a hostPath");
-    assert_eq!(host.path, "/sys/fs/bpf");
-    assert_eq!(host.type_.as_deref(), Some("Directory"));
+    assert_eq!(host.path, lb::dataplane::DEFAULT_PIN_PATH);
+    assert_eq!(host.type_.as_deref(), Some("DirectoryOrCreate"));
     let mounts = r.agent().volume_mounts.as_deref().unwrap_or_default();
     assert_eq!(mounts.len(), 3, "{mounts:?}");
     // tracefs: where aya finds tracepoints, read only (the transmit-drop counters).
@@ -389,7 +391,6 @@ fn bpffs_is_the_hosts_and_pins_land_at_the_default_path() {
     let mount = &mounts[0];
     assert_eq!(mount.name, volumes[0].name);
     assert_ne!(mount.read_only, Some(true), "the agent pins maps and links");
-    assert_eq!(mount.mount_propagation.as_deref(), Some("HostToContainer"));
     // The default AppArmor profile of container runtimes denies writes under /sys/fs/.
     assert!(
         !mount.mount_path.starts_with("/sys/"),

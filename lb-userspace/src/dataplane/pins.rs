@@ -106,7 +106,11 @@ impl PinLayout {
                 remove_file(&dir)?;
             }
         }
-        remove_dir(&self.root)
+        match fs::remove_dir(&self.root) {
+            // A mount point (the DaemonSet mounts the host's lb directory there): emptied.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+            _ => remove_dir(&self.root),
+        }
     }
 }
 
@@ -192,6 +196,11 @@ fn holder(dir: &fs::File) -> Option<String> {
             _ => None,
         }
     })?;
+    // 0: a holder in a PID namespace this one does not see (the DaemonSet's, from the host's
+    // view it is seen; from a container's, the host's agent is not).
+    if pid == 0 {
+        return None;
+    }
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     Some(format!("pid {pid} ({})", cmdline.trim()))
