@@ -63,6 +63,37 @@ impl ProxyHealth {
     }
 }
 
+/// Whether the agent's control loop still turns (`/livez`). It turns on every change and at
+/// least every resync; a loop wedged in a call that never returns stops turning, /livez fails,
+/// and the kubelet restarts the agent (its pinned programs and maps forward meanwhile). Alive
+/// before the first turn: the initial list may take long, and the startup probe bounds that.
+#[derive(Clone, Debug)]
+pub struct Liveness {
+    last_turn: Arc<Mutex<Option<Instant>>>,
+    timeout: Duration,
+}
+
+impl Liveness {
+    pub fn new(timeout: Duration) -> Self {
+        Liveness {
+            last_turn: Arc::new(Mutex::new(None)),
+            timeout,
+        }
+    }
+
+    /// The loop begins a turn.
+    pub fn turned(&self) {
+        *self.last_turn.lock().unwrap() = Some(Instant::now());
+    }
+
+    /// How long the loop has not turned, when that is the timeout or longer.
+    pub fn stalled(&self) -> Option<Duration> {
+        let last = (*self.last_turn.lock().unwrap())?;
+        let age = last.elapsed();
+        (age >= self.timeout).then_some(age)
+    }
+}
+
 /// The healthCheckNodePort servers, kept equal to the model's `health_checks` by [`Self::sync`].
 pub struct HealthServers {
     proxy: ProxyHealth,
@@ -268,6 +299,17 @@ mod tests {
         let zero = ProxyHealth::new(Duration::ZERO);
         zero.updated();
         assert!(matches!(zero.status(), ProxyStatus::Stale(_)));
+    }
+
+    #[test]
+    fn liveness_needs_a_recent_turn_of_the_loop() {
+        let never = Liveness::new(Duration::ZERO);
+        assert_eq!(never.stalled(), None, "alive before the first turn");
+        never.turned();
+        assert!(never.stalled().is_some(), "no turn within a zero timeout");
+        let long = Liveness::new(Duration::from_secs(3600));
+        long.turned();
+        assert_eq!(long.stalled(), None);
     }
 
     /// One HTTP/1.0 GET on a fresh connection: (status, headers and body), or None when the

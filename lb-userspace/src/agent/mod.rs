@@ -274,7 +274,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut seen = Arc::new(Snapshot::default());
     // Plan the whole maps (cold start, after re-reading them) rather than the changes only.
     let mut whole = true;
+    let liveness = metrics.liveness();
     loop {
+        liveness.turned();
         let snap: Arc<Snapshot> = snapshots.borrow_and_update().clone();
         // The Node object may have changed its addresses.
         let node_obj = snap.objects.nodes.get(&node.name).map(|n| &**n);
