@@ -69,6 +69,7 @@ struct Inner {
     backend_sets: Gauge,
     map_entries: Family<OneLabel, Gauge>,
     invalid_objects: Gauge,
+    unserved_local_endpoints: Gauge,
     ct_flows: Family<OneLabel, Gauge>,
     ct_collected: Counter,
     ct_orphans: Counter,
@@ -158,6 +159,12 @@ impl Metrics {
             "lb_invalid_objects",
             "Objects (or parts of them) skipped as invalid, now",
         );
+        let unserved_local_endpoints = gauge(
+            &mut registry,
+            "lb_local_endpoints_without_pod_interface",
+            "Endpoints on this node (pods, not the node's own addresses) while no pod interface is \
+             attached: their pods reach no Service through lb (see --pod-iface)",
+        );
         let map_entries = Family::<OneLabel, Gauge>::default();
         registry.register(
             "lb_map_entries",
@@ -234,6 +241,7 @@ impl Metrics {
                 backend_sets,
                 map_entries,
                 invalid_objects,
+                unserved_local_endpoints,
                 ct_flows,
                 ct_collected,
                 ct_orphans,
@@ -258,6 +266,11 @@ impl Metrics {
 
     /// After each conntrack collection.
     /// The external interface `iface` now runs in `mode` (None: lb let go of it).
+    /// Local pod endpoints with no pod interface attached (0 once one is).
+    pub fn set_unserved_local_endpoints(&self, n: usize) {
+        self.inner.unserved_local_endpoints.set(n as i64);
+    }
+
     pub fn set_interface(&self, iface: &str, mode: Option<&str>) {
         for other in XdpModeUsed::ALL {
             let labels = vec![

@@ -198,3 +198,39 @@ fn agent_serves_metrics_and_health_check_node_ports() {
     );
     eprintln!("lab_agent_metrics took {:?}", started.elapsed());
 }
+
+/// A CNI whose host-side pod interfaces the `--pod-iface` globs miss (AWS VPC CNI's `eni*`,
+/// here `h1` against `eni*`): the agent attaches to no pod interface, and says so, in its log
+/// and in `lb_local_endpoints_without_pod_interface`, counting the pods on this node; with the
+/// right glob the count is 0.
+#[test]
+fn local_endpoints_without_a_pod_interface_are_reported() {
+    if !require_privileged("lab_agent_metrics") {
+        return;
+    }
+    let s = setup("lab-agent-no-pod-iface");
+    s.write("lb.yaml", &lb_service(POD1, NODE));
+    let t = Duration::from_secs(10);
+    let metric = "lb_local_endpoints_without_pod_interface ";
+    for (glob, want) in [("eni*", 1.0), ("h*", 0.0)] {
+        let flags = ["--ext-iface", "eth1", "--pod-iface", glob];
+        let agent = s.start_agent_with(glob, &flags).expect("lb-agent");
+        // Synced first: the gauge's 0 before the first sync proves nothing.
+        until_reply(&s.node, METRICS, "/healthz", t, |r| r.status == 200);
+        let reply = until_reply(&s.node, METRICS, "/metrics", t, |r| {
+            sample(&r.body, metric) == Some(want)
+        });
+        assert_eq!(
+            sample(&reply.body, metric),
+            Some(want),
+            "--pod-iface {glob}"
+        );
+        let warned = agent
+            .stderr()
+            .contains("no attached pod interface matches them");
+        assert_eq!(warned, want > 0.0, "--pod-iface {glob}: {}", agent.stderr());
+        agent
+            .stop(Duration::from_secs(5))
+            .expect("stopping lb-agent");
+    }
+}

@@ -17,6 +17,7 @@ use super::{
 use crate::{
     dataplane::{Dataplane, XdpRequest},
     metrics::Metrics,
+    model::Backend,
 };
 
 /// The role an interface record says a link was attached in.
@@ -42,6 +43,9 @@ pub struct Attachments {
     failed: BTreeSet<u32>,
     /// L3 tunnels (ipip, WireGuard) already warned about, by ifindex.
     l3_tunnels: BTreeSet<u32>,
+    /// Local pod endpoints last found without any pod interface attached (warned once per
+    /// change).
+    unserved: usize,
 }
 
 impl Attachments {
@@ -56,7 +60,41 @@ impl Attachments {
             attached: BTreeMap::new(),
             failed: BTreeSet::new(),
             l3_tunnels: BTreeSet::new(),
+            unserved: 0,
         })
+    }
+
+    /// Warn (once per change) and count when this node has pod endpoints but lb is attached to
+    /// no pod interface: another CNI's naming (AWS VPC CNI's `eni*`, GKE's `gke*`) that the
+    /// `--pod-iface` globs miss, so those pods reach no Service. `endpoints`: the desired state's
+    /// endpoints; `host`: what tells the node's own addresses (hostNetwork endpoints need no pod
+    /// interface). Costs nothing while a pod interface is attached.
+    pub fn check_pod_interfaces<'a>(
+        &mut self,
+        endpoints: impl IntoIterator<Item = &'a Backend>,
+        host: &Host,
+    ) {
+        let any_pod = self.attached.values().any(|(_, role)| *role == Role::Pod);
+        let unserved = match any_pod {
+            true => 0,
+            false => {
+                let node_addrs: BTreeSet<&Ipv4Addr> =
+                    host.links.values().flat_map(|l| &l.addrs).collect();
+                let pods = endpoints.into_iter().filter(|b| b.local);
+                pods.filter(|b| !node_addrs.contains(&b.ip)).count()
+            }
+        };
+        if unserved != self.unserved && unserved > 0 {
+            tracing::warn!(
+                endpoints = unserved,
+                pod_interfaces = %self.placement.pod_description(),
+                "this node has pod endpoints but no attached pod interface matches them: pods \
+                 here reach no Service through lb. Name their host-side interfaces with \
+                 --pod-iface (AWS VPC CNI: eni*, GKE: gke*)"
+            );
+        }
+        self.unserved = unserved;
+        self.metrics.set_unserved_local_endpoints(unserved);
     }
 
     /// Choose the external interfaces for this `node` object and `host`, attach to wanted links

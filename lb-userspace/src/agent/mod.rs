@@ -297,6 +297,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         let latency = event_at.elapsed();
         metrics.record_sync(&report, latency, desired, rec.programmed(), &reported);
         health_servers.sync(&desired.health_checks);
+        attachments.check_pod_interfaces(desired.retained.values(), &host);
         for (svc, map) in &report.refused {
             tracing::error!(service = %svc, map, "service refused: the map is full");
         }
