@@ -56,6 +56,11 @@ pub mod map_names {
     /// Per-frontend count of connect()/sendmsg() calls the socket hooks translated (per CPU,
     /// indexed like `LB_FRONTEND_STATS`).
     pub const SOCK_STATS: &str = "LB_SOCK_STATS";
+    /// loadBalancerSourceRanges, per LoadBalancer frontend (an LPM trie of [`super::SourceRange4`]).
+    pub const SOURCE_RANGES4: &str = "LB4_SRC_RANGES";
+    /// Per-frontend count of new flows dropped for a source outside the ranges (per CPU, indexed
+    /// like `LB_FRONTEND_STATS`).
+    pub const SOURCE_RANGE_DROPS: &str = "LB_SRC_DROPS";
     /// The node's own IPv4 addresses: externalIPs and LoadBalancer IPs are translated at the
     /// socket only when the node holds them (the CVE-2020-8554 mitigation).
     pub const HOST_ADDRS4: &str = "LB4_HOST_ADDRS";
@@ -90,6 +95,8 @@ pub mod capacity {
     pub const HOST_ADDRS: u32 = 1_024;
     /// Reclaims in progress: at most one per CPU at a time.
     pub const SNAT_CLAIMS: u32 = 1_024;
+    /// loadBalancerSourceRanges entries, over all LoadBalancer frontends.
+    pub const SOURCE_RANGES: u32 = 65_536;
 }
 
 /// Key of `LB4_FRONTENDS`: what a packet is addressed to, and where it came from.
@@ -117,7 +124,22 @@ pub struct Frontend4 {
     /// Index into `LB_FRONTEND_STATS`.
     pub stats_id: u32,
     pub kind: u8,
-    pub _pad: [u8; 3],
+    /// `FE_F_*` (a byte that was padding before: older agents wrote 0 there).
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// New flows to this frontend must come from a source in `LB4_SRC_RANGES` under its `stats_id`
+/// (a LoadBalancer IP with `loadBalancerSourceRanges`); others are dropped.
+pub const FE_F_SOURCE_RANGES: u8 = 1 << 0;
+
+/// The data of an `LB4_SRC_RANGES` key (an LPM trie): a frontend's `stats_id`, always matched
+/// whole (the key's prefix length is 32 + the range's), then the source address (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SourceRange4 {
+    pub stats_id: u32,
+    pub addr: u32,
 }
 
 /// Only local endpoints for external traffic; the client source address is preserved.
@@ -541,6 +563,7 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, with every padding byte an explicit field.
     unsafe impl aya::Pod for Frontend4Key {}
     unsafe impl aya::Pod for Frontend4 {}
+    unsafe impl aya::Pod for SourceRange4 {}
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for SlotKey {}
     unsafe impl aya::Pod for Backend4 {}

@@ -4,15 +4,16 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated as gen};
 use lb_common::{
     stat, timeout, Affinity, AffinityKey4, Backend4, Ct4, Frontend4, Frontend4Key, RevNat4,
     Service, SlotKey, Tuple4, BE_F_LOCAL, BE_F_TERMINATING, CT_F_CLOSING, CT_F_ESTABLISHED,
-    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_REPLIED, CT_F_SNAT, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, VERDICT_DROP,
+    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_REPLIED, CT_F_SNAT, FE_F_SOURCE_RANGES, PROTO_ICMP,
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_EXT_LOCAL,
+    VERDICT_DROP,
 };
 
 use crate::{
     fib, frag, icmp,
     maps::{
-        count, count_frontend, ct_map, rnat_map, LB4_AFFINITY, LB4_BACKENDS, LB4_FRONTENDS,
-        LB4_NODE_ADDRS, LB4_SNAT_CLAIMS, LB_CONFIG, LB_SERVICES, LB_SLOTS,
+        count, count_frontend, ct_map, rnat_map, source_allowed, LB4_AFFINITY, LB4_BACKENDS,
+        LB4_FRONTENDS, LB4_NODE_ADDRS, LB4_SNAT_CLAIMS, LB_CONFIG, LB_SERVICES, LB_SLOTS,
     },
     nat::rewrite,
     packet::Packet,
@@ -252,6 +253,10 @@ fn new_flow<P: Packet>(
     scope: u8,
     now: u64,
 ) -> Action {
+    // loadBalancerSourceRanges: new flows only, as kube-proxy's rules match ctstate NEW.
+    if fe.flags & FE_F_SOURCE_RANGES != 0 && !source_allowed(fe.stats_id, f.saddr) {
+        return Action::DROP;
+    }
     count_frontend(fe.stats_id, p.len() as u64);
     // SAFETY: read-only use of the map value within this run.
     let Some(svc) = (unsafe { LB_SERVICES.get(fe.service_id) }) else {

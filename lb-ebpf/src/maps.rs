@@ -2,11 +2,15 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{
+        lpm_trie::Key as LpmKey, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray,
+        PerCpuHashMap,
+    },
 };
 use lb_common::{
     capacity, Affinity, AffinityKey4, Backend4, Config, Counters, Ct4, Frontend4, Frontend4Key,
-    IfaceInfo, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, SockConfig, Tuple4, PROTO_TCP,
+    IfaceInfo, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, SockConfig, SourceRange4, Tuple4,
+    PROTO_TCP,
 };
 
 #[map]
@@ -115,6 +119,37 @@ pub static LB_SOCK_CONFIG: Array<SockConfig> = Array::pinned(1, 0);
 /// connect()/sendmsg() calls the socket hooks translated, per CPU and frontend (by stats id).
 #[map]
 pub static LB_SOCK_STATS: PerCpuArray<u64> = PerCpuArray::pinned(capacity::FRONTENDS, 0);
+
+/// loadBalancerSourceRanges of the frontends flagged `FE_F_SOURCE_RANGES`, by stats id.
+#[map]
+pub static LB4_SRC_RANGES: LpmTrie<SourceRange4, u8> = LpmTrie::pinned(capacity::SOURCE_RANGES, 0);
+
+/// New flows dropped per frontend for a source outside its ranges.
+#[map]
+pub static LB_SRC_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(capacity::FRONTENDS, 0);
+
+/// Whether a new flow from `saddr` may reach the frontend with ranges `stats_id`; one that may
+/// not is counted. Out of line: its key stays out of the callers' frames (Linux 6.1's stack
+/// limit counts the deepest call chain, and the TC one is at it).
+#[inline(never)]
+pub fn source_allowed(stats_id: u32, saddr: u32) -> bool {
+    // The stats id is matched whole, then as many bits of the address as the range has.
+    let key = LpmKey::new(
+        64,
+        SourceRange4 {
+            stats_id,
+            addr: saddr,
+        },
+    );
+    if LB4_SRC_RANGES.get(&key).is_some() {
+        return true;
+    }
+    if let Some(c) = LB_SRC_DROPS.get_ptr_mut(stats_id) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *c += 1 };
+    }
+    false
+}
 
 /// The node's own IPv4 addresses (value unused), kept by the agent.
 #[map]

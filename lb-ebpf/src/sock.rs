@@ -22,14 +22,16 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    Frontend4, Frontend4Key, SockConfig, SockRev4, SockRevNat4, KIND_EXTERNAL_IP,
-    KIND_LOAD_BALANCER, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL, SOCK_LB_ALL,
-    SOCK_LB_HOST, SOCK_REV_SLOTS, SVC_F_AFFINITY, VERDICT_DROP,
+    Frontend4, Frontend4Key, SockConfig, SockRev4, SockRevNat4, FE_F_SOURCE_RANGES,
+    KIND_EXTERNAL_IP, KIND_LOAD_BALANCER, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL,
+    SOCK_LB_ALL, SOCK_LB_HOST, SOCK_REV_SLOTS, SVC_F_AFFINITY, VERDICT_DROP,
 };
 
 use crate::{
     lb,
-    maps::{LB4_FRONTENDS, LB4_HOST_ADDRS, LB_SERVICES, LB_SOCK_CONFIG, LB_SOCK_STATS},
+    maps::{
+        source_allowed, LB4_FRONTENDS, LB4_HOST_ADDRS, LB_SERVICES, LB_SOCK_CONFIG, LB_SOCK_STATS,
+    },
 };
 
 /// What the socket hooks translated, per socket.
@@ -124,6 +126,13 @@ fn forward(
     // SAFETY: existence check only.
     if external && unsafe { LB4_HOST_ADDRS.get(&key.addr) }.is_none() {
         return Ok(None);
+    }
+    // loadBalancerSourceRanges: the node's own connections are allowed when a range holds the
+    // node's address, as kube-proxy allows them (dropped otherwise: the call times out).
+    if fe.flags & FE_F_SOURCE_RANGES != 0 && !source_allowed(fe.stats_id, cfg.node_addr) {
+        // SAFETY: plain helper call.
+        unsafe { gen::bpf_set_retval(-ETIMEDOUT) };
+        return Err(());
     }
     // SAFETY: read-only use of the map value within this run.
     let Some(svc) = (unsafe { LB_SERVICES.get(fe.service_id) }) else {

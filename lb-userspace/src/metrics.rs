@@ -617,6 +617,7 @@ mod tests {
             let fe = Frontend {
                 set: set_key(),
                 kind: Kind::ClusterIp,
+                source_ranges: None,
             };
             d.frontends.insert(key, fe);
         }
@@ -636,7 +637,8 @@ mod tests {
                 service_id: 7,
                 stats_id,
                 kind: lb_common::KIND_CLUSTER_IP,
-                _pad: [0; 3],
+                flags: 0,
+                _pad: [0; 2],
             };
             p.frontends.insert(key, fe);
         }

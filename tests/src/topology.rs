@@ -141,7 +141,8 @@ pub fn program_clusterip(
         service_id: id,
         stats_id: id,
         kind: KIND_CLUSTER_IP,
-        _pad: [0; 3],
+        flags: 0,
+        _pad: [0; 2],
     };
     dp.maps.set_frontend(&key, &fe)
 }

@@ -324,7 +324,8 @@ fn program_node1(pin: PathBuf, mode: XdpRequest) -> anyhow::Result<XdpModeUsed> 
                 service_id: id,
                 stats_id: id,
                 kind: KIND_NODE_PORT,
-                _pad: [0; 3],
+                flags: 0,
+                _pad: [0; 2],
             };
             dp.maps.set_frontend(&key, &fe)?;
         }

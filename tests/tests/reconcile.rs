@@ -48,6 +48,26 @@ endpoints:
     )
 }
 
+/// `shop/edge`: a LoadBalancer (203.0.113.10) with `ranges` as its loadBalancerSourceRanges.
+fn edge(ranges: &[&str]) -> String {
+    format!(
+        "---
+apiVersion: v1
+kind: Service
+metadata: {{name: edge, namespace: shop}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.20
+  loadBalancerSourceRanges: [{}]
+  ports: [{{name: https, port: 443, nodePort: 30443}}]
+status:
+  loadBalancer:
+    ingress: [{{ip: 203.0.113.10}}]
+",
+        ranges.join(", ")
+    )
+}
+
 fn other(name: &str, ip: &str) -> String {
     format!(
         "---
@@ -70,8 +90,12 @@ fn dump(maps: &Maps) -> Vec<String> {
                 .iter()
                 .map(|b| format!("{}:{}", b.ip, b.port))
                 .collect();
+            let from = match s.source_ranges.is_empty() {
+                true => String::new(),
+                false => format!(" from {}", s.source_ranges.join(",")),
+            };
             format!(
-                "{}:{} {} {}:{}/{} -> [{}]",
+                "{}:{} {} {}:{}/{} -> [{}]{from}",
                 s.service,
                 s.port_name,
                 s.frontend.scope,
@@ -304,6 +328,8 @@ struct Step {
     refused: &'static [&'static str],
     /// Lines of `backends` expected (empty: not checked).
     backends: &'static [&'static str],
+    /// The source ranges the frontends show, each list once (` from A,B`; empty: none).
+    from: &'static [&'static str],
 }
 
 struct Case {
@@ -314,6 +340,42 @@ struct Case {
 
 const CASES: &[Case] = &[
     Case {
+        name: "source ranges added, changed and dropped with their LoadBalancer IP",
+        capacities: &[],
+        steps: &[
+            Step {
+                yaml: || web(&["10.244.1.5"]) + &edge(&["198.51.100.0/24"]),
+                refused: &[],
+                backends: &[],
+                from: &[" from 198.51.100.0/24"],
+            },
+            Step {
+                yaml: || web(&["10.244.1.5"]) + &edge(&["198.51.100.0/25", "192.0.2.7/32"]),
+                refused: &[],
+                backends: &[],
+                from: &[" from 192.0.2.7/32,198.51.100.0/25"],
+            },
+            Step {
+                yaml: || web(&["10.244.1.5"]) + &edge(&[]),
+                refused: &[],
+                backends: &[],
+                from: &[],
+            },
+            Step {
+                yaml: || web(&["10.244.1.5"]) + &edge(&["203.0.113.0/24"]),
+                refused: &[],
+                backends: &[],
+                from: &[" from 203.0.113.0/24"],
+            },
+            Step {
+                yaml: || web(&["10.244.1.5"]),
+                refused: &[],
+                backends: &[],
+                from: &[],
+            },
+        ],
+    },
+    Case {
         name: "an endpoint replaced",
         capacities: &[],
         steps: &[
@@ -321,11 +383,13 @@ const CASES: &[Case] = &[
                 yaml: || web(&["10.244.1.5", "10.244.1.6"]),
                 refused: &[],
                 backends: &["10.244.1.5:8080 flags=1", "10.244.1.6:8080 flags=1"],
+                from: &[],
             },
             Step {
                 yaml: || web(&["10.244.1.5", "10.244.1.7"]),
                 refused: &[],
                 backends: &["10.244.1.5:8080 flags=1", "10.244.1.7:8080 flags=1"],
+                from: &[],
             },
         ],
     },
@@ -337,11 +401,13 @@ const CASES: &[Case] = &[
                 yaml: || web(&["10.244.1.5"]) + &dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")]),
                 refused: &[],
                 backends: &["10.244.1.5:8080 flags=1", "10.244.2.1:5353 flags=1"],
+                from: &[],
             },
             Step {
                 yaml: || web(&["10.244.1.5"]),
                 refused: &[],
                 backends: &["10.244.1.5:8080 flags=1"],
+                from: &[],
             },
         ],
     },
@@ -360,16 +426,19 @@ const CASES: &[Case] = &[
                 },
                 refused: &[],
                 backends: &["10.244.2.1:5353 flags=1", "10.244.2.2:5353 flags=1"],
+                from: &[],
             },
             Step {
                 yaml: || dns("dns-b", "10.96.0.54", &[("10.244.2.1", "")]),
                 refused: &[],
                 backends: &["10.244.2.1:5353 flags=1"],
+                from: &[],
             },
             Step {
                 yaml: || dns("dns-a", "10.96.0.53", &[("10.244.2.2", "")]),
                 refused: &[],
                 backends: &["10.244.2.2:5353 flags=1"],
+                from: &[],
             },
         ],
     },
@@ -387,6 +456,7 @@ const CASES: &[Case] = &[
                 },
                 refused: &[],
                 backends: &["10.244.2.1:5353 flags=1", "10.244.2.2:5353 flags=1"],
+                from: &[],
             },
             Step {
                 yaml: || {
@@ -398,11 +468,13 @@ const CASES: &[Case] = &[
                 },
                 refused: &[],
                 backends: &["10.244.2.1:5353 flags=1", "10.244.2.2:5353 flags=3"],
+                from: &[],
             },
             Step {
                 yaml: || dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")]),
                 refused: &[],
                 backends: &["10.244.2.1:5353 flags=1"],
+                from: &[],
             },
         ],
     },
@@ -415,6 +487,7 @@ const CASES: &[Case] = &[
                 yaml: || web(&["10.244.1.5"]) + &dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")]),
                 refused: &[],
                 backends: &[],
+                from: &[],
             },
             Step {
                 yaml: || {
@@ -424,6 +497,7 @@ const CASES: &[Case] = &[
                 },
                 refused: &["shop/dns-b"],
                 backends: &["10.244.1.6:8080 flags=1", "10.244.2.1:5353 flags=1"],
+                from: &[],
             },
             Step {
                 // web grows an externalIP (2 frontends more): it no longer fits and keeps its
@@ -438,11 +512,13 @@ const CASES: &[Case] = &[
                 // Programmed services are planned first.
                 refused: &["shop/web", "shop/dns-b"],
                 backends: &["10.244.1.6:8080 flags=1", "10.244.2.1:5353 flags=1"],
+                from: &[],
             },
             Step {
                 yaml: || web(&["10.244.1.5"]) + &dns("dns-b", "10.96.0.54", &[("10.244.2.2", "")]),
                 refused: &[],
                 backends: &["10.244.1.5:8080 flags=1", "10.244.2.2:5353 flags=1"],
+                from: &[],
             },
         ],
     },
@@ -489,6 +565,13 @@ fn incremental_apply_matches_full_apply() {
             if !step.backends.is_empty() {
                 assert_eq!(backends(&incr_dp.maps), step.backends, "{what}: backends");
             }
+            let mut from: Vec<String> = dump(&incr_dp.maps)
+                .iter()
+                .filter_map(|l| l.find(" from ").map(|at| l[at..].to_string()))
+                .collect();
+            from.sort();
+            from.dedup();
+            assert_eq!(from, step.from, "{what}: source ranges");
             let read = lb::dataplane::reconcile::Programmed::read(&incr_dp.maps).expect("read");
             assert_eq!(
                 &read,

@@ -49,6 +49,9 @@ pub fn table(rows: &[ServiceRow]) -> String {
         if let Some(secs) = v.session_affinity_timeout {
             policy.push(format!("affinity={}", units::duration(secs.into())));
         }
+        if !v.source_ranges.is_empty() {
+            policy.push(format!("from={}", v.source_ranges.join(",")));
+        }
         let mut backends = if v.backends.is_empty() {
             format!("(none: {})", r.when_empty)
         } else {

@@ -29,6 +29,8 @@ pub struct FrontendStats {
     /// connect()/sendmsg() calls the socket hooks sent to a backend of this frontend (their
     /// packets never pass the frontend, so they are not in `packets`).
     pub socket_translations: u64,
+    /// New flows dropped for a source outside the frontend's loadBalancerSourceRanges.
+    pub source_range_drops: u64,
     /// With `--watch`, from the second refresh on: the rates over the last interval.
     pub packets_per_second: Option<f64>,
     pub bytes_per_second: Option<f64>,
@@ -104,6 +106,7 @@ impl Snapshot {
                 packets: c.packets,
                 bytes: c.bytes,
                 socket_translations: maps.socket_translations(s.stats_id)?,
+                source_range_drops: maps.source_range_drops(s.stats_id)?,
                 packets_per_second: None,
                 bytes_per_second: None,
             });

@@ -6,12 +6,16 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
+    },
     Ebpf, Pod,
 };
 use lb_common::{
     map_names as names, stat, Affinity, AffinityKey4, Backend4, Config, Counters, Ct4, Frontend4,
-    Frontend4Key, IfaceInfo, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, SockConfig, Tuple4,
+    Frontend4Key, IfaceInfo, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, SockConfig,
+    SourceRange4, Tuple4,
 };
 
 use super::pins::PinLayout;
@@ -36,7 +40,15 @@ pub struct Maps {
     pub sock_config: Array<MapData, SockConfig>,
     pub sock_stats: PerCpuArray<MapData, u64>,
     pub host_addrs: HashMap<MapData, u32, u8>,
+    /// loadBalancerSourceRanges by frontend stats id, and the new flows they dropped. Optional
+    /// so that lbctl still reads the pins of an agent older than them.
+    pub source_ranges: Option<LpmTrie<MapData, SourceRange4, u8>>,
+    pub source_range_drops: Option<PerCpuArray<MapData, u64>>,
 }
+
+/// A source range as the maps hold it: the network address (network byte order) and its
+/// prefix length.
+pub type KernelRange = (u32, u8);
 
 /// One conntrack table: client-direction flows and their reply entries (also the SNAT ports).
 pub struct FlowTable {
@@ -140,6 +152,8 @@ impl Maps {
             sock_config: typed(src, names::SOCK_CONFIG)?,
             sock_stats: typed(src, names::SOCK_STATS)?,
             host_addrs: typed(src, names::HOST_ADDRS4)?,
+            source_ranges: typed(src, names::SOURCE_RANGES4).ok(),
+            source_range_drops: typed(src, names::SOURCE_RANGE_DROPS).ok(),
         })
     }
 
@@ -302,7 +316,59 @@ impl Maps {
         let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
         self.frontend_stats.set(stats_id, zero, 0)?;
         let zero = PerCpuValues::try_from(vec![0u64; cpus])?;
+        if let Some(drops) = &mut self.source_range_drops {
+            drops.set(stats_id, PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
+        }
         Ok(self.sock_stats.set(stats_id, zero, 0)?)
+    }
+
+    fn range_key(stats_id: u32, (addr, len): KernelRange) -> LpmKey<SourceRange4> {
+        // The stats id is matched whole (32 bits), then `len` bits of the address.
+        LpmKey::new(32 + u32::from(len), SourceRange4 { stats_id, addr })
+    }
+
+    fn source_ranges_mut(&mut self) -> Result<&mut LpmTrie<MapData, SourceRange4, u8>> {
+        self.source_ranges
+            .as_mut()
+            .with_context(|| format!("map {} missing", names::SOURCE_RANGES4))
+    }
+
+    pub fn set_source_range(&mut self, stats_id: u32, range: KernelRange) -> Result<()> {
+        let key = Self::range_key(stats_id, range);
+        self.source_ranges_mut()?
+            .insert(&key, 1, 0)
+            .with_context(|| format!("source range {range:?} of frontend {stats_id}"))
+    }
+
+    pub fn remove_source_range(&mut self, stats_id: u32, range: KernelRange) -> Result<()> {
+        let key = Self::range_key(stats_id, range);
+        ignore_missing(self.source_ranges_mut()?.remove(&key))
+    }
+
+    /// Every frontend's source ranges, by stats id (sorted); none without the map.
+    pub fn source_ranges(&self) -> Result<BTreeMap<u32, Vec<KernelRange>>> {
+        let mut out: BTreeMap<u32, Vec<KernelRange>> = BTreeMap::new();
+        let Some(map) = &self.source_ranges else {
+            return Ok(out);
+        };
+        for key in map.keys() {
+            let key = key?;
+            let data = key.data();
+            let len = key.prefix_len().saturating_sub(32) as u8;
+            out.entry(data.stats_id).or_default().push((data.addr, len));
+        }
+        for ranges in out.values_mut() {
+            ranges.sort_unstable();
+        }
+        Ok(out)
+    }
+
+    /// New flows a frontend's source ranges dropped, summed over CPUs.
+    pub fn source_range_drops(&self, stats_id: u32) -> Result<u64> {
+        match &self.source_range_drops {
+            Some(map) => Ok(map.get(&stats_id, 0)?.iter().sum()),
+            None => Ok(0),
+        }
     }
 
     /// The socket hooks' settings (all zero: never configured, i.e. off).

@@ -2,7 +2,8 @@
 //!
 //! The order of writes is what keeps packets safe while the maps change:
 //! 1. frontends that go away, then the backend sets only they used (and their affinity entries);
-//! 2. new and changed backends, then backend sets (slots before the count), then frontends;
+//! 2. new and changed backends, then backend sets (slots before the count), then a frontend's
+//!    source ranges, then frontends (ranges a frontend no longer has go after it);
 //! 3. backends nothing refers to any more.
 //!
 //! A packet therefore never meets a frontend whose set is missing, nor a slot whose backend is
@@ -16,10 +17,11 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use lb_common::{
     Backend4, Frontend4, Frontend4Key, Service, ServiceName, BE_F_LOCAL, BE_F_TERMINATING,
-    SVC_F_AFFINITY, SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL, VERDICT_DROP, VERDICT_REJECT,
+    FE_F_SOURCE_RANGES, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL, VERDICT_DROP,
+    VERDICT_REJECT,
 };
 
-use super::maps::{entries, Capacities, Maps};
+use super::maps::{entries, Capacities, KernelRange, Maps};
 use crate::model::{
     set_range, BackendSet, Changes, Desired, FrontendKey, ObjectRef, Policy, Protocol, SetKey,
     Verdict,
@@ -40,6 +42,9 @@ pub struct Programmed {
     pub frontends: HashMap<Frontend4Key, Frontend4>,
     pub sets: HashMap<u32, ProgrammedSet>,
     pub backends: HashMap<u32, Backend4>,
+    /// loadBalancerSourceRanges by frontend stats id (sorted), for frontends flagged
+    /// `FE_F_SOURCE_RANGES`.
+    pub ranges: HashMap<u32, Vec<KernelRange>>,
 }
 
 impl Programmed {
@@ -77,6 +82,7 @@ impl Programmed {
             frontends: entries(&maps.frontends)?.into_iter().collect(),
             sets,
             backends: entries(&maps.backends)?.into_iter().collect(),
+            ranges: maps.source_ranges()?.into_iter().collect(),
         })
     }
 }
@@ -346,6 +352,9 @@ impl Reconciler {
         for key in target.frontends.keys() {
             if let Some(fe) = cur.frontends.get(key) {
                 before.frontends.entry(*key).or_insert(*fe);
+                if let Some(ranges) = cur.ranges.get(&fe.stats_id) {
+                    before.ranges.insert(fe.stats_id, ranges.clone());
+                }
             }
         }
     }
@@ -359,7 +368,13 @@ impl Reconciler {
         before
             .backends
             .retain(|id, _| !target.backends.contains_key(id));
+        before
+            .ranges
+            .retain(|id, _| !target.ranges.contains_key(id));
         let cur = &mut self.current;
+        for id in before.ranges.keys() {
+            cur.ranges.remove(id);
+        }
         for key in before.frontends.keys() {
             cur.frontends.remove(key);
         }
@@ -373,6 +388,7 @@ impl Reconciler {
         cur.frontends.extend(target.frontends);
         cur.sets.extend(target.sets);
         cur.backends.extend(target.backends);
+        cur.ranges.extend(target.ranges);
     }
 }
 
@@ -425,7 +441,11 @@ impl<'a> Planner<'a> {
             before.sets.insert(*id, set.clone());
         }
         for key in &owned.frontends {
-            before.frontends.insert(*key, self.current.frontends[key]);
+            let fe = self.current.frontends[key];
+            before.frontends.insert(*key, fe);
+            if let Some(ranges) = self.current.ranges.get(&fe.stats_id) {
+                before.ranges.insert(fe.stats_id, ranges.clone());
+            }
         }
         self.frontends -= owned.frontends.len();
         Some(owned)
@@ -560,11 +580,22 @@ impl<'a> Planner<'a> {
                 alloc(&mut self.cursors.stats, limit, &mut self.index.stats_used)
             }
         };
+        let mut flags = 0;
+        if let Some(ranges) = &fe.source_ranges {
+            let mut kernel: Vec<KernelRange> = ranges
+                .iter()
+                .map(|(ip, len)| (be_addr(*ip), *len))
+                .collect();
+            kernel.sort_unstable();
+            self.target.ranges.insert(stats_id, kernel);
+            flags |= FE_F_SOURCE_RANGES;
+        }
         let value = Frontend4 {
             service_id: self.index.set_ids[&fe.set],
             stats_id,
             kind: fe.kind.number(),
-            _pad: [0; 3],
+            flags,
+            _pad: [0; 2],
         };
         self.target.frontends.insert(kernel_key, value);
         self.frontends += 1;
@@ -580,9 +611,11 @@ impl<'a> Planner<'a> {
             self.target.sets.insert(*id, set);
         }
         for key in &owned.frontends {
-            self.target
-                .frontends
-                .insert(*key, self.current.frontends[key]);
+            let fe = self.current.frontends[key];
+            self.target.frontends.insert(*key, fe);
+            if let Some(ranges) = self.current.ranges.get(&fe.stats_id) {
+                self.target.ranges.insert(fe.stats_id, ranges.clone());
+            }
         }
         self.frontends += owned.frontends.len();
         self.index.services.insert(service.clone(), owned);
@@ -775,7 +808,16 @@ fn write_diff(maps: &mut Maps, cur: &Programmed, target: &Programmed, report: &m
             }
         }
     }
-    // 4. New and changed frontends, now that their sets are complete.
+    // 4a. Source ranges a frontend gains, before the frontend that needs them.
+    for (stats_id, ranges) in &target.ranges {
+        let old = cur.ranges.get(stats_id).map_or(&[][..], Vec::as_slice);
+        for range in ranges.iter().filter(|r| !old.contains(r)) {
+            if let Err(e) = maps.set_source_range(*stats_id, *range) {
+                fail(e);
+            }
+        }
+    }
+    // 4. New and changed frontends, now that their sets (and ranges) are complete.
     for (key, fe) in &target.frontends {
         let old = cur.frontends.get(key);
         if old == Some(fe) || failed_sets.contains(&fe.service_id) {
@@ -791,6 +833,15 @@ fn write_diff(maps: &mut Maps, cur: &Programmed, target: &Programmed, report: &m
         match result {
             Ok(()) => report.frontends_written += 1,
             Err(e) => fail(e),
+        }
+    }
+    // 4b. Source ranges no frontend has any more (its flag cleared, or itself gone).
+    for (stats_id, ranges) in &cur.ranges {
+        let new = target.ranges.get(stats_id).map_or(&[][..], Vec::as_slice);
+        for range in ranges.iter().filter(|r| !new.contains(r)) {
+            if let Err(e) = maps.remove_source_range(*stats_id, *range) {
+                fail(e);
+            }
         }
     }
     // 5. Sets no frontend points to any more, and the affinity entries of what went away.

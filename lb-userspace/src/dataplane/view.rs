@@ -41,6 +41,8 @@ pub struct FrontendRow {
     pub internal_traffic_local: bool,
     pub service_id: u32,
     pub stats_id: u32,
+    /// loadBalancerSourceRanges (CIDRs) this entry admits new flows from; empty: any source.
+    pub source_ranges: Vec<String>,
 }
 
 /// Every kernel frontend entry with its set, sorted by service, port name and frontend.
@@ -91,11 +93,32 @@ pub fn frontends_of(programmed: &Programmed) -> Vec<FrontendRow> {
                 internal_traffic_local: svc.flags & SVC_F_INT_LOCAL != 0,
                 service_id: fe.service_id,
                 stats_id: fe.stats_id,
+                source_ranges: ranges_of(programmed, fe),
             }
         })
         .collect();
     out.sort();
     out
+}
+
+/// A flagged frontend's source ranges as CIDR strings.
+fn ranges_of(programmed: &Programmed, fe: &lb_common::Frontend4) -> Vec<String> {
+    if fe.flags & lb_common::FE_F_SOURCE_RANGES == 0 {
+        return Vec::new();
+    }
+    let ranges = programmed
+        .ranges
+        .get(&fe.stats_id)
+        .map_or(&[][..], Vec::as_slice);
+    let mut ranges: Vec<(Ipv4Addr, u8)> = ranges
+        .iter()
+        .map(|(addr, len)| (Ipv4Addr::from(addr.to_ne_bytes()), *len))
+        .collect();
+    ranges.sort_unstable();
+    ranges
+        .iter()
+        .map(|(ip, len)| format!("{ip}/{len}"))
+        .collect()
 }
 
 /// A frontend as `lbctl services` shows it: both scopes in one entry.
@@ -117,6 +140,9 @@ pub struct ServiceView {
     /// The set and counters of the external-scope entry.
     pub service_id: u32,
     pub stats_id: u32,
+    /// loadBalancerSourceRanges of a LoadBalancer IP (CIDRs): new flows from other sources are
+    /// dropped. Empty: no filtering.
+    pub source_ranges: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -173,6 +199,7 @@ pub fn services_of(rows: &[FrontendRow]) -> Vec<ServiceView> {
             internal_traffic_local: int_local,
             service_id: r.service_id,
             stats_id: r.stats_id,
+            source_ranges: r.source_ranges.clone(),
         });
     }
     out

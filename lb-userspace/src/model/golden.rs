@@ -32,6 +32,14 @@ fn dump<A: Family>(d: &Desired<A>) -> String {
             fe.set.proto.as_str(),
             fe.set.policy,
         );
+        if let Some(ranges) = &fe.source_ranges {
+            let ranges: Vec<String> = ranges
+                .iter()
+                .map(|(ip, len)| format!("{ip}/{len}"))
+                .collect();
+            out.pop();
+            let _ = writeln!(out, " ranges={}", ranges.join(","));
+        }
     }
     for (key, set) in &d.sets {
         let _ = writeln!(

@@ -220,9 +220,12 @@ pub struct SetKey {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frontend {
+pub struct Frontend<A = Ipv4Addr> {
     pub set: SetKey,
     pub kind: Kind,
+    /// loadBalancerSourceRanges of a LoadBalancer frontend, (network, prefix length): new flows
+    /// from other sources are dropped. None: no filtering (every other kind, or no ranges).
+    pub source_ranges: Option<Arc<[(A, u8)]>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -279,7 +282,7 @@ impl fmt::Display for Problem {
 /// What this node's maps of family `A` should hold.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Desired<A = Ipv4Addr> {
-    pub frontends: BTreeMap<FrontendKey<A>, Frontend>,
+    pub frontends: BTreeMap<FrontendKey<A>, Frontend<A>>,
     pub sets: BTreeMap<SetKey, BackendSet<A>>,
     /// By healthCheckNodePort.
     pub health_checks: BTreeMap<u16, HealthCheck>,
@@ -345,7 +348,7 @@ struct Share<A> {
     sets: Vec<(SetKey, BackendSet<A>)>,
     /// The first frontend of the service with a key keeps it: its ClusterIP before its other
     /// addresses, as kube-proxy's ClusterIP rule comes before its externalIP and LB rules.
-    frontends: BTreeMap<FrontendKey<A>, Frontend>,
+    frontends: BTreeMap<FrontendKey<A>, Frontend<A>>,
     retained: BTreeMap<(A, u16), Backend<A>>,
     health_check: Option<(u16, HealthCheck)>,
     /// Every externalIP and LoadBalancer IP the Service lists, refused or not: whether it is
@@ -448,6 +451,8 @@ fn add_service<A: Family>(
         }
         // From a pod, external addresses short-circuit to the cluster set when there is one.
         let pod_to_external = policy_of(!policy.uses_cluster);
+        let ranges: Option<Arc<[(A, u8)]>> =
+            (!spec.source_ranges.is_empty()).then(|| spec.source_ranges.as_slice().into());
         let mut add = |ip: A, port_num: u16, kind: Kind, external: Policy| {
             for (scope, policy) in [
                 (Scope::External, external),
@@ -467,6 +472,9 @@ fn add_service<A: Family>(
                 let fe = Frontend {
                     set: set_key(policy),
                     kind,
+                    // Only a LoadBalancer IP is filtered: kube-proxy's firewall chains leave
+                    // NodePorts, ClusterIPs and externalIPs open.
+                    source_ranges: ranges.clone().filter(|_| kind == Kind::LoadBalancer),
                 };
                 // Another service's claim on the key is settled by the tracker.
                 out.frontends.entry(key).or_insert(fe);

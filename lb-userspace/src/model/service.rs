@@ -49,6 +49,9 @@ pub struct ServiceSpec<A = Ipv4Addr> {
     pub external_ips: Vec<Listed<A>>,
     /// status.loadBalancer.ingress IPs of family `A`, except those with ipMode Proxy.
     pub load_balancer_ips: Vec<Listed<A>>,
+    /// spec.loadBalancerSourceRanges of family `A`: (network, prefix length). Empty: the
+    /// LoadBalancer IPs of this family are open to all (kube-proxy's per-family rule).
+    pub source_ranges: Vec<(A, u8)>,
     pub ports: Vec<ServicePortSpec>,
     pub external_local: bool,
     pub internal_local: bool,
@@ -113,17 +116,18 @@ impl<A: Family> ServiceSpec<A> {
             ),
             affinity_timeout: affinity_timeout(spec, &mut report),
             health_check_node_port: health_check_node_port(spec, kind, external_local, &mut report),
+            source_ranges: Vec::new(),
             warnings: Vec::new(),
         };
-        let ranges = spec.load_balancer_source_ranges.as_deref();
-        if !ranges.unwrap_or_default().is_empty() && !out.load_balancer_ips.is_empty() {
-            // Serving the IPs without the ranges would open them to every client.
-            let field = "spec.loadBalancerSourceRanges";
-            report.push(
-                field,
-                "not supported yet: the LoadBalancer IPs are not served",
-            );
-            out.load_balancer_ips.clear();
+        match source_ranges(spec, &mut report) {
+            Some(ranges) => out.source_ranges = ranges,
+            None if !out.load_balancer_ips.is_empty() => {
+                // Serving the IPs without the ranges would open them to every client.
+                let message = "no valid range: the LoadBalancer IPs are not served";
+                report.push("spec.loadBalancerSourceRanges", message);
+                out.load_balancer_ips.clear();
+            }
+            None => {}
         }
         out.warnings = report.problems;
         out.settle_external_policy();
@@ -296,6 +300,36 @@ fn address(field: &str, value: &str, report: &mut Report) -> Option<IpAddr> {
             None
         }
     }
+}
+
+/// spec.loadBalancerSourceRanges of family `A` (kube-proxy's per-family filter), each as its
+/// network and prefix length; an entry that is no CIDR is reported and skipped. `None` when the
+/// field lists entries and none of them is valid in either family: failing closed, since the
+/// user asked for a firewall.
+fn source_ranges<A: Family>(spec: &core::ServiceSpec, report: &mut Report) -> Option<Vec<(A, u8)>> {
+    let listed = spec
+        .load_balancer_source_ranges
+        .as_deref()
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let mut valid = false;
+    for (i, value) in listed.iter().enumerate() {
+        match value.trim().parse::<ipnet::IpNet>() {
+            Ok(net) => {
+                valid = true;
+                if let Some(ip) = A::of(net.network()) {
+                    out.push((ip, net.prefix_len()));
+                }
+            }
+            Err(_) => report.push(
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                format!("{value:?} is not a CIDR: skipped"),
+            ),
+        }
+    }
+    out.sort();
+    out.dedup();
+    (listed.is_empty() || valid).then_some(out)
 }
 
 /// kube-proxy's ExternalPolicyLocal: eTP Local, for a type it counts as external. kube-proxy

@@ -239,7 +239,8 @@ fn program_services(dp: &mut Dataplane) -> Result<()> {
             service_id: 1,
             stats_id,
             kind,
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
         };
         dp.maps.set_frontend(&key, &fe)?;
     }

@@ -114,7 +114,8 @@ impl Node {
                 service_id: s.id,
                 stats_id: s.id,
                 kind,
-                _pad: [0; 3],
+                flags: 0,
+                _pad: [0; 2],
             };
             maps.set_frontend(&key, &fe).expect("frontend");
         }
@@ -405,5 +406,6 @@ mod conntrack;
 mod fragments;
 mod icmp;
 mod snat;
+mod source_ranges;
 mod translation;
 mod verdicts;

@@ -556,6 +556,7 @@ fn service_spec(port: &SvcPort) -> ServiceSpec {
         cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 1)],
         external_ips: Vec::new(),
         load_balancer_ips: Vec::new(),
+        source_ranges: Vec::new(),
         ports: vec![ServicePortSpec {
             name: String::new(),
             proto: Protocol::Tcp,

@@ -474,25 +474,73 @@ static CASES: &[Case] = &[
         ..CASE
     },
     Case {
-        name: "loadBalancerSourceRanges of one family keep both families' LoadBalancer IPs out",
+        name: "loadBalancerSourceRanges filter only the LoadBalancer IP, of their own family",
         service: || json!({
             "spec": {
                 "type": "LoadBalancer",
                 "ipFamilies": ["IPv4", "IPv6"],
                 "clusterIPs": ["10.96.0.1", "fd00::10"],
-                "loadBalancerSourceRanges": ["198.51.100.0/24"],
+                "externalIPs": ["198.51.100.9"],
+                "loadBalancerSourceRanges": ["198.51.100.0/24", " 203.0.113.7/32 "],
                 "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
             },
             "status": {"loadBalancer": {"ingress": [
                 {"ip": "203.0.113.1"}, {"ip": "2001:db8:2::1"},
             ]}},
         }),
+        frontends: &[
+            "10.96.0.1:80/TCP ClusterIP http",
+            "192.0.2.10:30080/TCP NodePort http",
+            "198.51.100.9:80/TCP ExternalIP http",
+            "203.0.113.1:80/TCP LoadBalancer http ranges=198.51.100.0/24,203.0.113.7/32",
+        ],
+        sets: &["http/TCP Cluster"],
+        // No IPv6 range: kube-proxy's IPv6 proxier leaves its LoadBalancer IP open.
+        frontends6: &[
+            "[2001:db8::10]:30080/TCP NodePort http",
+            "[2001:db8:2::1]:80/TCP LoadBalancer http",
+            "[fd00::10]:80/TCP ClusterIP http",
+        ],
+        sets6: &["http/TCP Cluster"],
+        ..CASE
+    },
+    Case {
+        name: "a loadBalancerSourceRanges entry that is no CIDR is skipped, the rest apply",
+        service: || json!({
+            "spec": {
+                "type": "LoadBalancer",
+                "clusterIP": "10.96.0.1",
+                "loadBalancerSourceRanges": ["10.0.0.0/33", "198.51.100.7/24"],
+                "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}]}},
+        }),
+        frontends: &[
+            "10.96.0.1:80/TCP ClusterIP http",
+            "192.0.2.10:30080/TCP NodePort http",
+            "203.0.113.1:80/TCP LoadBalancer http ranges=198.51.100.0/24",
+        ],
+        sets: &["http/TCP Cluster"],
+        problems: &[("spec.loadBalancerSourceRanges[0]", "\"10.0.0.0/33\" is not a CIDR: skipped")],
+        ..CASE
+    },
+    Case {
+        name: "loadBalancerSourceRanges without one valid entry keep the LoadBalancer IPs out",
+        service: || json!({
+            "spec": {
+                "type": "LoadBalancer",
+                "clusterIP": "10.96.0.1",
+                "loadBalancerSourceRanges": ["everyone"],
+                "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}]}},
+        }),
         frontends: &["10.96.0.1:80/TCP ClusterIP http", "192.0.2.10:30080/TCP NodePort http"],
         sets: &["http/TCP Cluster"],
-        problems: &[("spec.loadBalancerSourceRanges", "not supported yet")],
-        frontends6: &["[2001:db8::10]:30080/TCP NodePort http", "[fd00::10]:80/TCP ClusterIP http"],
-        sets6: &["http/TCP Cluster"],
-        problems6: &[("spec.loadBalancerSourceRanges", "not supported yet")],
+        problems: &[
+            ("spec.loadBalancerSourceRanges", "no valid range: the LoadBalancer IPs are not served"),
+            ("spec.loadBalancerSourceRanges[0]", "is not a CIDR"),
+        ],
         ..CASE
     },
 ];
@@ -535,7 +583,15 @@ fn frontends<A: Family>(d: &Desired<A>) -> Vec<String> {
     let described = outside.map(|(k, fe)| {
         let (addr, proto) = (SocketAddr::new(k.ip.into(), k.port), k.proto.as_str());
         let name = &fe.set.port_name;
-        format!("{addr}/{proto} {} {name}", fe.kind.as_str())
+        let mut out = format!("{addr}/{proto} {} {name}", fe.kind.as_str());
+        if let Some(ranges) = &fe.source_ranges {
+            let ranges: Vec<String> = ranges
+                .iter()
+                .map(|(ip, len)| format!("{ip}/{len}"))
+                .collect();
+            out += &format!(" ranges={}", ranges.join(","));
+        }
+        out
     });
     described.map(|s| s.trim_end().to_string()).collect()
 }
