@@ -466,6 +466,21 @@ pub fn web_service(cluster_ip: &str, node_port: u16, endpoints: &str) -> String 
     )
 }
 
+/// The `kubernetes` Service of a control-plane node: ClusterIP 10.96.0.1:443 to the API server
+/// on `node` itself (`node_ip`:6443), as kubeadm, kind and k3s have it.
+pub fn apiserver_service(node_ip: &str, node: &str) -> String {
+    service(
+        "apiserver",
+        "",
+        "  clusterIP: 10.96.0.1\n  ports:\n  - {name: https, port: 443, targetPort: 6443}\n",
+    ) + &slice(
+        "apiserver",
+        "apiserver-1",
+        "[{name: https, port: 6443}]",
+        &ready(node_ip, node),
+    )
+}
+
 pub fn slice(service: &str, slice: &str, ports: &str, endpoints: &str) -> String {
     let endpoints = if endpoints.is_empty() {
         "endpoints: []\n".to_string()

@@ -5,7 +5,10 @@
 //! NodePort, TCP and UDP, local and remote backends, eTP=Local, no endpoints (refused), pod to
 //! NodePort, hairpin, and the node itself as the endpoint.
 use lb_tests::{
-    cluster_lab::{ready, service, slice, spread, until_error, web_service, Cluster, CLIENT_IP},
+    cluster_lab::{
+        apiserver_service, ready, service, slice, spread, until_error, web_service, Cluster,
+        CLIENT_IP,
+    },
     lab::{require_privileged, RequestError},
 };
 
@@ -60,16 +63,7 @@ fn matrix() -> String {
             "  clusterIP: 10.96.0.24\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n",
         ) + &slice("itself", "itself-1", http_ports, &ready("10.244.1.5", A)),
         // The node itself as the endpoint (the `kubernetes` Service on a control-plane node).
-        service(
-            "apiserver",
-            "",
-            "  clusterIP: 10.96.0.1\n  ports:\n  - {name: https, port: 443, targetPort: 6443}\n",
-        ) + &slice(
-            "apiserver",
-            "apiserver-1",
-            "[{name: https, port: 6443}]",
-            &ready("192.0.2.10", A),
-        ),
+        apiserver_service("192.0.2.10", A),
     ]
     .join("---\n")
 }

@@ -4,7 +4,7 @@
 //! sees it; from a pod on another node the reply arrives on that node's external interface.
 use lb_tests::{
     agent_lab::{addr, until_answer},
-    cluster_lab::{ready, service, slice, spread, Cluster, APPLY},
+    cluster_lab::{apiserver_service, spread, Cluster, APPLY},
     lab::require_privileged,
 };
 
@@ -15,16 +15,7 @@ fn a_service_whose_endpoint_is_the_node_answers_pods_everywhere() {
     if !require_privileged("lab_node_endpoint") {
         return;
     }
-    let api = service(
-        "apiserver",
-        "",
-        "  clusterIP: 10.96.0.1\n  ports:\n  - {name: https, port: 443, targetPort: 6443}\n",
-    ) + &slice(
-        "apiserver",
-        "apiserver-1",
-        "[{name: https, port: 6443}]",
-        &ready(A_IP, "node-a"),
-    );
+    let api = apiserver_service(A_IP, "node-a");
     let c = Cluster::start(
         "node-endpoint",
         env!("CARGO_BIN_EXE_lb-echo"),
