@@ -25,6 +25,10 @@ const ECHO: &str = env!("CARGO_BIN_EXE_lb-echo");
 const HELD_IP: &str = "192.0.2.50";
 /// An externalIP nobody in the lab holds.
 const FOREIGN_IP: &str = "192.0.2.60";
+/// LoadBalancer IPs node-a holds (on lo): one whose source ranges hold node-a's address, one
+/// whose ranges do not.
+const LB_OPEN_IP: &str = "192.0.2.51";
+const LB_CLOSED_IP: &str = "192.0.2.52";
 
 fn cluster(test: &str, objects: &[(&str, &str)], flags: &[&str]) -> Option<Cluster> {
     if !require_privileged("lab_socket_lb") {
@@ -143,11 +147,27 @@ fn objects() -> Vec<(&'static str, String)> {
              - {{port: 80, targetPort: 8080}}\n"
         ),
     ) + &slice("external", "external-1", "[{port: 8080}]", &ready(B1, B));
+    let ranged = |name: &str, n: u16, ip: &str, range: &str| {
+        let spec = format!(
+            "  type: LoadBalancer\n  clusterIP: 10.96.0.{n}\n  loadBalancerSourceRanges: \
+             [{range}]\n  ports:\n  - {{port: 80, targetPort: 8080, nodePort: {}}}\nstatus:\n  \
+             loadBalancer: {{ingress: [{{ip: {ip}}}]}}\n",
+            30000 + n,
+        );
+        service(name, "", &spec)
+            + &slice(name, &format!("{name}-1"), "[{port: 8080}]", &ready(B1, B))
+    };
     vec![
         ("web.yaml", web(&(ready(A1, A) + &ready(B1, B)))),
         ("sticky.yaml", sticky),
         ("empty.yaml", empty),
         ("external.yaml", external),
+        // Source ranges: the node's connections pass only where a range holds its address.
+        ("open.yaml", ranged("open", 14, LB_OPEN_IP, "192.0.2.0/24")),
+        (
+            "closed.yaml",
+            ranged("closed", 15, LB_CLOSED_IP, "198.51.100.0/24"),
+        ),
     ]
 }
 
@@ -156,9 +176,11 @@ fn start(test: &str, flags: &[&str]) -> Option<Cluster> {
     let refs: Vec<(&str, &str)> = objects.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let c = cluster(test, &refs, flags)?;
     let node = c.node(A);
-    node.ns
-        .add_addr("lo", &format!("{HELD_IP}/32"))
-        .expect("held address");
+    for ip in [HELD_IP, LB_OPEN_IP, LB_CLOSED_IP] {
+        node.ns
+            .add_addr("lo", &format!("{ip}/32"))
+            .expect("held address");
+    }
     until_frontend(node, "10.96.0.10", 80, false, Some(&[A1, B1]));
     Some(c)
 }
@@ -238,6 +260,13 @@ fn the_node_reaches_services_at_connect_time() {
         0,
         "foreign externalIP translated"
     );
+
+    // loadBalancerSourceRanges: the node's own connection passes where a range holds the node's
+    // address, and times out where none does (kube-proxy drops it there).
+    let open = format!("{LB_OPEN_IP}:80");
+    until_pods(node, &["--addr", &open], &open, &["b1"]);
+    let closed = ask(node, &["--addr", &format!("{LB_CLOSED_IP}:80")]);
+    assert_eq!(closed, [Answer::Error("timeout".into())], "{closed:?}");
 
     // Session affinity: every connection lands on one backend.
     let sticky = ask(node, &["--addr", "10.96.0.11:80", "--count", "30"]);
