@@ -404,6 +404,7 @@ fn tuple(p: &Pkt) -> lb_common::Tuple4 {
 mod affinity;
 mod conntrack;
 mod fragments;
+mod fuzz;
 mod icmp;
 mod snat;
 mod source_ranges;
