@@ -14,11 +14,9 @@ use crate::{
     maps::count,
     nat::set_addr,
     packet::{read, Packet},
-    parse::{Flow, IP_DADDR, IP_OFF, IP_SADDR},
+    parse::{Flow, IP_DADDR, IP_ID, IP_SADDR},
 };
 
-/// Offset of the IPv4 identification field.
-const IP_ID: usize = IP_OFF + 4;
 /// Datagrams in flight whose first fragment lb translated. LRU: a datagram's fragments arrive
 /// within milliseconds; a lost entry only loses that datagram, as a full reassembly queue would.
 const CAPACITY: u32 = 8_192;

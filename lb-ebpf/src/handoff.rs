@@ -20,14 +20,9 @@ use aya_ebpf::{
 
 use crate::{
     packet::{read, Packet, Tc, Xdp},
-    parse::{IP_OFF, IP_SADDR},
+    parse::{ETH_PROTO, ETH_P_IP, IP_ID, IP_PROTO, IP_SADDR},
 };
 
-/// Offsets of the EtherType, the IPv4 identification and protocol fields.
-const ETH_PROTO: usize = 12;
-const IP_ID: usize = IP_OFF + 4;
-const IP_PROTO: usize = IP_OFF + 9;
-const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 /// How long a record stands for its packet: the time from XDP to TC on one interface is
 /// microseconds; a record only ever matches the packet it was made for or, within this time, a
 /// retransmission of it, which TC should send on as well.
@@ -52,7 +47,7 @@ static LB4_HANDOFF: LruHashMap<Key, u64> = LruHashMap::with_max_entries(4_096, 0
 
 #[inline(always)]
 fn key<P: Packet>(p: &P) -> Option<Key> {
-    if read::<u16, P>(p, ETH_PROTO)? != ETH_P_IP_BE {
+    if read::<u16, P>(p, ETH_PROTO)? != ETH_P_IP.to_be() {
         return None;
     }
     Some(Key {

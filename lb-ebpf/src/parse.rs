@@ -5,12 +5,18 @@ use lb_common::{Tuple4, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::packet::{read, Packet};
 
 pub const ETH_LEN: usize = 14;
+/// Offset of the EtherType.
+pub const ETH_PROTO: usize = 12;
 pub const IP_OFF: usize = ETH_LEN;
+/// Offsets of the IPv4 identification and protocol fields.
+pub const IP_ID: usize = IP_OFF + 4;
+pub const IP_PROTO: usize = IP_OFF + 9;
 pub const IP_TTL: usize = IP_OFF + 8;
 pub const IP_CSUM: usize = IP_OFF + 10;
 pub const IP_SADDR: usize = IP_OFF + 12;
 pub const IP_DADDR: usize = IP_OFF + 16;
-const ETH_P_IP: u16 = 0x0800;
+/// IPv4's EtherType, host order.
+pub const ETH_P_IP: u16 = 0x0800;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
 pub const TCP_FIN: u8 = 0x01;
@@ -106,7 +112,7 @@ pub fn parse<P: Packet>(p: &mut P) -> Option<Flow> {
     // and only where it is not already: a pull on a cloned skb (every TCP segment a pod sends)
     // copies its head, service or not.
     p.ensure(IP_OFF + IPV4_MIN);
-    if read::<u16, P>(p, 12)? != ETH_P_IP.to_be() {
+    if read::<u16, P>(p, ETH_PROTO)? != ETH_P_IP.to_be() {
         return None;
     }
     let ip: Ipv4 = read(p, IP_OFF)?;
