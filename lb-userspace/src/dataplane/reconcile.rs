@@ -48,6 +48,29 @@ pub struct Programmed {
 }
 
 impl Programmed {
+    /// Take the frontend at `key` as `from` holds it, with its source ranges.
+    fn copy_frontend(&mut self, from: &Programmed, key: &Frontend4Key) {
+        let fe = from.frontends[key];
+        self.frontends.insert(*key, fe);
+        if let Some(ranges) = from.ranges.get(&fe.stats_id) {
+            self.ranges.insert(fe.stats_id, ranges.clone());
+        }
+    }
+
+    /// Every (stats id, range) this holds that `other` does not.
+    fn ranges_not_in<'a>(
+        &'a self,
+        other: &'a Programmed,
+    ) -> impl Iterator<Item = (u32, KernelRange)> + 'a {
+        self.ranges.iter().flat_map(move |(id, ranges)| {
+            let theirs = other.ranges.get(id).map_or(&[][..], Vec::as_slice);
+            ranges
+                .iter()
+                .filter(move |r| !theirs.contains(r))
+                .map(move |r| (*id, *r))
+        })
+    }
+
     /// Read what the maps hold now (after a restart, or to find drift).
     pub fn read(maps: &Maps) -> Result<Self> {
         let names: HashMap<u32, ServiceName> = entries(&maps.service_names)?.into_iter().collect();
@@ -350,11 +373,8 @@ impl Reconciler {
             }
         }
         for key in target.frontends.keys() {
-            if let Some(fe) = cur.frontends.get(key) {
-                before.frontends.entry(*key).or_insert(*fe);
-                if let Some(ranges) = cur.ranges.get(&fe.stats_id) {
-                    before.ranges.insert(fe.stats_id, ranges.clone());
-                }
+            if cur.frontends.contains_key(key) && !before.frontends.contains_key(key) {
+                before.copy_frontend(cur, key);
             }
         }
     }
@@ -441,11 +461,7 @@ impl<'a> Planner<'a> {
             before.sets.insert(*id, set.clone());
         }
         for key in &owned.frontends {
-            let fe = self.current.frontends[key];
-            before.frontends.insert(*key, fe);
-            if let Some(ranges) = self.current.ranges.get(&fe.stats_id) {
-                before.ranges.insert(fe.stats_id, ranges.clone());
-            }
+            before.copy_frontend(self.current, key);
         }
         self.frontends -= owned.frontends.len();
         Some(owned)
@@ -611,11 +627,7 @@ impl<'a> Planner<'a> {
             self.target.sets.insert(*id, set);
         }
         for key in &owned.frontends {
-            let fe = self.current.frontends[key];
-            self.target.frontends.insert(*key, fe);
-            if let Some(ranges) = self.current.ranges.get(&fe.stats_id) {
-                self.target.ranges.insert(fe.stats_id, ranges.clone());
-            }
+            self.target.copy_frontend(self.current, key);
         }
         self.frontends += owned.frontends.len();
         self.index.services.insert(service.clone(), owned);
@@ -809,12 +821,9 @@ fn write_diff(maps: &mut Maps, cur: &Programmed, target: &Programmed, report: &m
         }
     }
     // 4a. Source ranges a frontend gains, before the frontend that needs them.
-    for (stats_id, ranges) in &target.ranges {
-        let old = cur.ranges.get(stats_id).map_or(&[][..], Vec::as_slice);
-        for range in ranges.iter().filter(|r| !old.contains(r)) {
-            if let Err(e) = maps.set_source_range(*stats_id, *range) {
-                fail(e);
-            }
+    for (stats_id, range) in target.ranges_not_in(cur) {
+        if let Err(e) = maps.set_source_range(stats_id, range) {
+            fail(e);
         }
     }
     // 4. New and changed frontends, now that their sets (and ranges) are complete.
@@ -836,12 +845,9 @@ fn write_diff(maps: &mut Maps, cur: &Programmed, target: &Programmed, report: &m
         }
     }
     // 4b. Source ranges no frontend has any more (its flag cleared, or itself gone).
-    for (stats_id, ranges) in &cur.ranges {
-        let new = target.ranges.get(stats_id).map_or(&[][..], Vec::as_slice);
-        for range in ranges.iter().filter(|r| !new.contains(r)) {
-            if let Err(e) = maps.remove_source_range(*stats_id, *range) {
-                fail(e);
-            }
+    for (stats_id, range) in cur.ranges_not_in(target) {
+        if let Err(e) = maps.remove_source_range(stats_id, range) {
+            fail(e);
         }
     }
     // 5. Sets no frontend points to any more, and the affinity entries of what went away.
