@@ -891,7 +891,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let m = Metrics::new(None, CAPS, Duration::from_secs(20));
         tokio::spawn(serve_on(listener, m.clone()));
-        let get = |path: &'static str| {
+        let get_from = |addr: std::net::SocketAddr, path: &'static str| {
             tokio::task::spawn_blocking(move || {
                 use std::io::{Read, Write};
                 let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -903,6 +903,7 @@ mod tests {
                 out
             })
         };
+        let get = |path: &'static str| get_from(addr, path);
         let status = |reply: &str| reply.split(' ').nth(1).unwrap_or_default().to_string();
         assert_eq!(status(&get("/livez").await.unwrap()), "200");
         assert_eq!(status(&get("/healthz").await.unwrap()), "503");
@@ -928,17 +929,7 @@ mod tests {
         let stalled = Metrics::new(None, CAPS, Duration::ZERO);
         tokio::spawn(serve_on(listener, stalled.clone()));
         stalled.liveness().turned();
-        let reply = tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(stalled_addr).unwrap();
-            s.write_all(b"GET /livez HTTP/1.0\r\nHost: x\r\n\r\n")
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-        .await
-        .unwrap();
+        let reply = get_from(stalled_addr, "/livez").await.unwrap();
         assert_eq!(status(&reply), "503", "{reply}");
         assert!(reply.contains("control loop has not turned"), "{reply}");
     }
