@@ -308,7 +308,7 @@ pub struct SockRevNat4 {
 
 /// Key of `LB_SLOTS`: the n-th backend of a service.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct SlotKey {
     pub service_id: u32,
     pub slot: u32,

@@ -1,5 +1,6 @@
 //! Building blocks of the lab topologies the scenario tests share: a node with routed pods
 //! (host-side veths and /32 routes, as Calico does), an outside client, and the lb-agent binary.
+use lb::dataplane::ServiceMaps as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};

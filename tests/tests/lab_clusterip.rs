@@ -1,6 +1,7 @@
 //! Real TCP and UDP through a ClusterIP from a pod, in network namespaces: one node, two pods on
 //! host-side veths (routed /32s, as Calico does), lb_tc_pod on the pod interfaces, maps programmed
 //! through the dataplane library.
+use lb::dataplane::ServiceMaps as _;
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},

@@ -11,6 +11,7 @@
 //! node2); the nodes route each other's pod CIDRs. The client only has a route to node1's
 //! address, and node2 has none back to the client, so pod c is only reachable through node1's
 //! SNAT. Every backend runs lb-echo, which answers with its name and the peer it saw.
+use lb::dataplane::ServiceMaps as _;
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},

@@ -4,6 +4,7 @@
 //! restarted Dataplane swaps its program into the same filter (still exactly one lb filter,
 //! established connections keep working); Auto mode takes the filter over (tcx on 6.6+, the
 //! netlink fallback before); detach and cleanup remove lb's filter. Passes on 6.1 too.
+use lb::dataplane::ServiceMaps as _;
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use aya::programs::{loaded_programs, tc::TcAttachType, SchedClassifier};

@@ -214,5 +214,6 @@ pub(crate) fn ip_of(addr: u32) -> Ipv4Addr {
 }
 
 pub(crate) fn protocol_name(proto: u8) -> &'static str {
-    crate::model::Protocol::from_number(proto).map_or("?", crate::model::Protocol::as_str)
+    use crate::dataplane::reconcile::Code;
+    crate::model::Protocol::from_code(proto).map_or("?", crate::model::Protocol::as_str)
 }

@@ -1,7 +1,6 @@
-//! Typed access to lb's kernel maps, for the agent (writes) and lbctl (reads).
-//!
-//! Writes are ordered so that a packet never meets a dangling reference: backends before the
-//! slots naming them, slots before the service count covering them, services before frontends.
+//! Typed access to lb's kernel maps, for the agent (writes) and lbctl (reads). The maps the
+//! reconciler owns are written through `reconcile::ServiceMaps`, whose module `write` holds the
+//! order of the writes.
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result};
@@ -192,89 +191,6 @@ impl Maps {
         ignore_missing(self.node_addrs.remove(&ifindex))
     }
 
-    pub fn set_backend(&mut self, id: u32, backend: &Backend4) -> Result<()> {
-        self.backends
-            .insert(id, backend, 0)
-            .with_context(|| format!("backend {id}"))
-    }
-
-    pub fn remove_backend(&mut self, id: u32) -> Result<()> {
-        ignore_missing(self.backends.remove(&id))
-    }
-
-    /// Program a service's backend set: slots first, then the count that makes them visible,
-    /// then the slots beyond the new count are dropped. `previous` is the old backend count.
-    pub fn set_service(
-        &mut self,
-        id: u32,
-        service: &Service,
-        backends: &[u32],
-        previous: u32,
-    ) -> Result<()> {
-        for (slot, backend) in backends.iter().enumerate() {
-            let key = SlotKey {
-                service_id: id,
-                slot: slot as u32,
-            };
-            self.slots
-                .insert(key, backend, 0)
-                .with_context(|| format!("service {id} slot {slot}"))?;
-        }
-        let value = Service {
-            backend_count: backends.len() as u32,
-            ..*service
-        };
-        self.services
-            .insert(id, value, 0)
-            .with_context(|| format!("service {id}"))?;
-        for slot in backends.len() as u32..previous {
-            ignore_missing(self.slots.remove(&SlotKey {
-                service_id: id,
-                slot,
-            }))?;
-        }
-        Ok(())
-    }
-
-    /// Remove a service and its slots (its frontends must be gone already).
-    pub fn remove_service(&mut self, id: u32) -> Result<()> {
-        let count = self
-            .services
-            .get(&id, 0)
-            .map(|s| s.backend_count)
-            .unwrap_or(0);
-        ignore_missing(self.services.remove(&id))?;
-        for slot in 0..count {
-            ignore_missing(self.slots.remove(&SlotKey {
-                service_id: id,
-                slot,
-            }))?;
-        }
-        Ok(())
-    }
-
-    pub fn set_frontend(&mut self, key: &Frontend4Key, frontend: &Frontend4) -> Result<()> {
-        self.frontends
-            .insert(key, frontend, 0)
-            .with_context(|| format!("frontend {key:?}"))
-    }
-
-    pub fn remove_frontend(&mut self, key: &Frontend4Key) -> Result<()> {
-        ignore_missing(self.frontends.remove(key))
-    }
-
-    pub fn set_service_name(&mut self, id: u32, name: &ServiceName) -> Result<()> {
-        self.service_names
-            .insert(id, name, 0)
-            .with_context(|| format!("name of service {id}"))
-    }
-
-    /// Remove a service, its slots and its name (its frontends must be gone already).
-    pub fn remove_named_service(&mut self, id: u32) -> Result<()> {
-        self.remove_service(id)?;
-        ignore_missing(self.service_names.remove(&id))
-    }
-
     pub fn set_iface(&mut self, ifindex: u32, info: &IfaceInfo) -> Result<()> {
         self.ifaces
             .insert(ifindex, info, 0)
@@ -310,18 +226,6 @@ impl Maps {
         Some(self.xmit_drops.get(&ifindex, 0).ok()?.iter().sum())
     }
 
-    /// Zero a frontend's counters before its stats id is given to a new frontend.
-    pub fn reset_frontend_counters(&mut self, stats_id: u32) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let zero = PerCpuValues::try_from(vec![Counters::default(); cpus])?;
-        self.frontend_stats.set(stats_id, zero, 0)?;
-        let zero = PerCpuValues::try_from(vec![0u64; cpus])?;
-        if let Some(drops) = &mut self.source_range_drops {
-            drops.set(stats_id, PerCpuValues::try_from(vec![0u64; cpus])?, 0)?;
-        }
-        Ok(self.sock_stats.set(stats_id, zero, 0)?)
-    }
-
     fn range_key(stats_id: u32, (addr, len): KernelRange) -> LpmKey<SourceRange4> {
         // The stats id is matched whole (32 bits), then `len` bits of the address.
         LpmKey::new(32 + u32::from(len), SourceRange4 { stats_id, addr })
@@ -333,20 +237,20 @@ impl Maps {
             .with_context(|| format!("map {} missing", names::SOURCE_RANGES4))
     }
 
-    pub fn set_source_range(&mut self, stats_id: u32, range: KernelRange) -> Result<()> {
+    pub(super) fn set_source_range(&mut self, stats_id: u32, range: KernelRange) -> Result<()> {
         let key = Self::range_key(stats_id, range);
         self.source_ranges_mut()?
             .insert(&key, 1, 0)
             .with_context(|| format!("source range {range:?} of frontend {stats_id}"))
     }
 
-    pub fn remove_source_range(&mut self, stats_id: u32, range: KernelRange) -> Result<()> {
+    pub(super) fn remove_source_range(&mut self, stats_id: u32, range: KernelRange) -> Result<()> {
         let key = Self::range_key(stats_id, range);
         ignore_missing(self.source_ranges_mut()?.remove(&key))
     }
 
     /// Every frontend's source ranges, by stats id (sorted); none without the map.
-    pub fn source_ranges(&self) -> Result<BTreeMap<u32, Vec<KernelRange>>> {
+    pub(super) fn read_source_ranges(&self) -> Result<BTreeMap<u32, Vec<KernelRange>>> {
         let mut out: BTreeMap<u32, Vec<KernelRange>> = BTreeMap::new();
         let Some(map) = &self.source_ranges else {
             return Ok(out);
@@ -397,40 +301,6 @@ impl Maps {
                 .with_context(|| format!("{} {addr:#x}", names::HOST_ADDRS4))?;
         }
         Ok(())
-    }
-
-    /// Forget the session-affinity entries `stale` picks (their set or backend went away).
-    pub fn purge_affinity(
-        &mut self,
-        stale: impl Fn(&AffinityKey4, &Affinity) -> bool,
-    ) -> Result<usize> {
-        let doomed: Vec<AffinityKey4> = self
-            .affinity
-            .iter()
-            .filter_map(|e| e.ok())
-            .filter(|(k, a)| stale(k, a))
-            .map(|(k, _)| k)
-            .collect();
-        for key in &doomed {
-            ignore_missing(self.affinity.remove(key))?;
-        }
-        Ok(doomed.len())
-    }
-
-    /// The backend ids of a service, in slot order.
-    pub fn service_backends(&self, id: u32) -> Result<Vec<u32>> {
-        let count = self.services.get(&id, 0)?.backend_count;
-        (0..count)
-            .map(|slot| {
-                Ok(self.slots.get(
-                    &SlotKey {
-                        service_id: id,
-                        slot,
-                    },
-                    0,
-                )?)
-            })
-            .collect()
     }
 
     /// Summed per-CPU counters of one frontend.

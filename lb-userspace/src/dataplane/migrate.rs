@@ -1,6 +1,7 @@
 //! Pinned state of earlier lb releases that is carried over rather than dropped, so that an
 //! upgrade keeps every flow: only maps the kernel never reads change this way (a map the
 //! programs use changes with `ABI_VERSION`).
+use super::reconcile::{ServiceMaps as _, Write};
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData};
 use lb_common::{map_names as names, ServiceName};
@@ -49,7 +50,7 @@ pub fn service_names(layout: &PinLayout, maps: &mut Maps) -> Result<()> {
     for entry in old.iter() {
         let (id, name) = entry?;
         if maps.service_names.get(&id, 0).is_err() {
-            maps.set_service_name(id, &name.into())?;
+            maps.write(&Write::Name(id, name.into()))?;
             copied += 1;
         }
     }

@@ -26,6 +26,7 @@ use lb_common::{map_names as names, Config, IfaceInfo, IFACE_EXTERNAL, IFACE_POD
 pub use attach::{ifindex, TcHook, TcMode, TC_NETLINK_PRIORITY};
 pub use maps::{Capacities, Maps};
 pub use pins::{PinLayout, DEFAULT_PIN_PATH};
+pub use reconcile::ServiceMaps;
 pub use socket_lb::SocketLbMode;
 pub use xdp_mode::{XdpModeUsed, XdpReason, XdpRequest};
 

@@ -1,13 +1,14 @@
 //! What the maps hold, read back into named, serializable rows. [`frontends`] has one row per
 //! kernel frontend entry (address, port, protocol and scope); [`services`] merges the two scopes
 //! into the `lbctl services` JSON contract (DESIGN.md): one entry per frontend.
+use crate::dataplane::reconcile::Code;
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use lb_common::{BE_F_LOCAL, BE_F_TERMINATING, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL};
 use serde::Serialize;
 
-use super::{reconcile::Programmed, Maps};
+use super::reconcile::{Programmed, ServiceMaps};
 use crate::model::{Kind, Protocol};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -46,7 +47,7 @@ pub struct FrontendRow {
 }
 
 /// Every kernel frontend entry with its set, sorted by service, port name and frontend.
-pub fn frontends(maps: &Maps) -> Result<Vec<FrontendRow>> {
+pub fn frontends(maps: &impl ServiceMaps) -> Result<Vec<FrontendRow>> {
     Ok(frontends_of(&Programmed::read(maps)?))
 }
 
@@ -78,8 +79,8 @@ pub fn frontends_of(programmed: &Programmed) -> Vec<FrontendRow> {
                 frontend: FrontendView {
                     ip: Ipv4Addr::from(key.addr.to_ne_bytes()),
                     port: u16::from_be(key.port),
-                    protocol: Protocol::from_number(key.proto).map_or("?", Protocol::as_str),
-                    kind: Kind::from_number(fe.kind).map_or("?", Kind::as_str),
+                    protocol: Protocol::from_code(key.proto).map_or("?", Protocol::as_str),
+                    kind: Kind::from_code(fe.kind).map_or("?", Kind::as_str),
                     scope: if key.scope == lb_common::SCOPE_INTERNAL {
                         "internal"
                     } else {
@@ -154,7 +155,7 @@ pub struct FrontendKeyView {
 }
 
 /// One entry per frontend (address, port, protocol), sorted like [`frontends`].
-pub fn services(maps: &Maps) -> Result<Vec<ServiceView>> {
+pub fn services(maps: &impl ServiceMaps) -> Result<Vec<ServiceView>> {
     Ok(services_of(&frontends(maps)?))
 }
 

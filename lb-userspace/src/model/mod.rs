@@ -101,21 +101,6 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => lb_common::PROTO_TCP,
-            Protocol::Udp => lb_common::PROTO_UDP,
-        }
-    }
-
-    pub fn from_number(n: u8) -> Option<Self> {
-        match n {
-            lb_common::PROTO_TCP => Some(Protocol::Tcp),
-            lb_common::PROTO_UDP => Some(Protocol::Udp),
-            _ => None,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "TCP",
@@ -133,26 +118,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn number(self) -> u8 {
-        match self {
-            Kind::ClusterIp => lb_common::KIND_CLUSTER_IP,
-            Kind::NodePort => lb_common::KIND_NODE_PORT,
-            Kind::LoadBalancer => lb_common::KIND_LOAD_BALANCER,
-            Kind::ExternalIp => lb_common::KIND_EXTERNAL_IP,
-        }
-    }
-
-    pub fn from_number(n: u8) -> Option<Self> {
-        [
-            Kind::ClusterIp,
-            Kind::NodePort,
-            Kind::LoadBalancer,
-            Kind::ExternalIp,
-        ]
-        .into_iter()
-        .find(|k| k.number() == n)
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::ClusterIp => "ClusterIP",
@@ -170,36 +135,10 @@ pub enum Scope {
     Internal,
 }
 
-impl Scope {
-    pub fn number(self) -> u8 {
-        match self {
-            Scope::External => lb_common::SCOPE_EXTERNAL,
-            Scope::Internal => lb_common::SCOPE_INTERNAL,
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Policy {
     Cluster,
     Local,
-}
-
-impl Policy {
-    pub fn number(self) -> u8 {
-        match self {
-            Policy::Cluster => lb_common::POLICY_CLUSTER,
-            Policy::Local => lb_common::POLICY_LOCAL,
-        }
-    }
-
-    pub fn from_number(n: u8) -> Option<Self> {
-        match n {
-            lb_common::POLICY_CLUSTER => Some(Policy::Cluster),
-            lb_common::POLICY_LOCAL => Some(Policy::Local),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -16,6 +16,7 @@
 //!  pod 10.244.1.5 ── h1 ┐ node ┌ eth0 192.0.2.10 ── peer0 (lb_xdp_sink)
 //!                       │      │   routes: 10.244.2.0/24 via 192.0.2.20 (another node)
 //! ```
+use lb::dataplane::ServiceMaps as _;
 use std::{
     net::Ipv4Addr,
     path::Path,

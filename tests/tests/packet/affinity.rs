@@ -1,5 +1,6 @@
 //! ClientIP session affinity.
 use super::*;
+use lb::dataplane::reconcile::Write;
 
 /// ClusterIP :80 with ClientIP affinity (60 s) over `backends`.
 fn program_sticky(node: &mut Node, backends: &[(u32, &str, u16, u8)]) {
@@ -58,7 +59,10 @@ fn fixture_affinity_spreads_clients_and_replaces_a_removed_backend() {
         let first = dest_of(node, "10.244.1.99:40000", "10.96.0.10:80", SYN);
         let (gone, stays) = chosen_and_other(first);
         program_sticky(node, &[stays]);
-        node.dp.maps.remove_backend(gone.0).expect("remove backend");
+        node.dp
+            .maps
+            .write(&Write::RemoveBackend(gone.0))
+            .expect("remove backend");
         let next = dest_of(node, "10.244.1.99:40001", "10.96.0.10:80", SYN);
         assert_eq!(
             next.to_string(),

@@ -11,6 +11,7 @@
 //! narrower than the links (a locked route MTU of 1280, which forwarding honours as it does a
 //! device's): to pods 10.244.5.0/24 behind 192.0.2.20, and to clients in 203.0.113.0/24 behind
 //! the router. Pods 10.244.6.0/24 are behind 192.0.2.30, whose neighbour entry is missing.
+use lb::dataplane::ServiceMaps as _;
 use std::{net::Ipv4Addr, time::Duration};
 
 use aya::programs::{TestRun, TestRunOptions, TestRunResult};

@@ -2,6 +2,7 @@
 //! only from sources in its ranges (`LB4_SRC_RANGES`, under its stats id); others are dropped and
 //! counted for it (`LB_SRC_DROPS`). The Service's NodePort, on the same backend set, is not
 //! filtered; a flow already established is not checked again (kube-proxy's rules match NEW).
+use lb::dataplane::{reconcile::Write, ServiceMaps as _};
 use lb_common::{FE_F_SOURCE_RANGES, KIND_LOAD_BALANCER};
 
 use super::*;
@@ -27,7 +28,7 @@ fn fixture_source_ranges_admit_only_their_clients_on_the_load_balancer_ip() {
         let maps = &mut node.dp.maps;
         for range in [("198.51.100.0", 24), ("192.0.2.200", 32)] {
             let range = (ip(range.0), range.1);
-            maps.set_source_range(SET, range).expect("range");
+            maps.write(&Write::SourceRange(SET, range)).expect("range");
         }
         let key = Frontend4Key {
             addr: ip(LB_IP),
@@ -92,7 +93,7 @@ fn fixture_source_ranges_admit_only_their_clients_on_the_load_balancer_ip() {
         // Ranges that change do not cut a flow already established: its next segment goes on.
         node.dp
             .maps
-            .remove_source_range(SET, (ip("198.51.100.0"), 24))
+            .write(&Write::RemoveSourceRange(SET, (ip("198.51.100.0"), 24)))
             .expect("remove");
         let next = Pkt::new("198.51.100.7:44000", "203.0.113.10:80", ACK);
         check(

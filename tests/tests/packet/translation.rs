@@ -1,5 +1,6 @@
 //! DNAT and reverse NAT, the node as an endpoint, established flows.
 use super::*;
+use lb::dataplane::reconcile::Write;
 
 #[test]
 fn fixtures_dnat_reverse_nat_and_untouched_traffic() {
@@ -325,7 +326,10 @@ fn fixture_established_flow_keeps_its_backend() {
             ],
         );
         // Once the backend is deleted (not terminating), its flows move to a live one.
-        node.dp.maps.remove_backend(1).expect("remove backend");
+        node.dp
+            .maps
+            .write(&Write::RemoveBackend(1))
+            .expect("remove backend");
         check(
             node,
             &[Case {
