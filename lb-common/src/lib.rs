@@ -20,6 +20,8 @@ pub const SCOPE_EXTERNAL: u8 = 0;
 pub const SCOPE_INTERNAL: u8 = 1;
 
 /// Map names, as pinned under the pin path.
+pub mod csum;
+
 pub mod map_names {
     pub const FRONTENDS4: &str = "LB4_FRONTENDS";
     pub const SERVICES: &str = "LB_SERVICES";
@@ -396,6 +398,46 @@ pub mod timeout {
             TCP_TIME_WAIT
         } else {
             idle(proto, flags)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::{
+            CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_REPLIED, CT_F_SNAT, PROTO_TCP, PROTO_UDP,
+        };
+        use super::*;
+
+        /// (protocol, flags) -> (idle, hold), the lifecycle the datapath and the collector
+        /// share: a TCP flow's state decides its timeout, a closed SNATed one keeps its port
+        /// for TIME_WAIT, a UDP flow is short until answered.
+        #[test]
+        fn flow_timeouts_follow_the_flow_state() {
+            let est = CT_F_ESTABLISHED;
+            let table = [
+                (PROTO_TCP, 0, TCP_SYN, TCP_SYN),
+                (PROTO_TCP, est, TCP_ESTABLISHED, TCP_ESTABLISHED),
+                (PROTO_TCP, est | CT_F_SNAT, TCP_ESTABLISHED, TCP_ESTABLISHED),
+                (PROTO_TCP, est | CT_F_CLOSING, TCP_CLOSING, TCP_CLOSING),
+                (
+                    PROTO_TCP,
+                    CT_F_CLOSING | CT_F_SNAT,
+                    TCP_CLOSING,
+                    TCP_TIME_WAIT,
+                ),
+                (PROTO_UDP, 0, UDP_UNREPLIED, UDP_UNREPLIED),
+                (PROTO_UDP, CT_F_REPLIED, UDP, UDP),
+                // UDP has no closing: a SNATed UDP flow holds its port while idle only.
+                (PROTO_UDP, CT_F_REPLIED | CT_F_CLOSING | CT_F_SNAT, UDP, UDP),
+            ];
+            for (proto, flags, want_idle, want_hold) in table {
+                let got = (idle(proto, flags), hold(proto, flags));
+                assert_eq!(
+                    got,
+                    (want_idle, want_hold),
+                    "proto {proto} flags {flags:#x}"
+                );
+            }
         }
     }
 }

@@ -5,10 +5,9 @@
 //! - sent by the client or a router on its path, about a reply lb reverse-NATed (above all
 //!   "fragmentation needed" from a link narrower than the backend's: path MTU discovery through
 //!   a Service): NATed towards the backend, as the flow's requests are.
-use lb_common::{stat, Tuple4, CT_F_SNAT, PROTO_TCP, PROTO_UDP};
+use lb_common::{csum, stat, Tuple4, CT_F_SNAT, PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    csum,
     lb::{action_for, reply_action, Action},
     maps::{count, ct_map, rnat_map},
     nat::set_addr,

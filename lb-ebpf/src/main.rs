@@ -19,7 +19,6 @@
 // Map keys and values are passed by reference on purpose: the helpers read them from the stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
-mod csum;
 mod fib;
 mod frag;
 mod handoff;

@@ -10,7 +10,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 
-use crate::csum;
+use lb_common::csum;
 
 pub type Res<T = ()> = Result<T, ()>;
 

@@ -6,10 +6,10 @@
 //! - for a packet lb forwards that is too big for the path and has DF set: ICMP fragmentation
 //!   needed, translated back as an error from the path would be (`icmp::handle_error`).
 use aya_ebpf::helpers::generated as gen;
-use lb_common::{PROTO_ICMP, PROTO_TCP};
+use lb_common::{csum, PROTO_ICMP, PROTO_TCP};
 
 use crate::{
-    csum, icmp,
+    icmp,
     lb::Verdict,
     packet::{read, Packet, Res},
     parse::{parse, Flow, ETH_LEN, IP_OFF, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
