@@ -2,8 +2,9 @@
 //! `testdata/model/` holds `input.yaml` (Services, EndpointSlices, Nodes) and `expected.txt`, a
 //! dump of the desired maps for node `node-a` with NodePort address 192.0.2.10, then, when the
 //! IPv6 model has anything to say, a dump of the IPv6 ones with NodePort address 2001:db8::10.
-//! `LB_UPDATE_GOLDEN=1 cargo test -p lb-userspace golden` rewrites the expectations (review the
-//! diff before committing it).
+//! Beside them, `maps.txt` shows the kernel maps once that is programmed (written by
+//! dataplane::reconcile's tests, on the in-memory maps). `LB_UPDATE_GOLDEN=1 cargo test -p
+//! lb-userspace golden reconcile` rewrites the expectations (review the diff before committing).
 use std::{
     fmt::Write as _,
     net::{Ipv6Addr, SocketAddr},

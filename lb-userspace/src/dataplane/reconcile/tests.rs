@@ -1,19 +1,33 @@
-//! The reconciler on in-memory maps, without root. Each case's steps are applied as the agent
-//! applies them (tracker changes, incremental) and from scratch (a full apply), and must agree;
-//! then every write of every step is failed in turn (and all of a step's writes at once): the
-//! fake checks after each write that no packet could meet a dangling reference, and the next
-//! apply must leave exactly what the fault-free run left, with nothing stale behind.
+//! The reconciler on in-memory maps, without root, driven by scripts in the style of Cilium's
+//! pkg/loadbalancer txtar tests: `testdata/reconcile/*.txt` apply Service and EndpointSlice YAML
+//! step by step and hold the maps expected after each step (the `lbctl services` rows, the
+//! backends, the refused services and the write counts). Each script runs three ways:
+//! - as the agent runs it (tracker changes, incremental applies): must match the script;
+//! - as full applies of each step's objects alone: must leave the same maps, writing as much;
+//! - with every write of every step failed in turn, and all of a step's writes at once: the fake
+//!   checks after each write that no packet could meet a dangling reference, and the next apply
+//!   must leave the script's maps with nothing stale behind (affinity entries included: a client
+//!   is stuck to every backend between steps).
+//!
+//! The model goldens' inputs (`testdata/model/*/input.yaml`) are applied too, their maps kept
+//! beside them in `maps.txt`. `LB_UPDATE_GOLDEN=1 cargo test -p lb-userspace reconcile` rewrites
+//! the expectations (review the diff before committing it).
 use std::cell::Cell;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use lb_common::{capacity, map_names, Affinity, AffinityKey4};
 
 use super::{
     fake::{Faulty, MemoryMaps},
-    Programmed, Reconciler, Write,
+    Programmed, Reconciler, Report, Write,
 };
 use crate::{
-    dataplane::{maps::Capacities, view},
+    dataplane::{
+        maps::Capacities,
+        view::{self, BackendView},
+    },
     model::{desired, Changes, NodeContext, Objects, Tracker},
     source::manifests::objects_of,
 };
@@ -25,7 +39,7 @@ fn node() -> NodeContext {
     }
 }
 
-fn caps(overrides: &[(&str, u32)]) -> Capacities {
+fn caps(overrides: &[(String, u32)]) -> Capacities {
     let size = |name: &str, default: u32| {
         let found = overrides.iter().find(|(n, _)| *n == name);
         found.map_or(default, |(_, size)| *size)
@@ -65,109 +79,6 @@ endpoints:
     )
 }
 
-/// `shop/edge`: a LoadBalancer (203.0.113.10) with `ranges` as its loadBalancerSourceRanges and
-/// ClientIP affinity.
-fn edge(ranges: &[&str]) -> String {
-    format!(
-        "---
-apiVersion: v1
-kind: Service
-metadata: {{name: edge, namespace: shop}}
-spec:
-  type: LoadBalancer
-  clusterIP: 10.96.0.20
-  sessionAffinity: ClientIP
-  loadBalancerSourceRanges: [{}]
-  ports: [{{name: https, port: 443, nodePort: 30443}}]
-status:
-  loadBalancer:
-    ingress: [{{ip: 203.0.113.10}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: edge-1, namespace: shop, labels: {{kubernetes.io/service-name: edge}}}}
-addressType: IPv4
-ports: [{{name: https, port: 8443}}]
-endpoints:
-- {{addresses: [10.244.1.5], nodeName: node-a}}
-",
-        ranges.join(", ")
-    )
-}
-
-/// A ClusterIP service on UDP 53 with endpoints `(ip, condition)` (condition "" or
-/// "terminating"), all on node-a.
-fn dns(name: &str, ip: &str, endpoints: &[(&str, &str)]) -> String {
-    let eps: String = endpoints
-        .iter()
-        .map(|(ip, cond)| {
-            let cond = match *cond {
-                "terminating" => ", conditions: {ready: false, serving: true, terminating: true}",
-                _ => "",
-            };
-            format!("- {{addresses: [{ip}], nodeName: node-a{cond}}}\n")
-        })
-        .collect();
-    format!(
-        "---
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: shop}}
-spec: {{clusterIP: {ip}, ports: [{{port: 53, protocol: UDP}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-ports: [{{port: 5353, protocol: UDP}}]
-endpoints:
-{eps}"
-    )
-}
-
-/// The maps as `lbctl services` lines.
-fn dump(maps: &impl super::ServiceMaps) -> Vec<String> {
-    let programmed = Programmed::read(maps).expect("read maps");
-    view::frontends_of(&programmed)
-        .iter()
-        .map(|s| {
-            let backends: Vec<String> = s
-                .backends
-                .iter()
-                .map(|b| format!("{}:{}", b.ip, b.port))
-                .collect();
-            let from = match s.source_ranges.is_empty() {
-                true => String::new(),
-                false => format!(" from {}", s.source_ranges.join(",")),
-            };
-            format!(
-                "{}:{} {} {}:{}/{} -> [{}]{from}",
-                s.service,
-                s.port_name,
-                s.frontend.scope,
-                s.frontend.ip,
-                s.frontend.port,
-                s.frontend.protocol,
-                backends.join(" ")
-            )
-        })
-        .collect()
-}
-
-/// The backends map as `ip:port flags` lines, ids left out.
-fn backends(maps: &MemoryMaps) -> Vec<String> {
-    let mut out: Vec<String> = maps
-        .backends
-        .values()
-        .map(|b| {
-            let ip = std::net::Ipv4Addr::from(b.addr.to_ne_bytes());
-            format!("{ip}:{} flags={}", u16::from_be(b.port), b.flags)
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 /// Objects parsed from `yaml`, each equal to one in `previous` replaced by it (same Arc), as
 /// the sources do: the tracker then sees only what changed.
 fn objects_after(previous: &Objects, yaml: &str) -> Objects {
@@ -204,170 +115,164 @@ fn clients_everywhere(maps: &mut MemoryMaps) {
     }
 }
 
-struct Step {
-    yaml: fn() -> String,
-    /// Services refused at this step.
-    refused: &'static [&'static str],
-    /// Lines of `backends` expected (empty: not checked).
-    backends: &'static [&'static str],
-    /// The source ranges the frontends show, each list once (` from A,B`; empty: none).
-    from: &'static [&'static str],
+/// A script: map sizes, then steps of objects and the maps expected after each.
+struct Script {
+    path: PathBuf,
+    /// The lines before the first step (comments, `caps NAME=SIZE`).
+    head: String,
+    caps: Vec<(String, u32)>,
+    steps: Vec<(String, String)>,
 }
 
-struct Case {
-    name: &'static str,
-    capacities: &'static [(&'static str, u32)],
-    steps: &'static [Step],
-}
+impl Script {
+    fn read(path: &Path) -> Script {
+        let text = std::fs::read_to_string(path).expect("script");
+        let mut head = String::new();
+        let mut steps: Vec<(String, String)> = Vec::new();
+        let mut section = "";
+        for line in text.lines() {
+            match line {
+                "-- apply --" => steps.push(Default::default()),
+                "-- maps --" => {}
+                _ => {
+                    let body = match (section, steps.last_mut()) {
+                        ("-- apply --", Some(step)) => &mut step.0,
+                        ("-- maps --", Some(step)) => &mut step.1,
+                        _ => &mut head,
+                    };
+                    body.push_str(line);
+                    body.push('\n');
+                    continue;
+                }
+            }
+            section = line;
+        }
+        let caps = head
+            .lines()
+            .filter_map(|l| l.strip_prefix("caps "))
+            .flat_map(|l| l.split_whitespace())
+            .map(|c| {
+                let (name, size) = c.split_once('=').expect("caps NAME=SIZE");
+                (name.to_string(), size.parse().expect("a size"))
+            })
+            .collect();
+        Script {
+            path: path.to_path_buf(),
+            head,
+            caps,
+            steps,
+        }
+    }
 
-const fn step(yaml: fn() -> String) -> Step {
-    Step {
-        yaml,
-        refused: &[],
-        backends: &[],
-        from: &[],
+    fn name(&self) -> String {
+        self.path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// The script with these maps expected.
+    fn with(&self, maps: &[String]) -> String {
+        let mut out = self.head.clone();
+        for ((yaml, _), maps) in self.steps.iter().zip(maps) {
+            let _ = write!(out, "-- apply --\n{yaml}-- maps --\n{maps}");
+        }
+        out
     }
 }
 
-const CASES: &[Case] = &[
-    Case {
-        name: "source ranges added, changed and dropped with their LoadBalancer IP",
-        capacities: &[],
-        steps: &[
-            Step {
-                from: &[" from 198.51.100.0/24"],
-                ..step(|| web(&["10.244.1.5"]) + &edge(&["198.51.100.0/24"]))
-            },
-            Step {
-                from: &[" from 192.0.2.7/32,198.51.100.0/25"],
-                ..step(|| web(&["10.244.1.5"]) + &edge(&["198.51.100.0/25", "192.0.2.7/32"]))
-            },
-            step(|| web(&["10.244.1.5"]) + &edge(&[])),
-            Step {
-                from: &[" from 203.0.113.0/24"],
-                ..step(|| web(&["10.244.1.5"]) + &edge(&["203.0.113.0/24"]))
-            },
-            step(|| web(&["10.244.1.5"])),
-        ],
-    },
-    Case {
-        name: "an endpoint replaced",
-        capacities: &[],
-        steps: &[
-            Step {
-                backends: &["10.244.1.5:8080 flags=1", "10.244.1.6:8080 flags=1"],
-                ..step(|| web(&["10.244.1.5", "10.244.1.6"]))
-            },
-            Step {
-                backends: &["10.244.1.5:8080 flags=1", "10.244.1.7:8080 flags=1"],
-                ..step(|| web(&["10.244.1.5", "10.244.1.7"]))
-            },
-        ],
-    },
-    Case {
-        name: "a service deleted",
-        capacities: &[],
-        steps: &[
-            Step {
-                backends: &["10.244.1.5:8080 flags=1", "10.244.2.1:5353 flags=1"],
-                ..step(|| web(&["10.244.1.5"]) + &dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")]))
-            },
-            Step {
-                backends: &["10.244.1.5:8080 flags=1"],
-                ..step(|| web(&["10.244.1.5"]))
-            },
-        ],
-    },
-    Case {
-        name: "a backend shared by two services stays while one names it",
-        capacities: &[],
-        steps: &[
-            Step {
-                backends: &["10.244.2.1:5353 flags=1", "10.244.2.2:5353 flags=1"],
-                ..step(|| {
-                    dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")])
-                        + &dns(
-                            "dns-b",
-                            "10.96.0.54",
-                            &[("10.244.2.1", ""), ("10.244.2.2", "")],
-                        )
-                })
-            },
-            Step {
-                backends: &["10.244.2.1:5353 flags=1"],
-                ..step(|| dns("dns-b", "10.96.0.54", &[("10.244.2.1", "")]))
-            },
-            Step {
-                backends: &["10.244.2.2:5353 flags=1"],
-                ..step(|| dns("dns-a", "10.96.0.53", &[("10.244.2.2", "")]))
-            },
-        ],
-    },
-    Case {
-        name: "a terminating backend stays until its endpoint goes",
-        capacities: &[],
-        steps: &[
-            Step {
-                backends: &["10.244.2.1:5353 flags=1", "10.244.2.2:5353 flags=1"],
-                ..step(|| {
-                    dns(
-                        "dns-a",
-                        "10.96.0.53",
-                        &[("10.244.2.1", ""), ("10.244.2.2", "")],
-                    )
-                })
-            },
-            Step {
-                backends: &["10.244.2.1:5353 flags=1", "10.244.2.2:5353 flags=3"],
-                ..step(|| {
-                    dns(
-                        "dns-a",
-                        "10.96.0.53",
-                        &[("10.244.2.1", ""), ("10.244.2.2", "terminating")],
-                    )
-                })
-            },
-            Step {
-                backends: &["10.244.2.1:5353 flags=1"],
-                ..step(|| dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")]))
-            },
-        ],
-    },
-    Case {
-        name: "a service that does not fit keeps its old entries; programmed ones go first",
-        // web takes 4 frontends, each dns service 2.
-        capacities: &[(map_names::FRONTENDS4, 6)],
-        steps: &[
-            step(|| web(&["10.244.1.5"]) + &dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")])),
-            Step {
-                refused: &["shop/dns-b"],
-                backends: &["10.244.1.6:8080 flags=1", "10.244.2.1:5353 flags=1"],
-                ..step(|| {
-                    web(&["10.244.1.6"])
-                        + &dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")])
-                        + &dns("dns-b", "10.96.0.54", &[("10.244.2.2", "")])
-                })
-            },
-            Step {
-                // web grows an externalIP (2 frontends more): it no longer fits and keeps its
-                // entries, backend included. Programmed services are planned first.
-                refused: &["shop/web", "shop/dns-b"],
-                backends: &["10.244.1.6:8080 flags=1", "10.244.2.1:5353 flags=1"],
-                ..step(|| {
-                    web(&["10.244.1.7"]).replace(
-                        "clusterIP: 10.96.0.10",
-                        "clusterIP: 10.96.0.10\n  externalIPs: [203.0.113.1]",
-                    ) + &dns("dns-a", "10.96.0.53", &[("10.244.2.1", "")])
-                        + &dns("dns-b", "10.96.0.54", &[("10.244.2.2", "")])
-                })
-            },
-            Step {
-                backends: &["10.244.1.5:8080 flags=1", "10.244.2.2:5353 flags=1"],
-                ..step(|| web(&["10.244.1.5"]) + &dns("dns-b", "10.96.0.54", &[("10.244.2.2", "")]))
-            },
-        ],
-    },
-];
+fn scripts() -> Vec<Script> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/reconcile");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("testdata/reconcile")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| Script::read(p)).collect()
+}
+
+fn backend_text(b: &BackendView) -> String {
+    let local = if b.local { " local" } else { "" };
+    let terminating = if b.terminating { " terminating" } else { "" };
+    format!("{}:{}{local}{terminating}", b.ip, b.port)
+}
+
+/// The maps as lines: one per frontend entry (`lbctl services` rows, both scopes), then one per
+/// backend, then the services refused.
+fn render(maps: &MemoryMaps, report: &Report) -> String {
+    let mut out = String::new();
+    let programmed = Programmed::read(maps).expect("read maps");
+    for r in view::frontends_of(&programmed) {
+        let f = &r.frontend;
+        let backends: Vec<String> = r.backends.iter().map(backend_text).collect();
+        let _ = write!(
+            out,
+            "{} {}:{}/{} {} -> {}:{} [{}]",
+            f.scope,
+            f.ip,
+            f.port,
+            f.protocol,
+            f.kind,
+            r.service,
+            r.port_name,
+            backends.join(" ")
+        );
+        if r.backends.is_empty() {
+            let verdict = programmed
+                .sets
+                .get(&r.service_id)
+                .map(|s| s.service.verdict);
+            let verdict = match verdict {
+                Some(lb_common::VERDICT_DROP) => "drop",
+                Some(lb_common::VERDICT_REJECT) => "reject",
+                _ => "?",
+            };
+            let _ = write!(out, " {verdict}");
+        }
+        if let Some(timeout) = r.session_affinity_timeout {
+            let _ = write!(out, " affinity={timeout}");
+        }
+        if r.external_traffic_local || r.internal_traffic_local {
+            let (e, i) = (r.external_traffic_local, r.internal_traffic_local);
+            let _ = write!(out, " local(external={e}, internal={i})");
+        }
+        if !r.source_ranges.is_empty() {
+            let _ = write!(out, " from {}", r.source_ranges.join(","));
+        }
+        out.push('\n');
+    }
+    let mut rows: Vec<BackendView> = programmed
+        .backends
+        .values()
+        .map(|b| BackendView {
+            ip: std::net::Ipv4Addr::from(b.addr.to_ne_bytes()),
+            port: u16::from_be(b.port),
+            local: b.flags & lb_common::BE_F_LOCAL != 0,
+            terminating: b.flags & lb_common::BE_F_TERMINATING != 0,
+        })
+        .collect();
+    rows.sort();
+    for b in rows {
+        let _ = writeln!(out, "backend {}", backend_text(&b));
+    }
+    for (service, map) in &report.refused {
+        let _ = writeln!(out, "refused {service} ({map} is full)");
+    }
+    out
+}
+
+fn writes(r: &Report) -> String {
+    format!(
+        "writes: frontends +{} -{}, sets +{} -{}, backends +{} -{}\n",
+        r.frontends_written,
+        r.frontends_removed,
+        r.sets_written,
+        r.sets_removed,
+        r.backends_written,
+        r.backends_removed
+    )
+}
 
 /// Which writes of a run fail.
 #[derive(Clone, Debug)]
@@ -384,12 +289,13 @@ enum Fault {
     },
 }
 
-/// What the maps showed after each step (after the recovery apply, at a faulted step).
+/// What the maps showed after a step (after the recovery apply, at a faulted step).
 #[derive(Debug, PartialEq)]
 struct After {
-    dump: Vec<String>,
-    backends: Vec<String>,
-    refused: Vec<String>,
+    /// The maps as `render` shows them, refusals included.
+    maps: String,
+    /// The writes of the step, counted as the report counts them.
+    writes: String,
 }
 
 /// Armed by the run at the faulted step; read by the faulty maps' predicate.
@@ -412,19 +318,18 @@ impl Trigger {
     }
 }
 
-/// Run a case's steps incrementally, with `fault`; also returns each step's writes.
-fn run(case: &Case, fault: &Fault) -> (Vec<After>, Vec<Vec<Write>>) {
+/// Run a script's steps as the agent does, with `fault`; also returns each step's writes.
+fn run(script: &Script, fault: &Fault) -> (Vec<After>, Vec<Vec<Write>>) {
     let trigger = Trigger::default();
     let fires = trigger.clone();
     let mut maps = Faulty::new(MemoryMaps::default(), move |_, w| fires.fires(w));
-    let caps = caps(case.capacities);
-    let mut rec = Reconciler::adopt(&maps, caps).expect("adopt");
+    let mut rec = Reconciler::adopt(&maps, caps(&script.caps)).expect("adopt");
     let mut tracker = Tracker::default();
     let mut objects = Objects::default();
-    let (mut out, mut writes) = (Vec::new(), Vec::new());
-    for (i, step) in case.steps.iter().enumerate() {
-        let what = format!("{}, step {i}, {fault:?}", case.name);
-        let next = objects_after(&objects, &(step.yaml)());
+    let (mut out, mut journals) = (Vec::new(), Vec::new());
+    for (i, (yaml, _)) in script.steps.iter().enumerate() {
+        let what = format!("{}, step {i}, {fault:?}", script.name());
+        let next = objects_after(&objects, yaml);
         let changes = tracker.update(&objects, &next, &node());
         objects = next;
         let faulted = match fault {
@@ -439,7 +344,7 @@ fn run(case: &Case, fault: &Fault) -> (Vec<After>, Vec<Vec<Write>>) {
             0 => rec.apply(&mut maps, tracker.desired()),
             _ => rec.apply_changes(&mut maps, tracker.desired(), &changes),
         };
-        writes.push(maps.inner.journal[journal..].to_vec());
+        journals.push(maps.inner.journal[journal..].to_vec());
         if faulted {
             trigger.0.set(None);
             assert!(!r.errors.is_empty(), "{what}: the failure is reported");
@@ -447,61 +352,65 @@ fn run(case: &Case, fault: &Fault) -> (Vec<After>, Vec<Vec<Write>>) {
             r = rec.apply_changes(&mut maps, tracker.desired(), &Changes::default());
         }
         assert!(r.errors.is_empty(), "{what}: {:?}", r.errors);
-        let refused: Vec<String> = r.refused.iter().map(|(s, _)| s.to_string()).collect();
-        assert_eq!(refused, step.refused, "{what}: refused");
         let leftovers = maps.inner.leftovers();
         assert!(leftovers.is_empty(), "{what}: {leftovers:?}");
         let read = Programmed::read(&maps).expect("read");
         assert_eq!(&read, rec.programmed(), "{what}: the reconciler's view");
         out.push(After {
-            dump: dump(&maps),
-            backends: backends(&maps.inner),
-            refused,
+            maps: render(&maps.inner, &r),
+            writes: writes(&r),
         });
         clients_everywhere(&mut maps.inner);
     }
-    (out, writes)
+    (out, journals)
 }
 
-/// Each step's full apply (from the objects alone) on maps of its own.
-fn run_full(case: &Case) -> Vec<After> {
+/// Each step's objects applied whole to the maps the previous step left.
+fn run_full(script: &Script) -> Vec<After> {
     let mut maps = MemoryMaps::default();
-    let mut rec = Reconciler::adopt(&maps, caps(case.capacities)).expect("adopt");
+    let mut rec = Reconciler::adopt(&maps, caps(&script.caps)).expect("adopt");
     let mut out = Vec::new();
-    for step in case.steps {
-        let objects = objects_of(&(step.yaml)()).expect("valid manifests");
+    for (yaml, _) in &script.steps {
+        let objects = objects_of(yaml).expect("valid manifests");
         let r = rec.apply(&mut maps, &desired(&objects, &node()));
-        assert!(r.errors.is_empty(), "{}: {:?}", case.name, r.errors);
-        assert!(maps.leftovers().is_empty(), "{}", case.name);
+        assert!(r.errors.is_empty(), "{}: {:?}", script.name(), r.errors);
+        assert!(maps.leftovers().is_empty(), "{}", script.name());
         out.push(After {
-            dump: dump(&maps),
-            backends: backends(&maps),
-            refused: r.refused.iter().map(|(s, _)| s.to_string()).collect(),
+            maps: render(&maps, &r),
+            writes: writes(&r),
         });
         clients_everywhere(&mut maps);
     }
     out
 }
 
+fn update() -> bool {
+    std::env::var_os("LB_UPDATE_GOLDEN").is_some()
+}
+
 #[test]
-fn incremental_apply_matches_full_apply() {
-    for case in CASES {
-        let (incremental, _) = run(case, &Fault::None);
-        assert_eq!(incremental, run_full(case), "{}", case.name);
-        for (i, (step, after)) in case.steps.iter().zip(&incremental).enumerate() {
-            let what = format!("{}, step {i}", case.name);
-            if !step.backends.is_empty() {
-                assert_eq!(after.backends, step.backends, "{what}: backends");
-            }
-            let mut from: Vec<String> = after
-                .dump
-                .iter()
-                .filter_map(|l| l.find(" from ").map(|at| l[at..].to_string()))
-                .collect();
-            from.sort();
-            from.dedup();
-            assert_eq!(from, step.from, "{what}: source ranges");
+fn scripts_leave_the_maps_they_expect_incrementally_and_in_full() {
+    let scripts = scripts();
+    assert!(scripts.len() >= 6);
+    for script in &scripts {
+        let (incremental, _) = run(script, &Fault::None);
+        let got: Vec<String> = incremental
+            .iter()
+            .map(|a| format!("{}{}", a.writes, a.maps))
+            .collect();
+        if update() {
+            std::fs::write(&script.path, script.with(&got)).expect("write script");
+            continue;
         }
+        for (i, ((_, expected), got)) in script.steps.iter().zip(&got).enumerate() {
+            assert_eq!(got, expected, "{}, step {i}", script.name());
+        }
+        assert_eq!(
+            run_full(script),
+            incremental,
+            "{}: full applies",
+            script.name()
+        );
     }
 }
 
@@ -509,24 +418,55 @@ fn incremental_apply_matches_full_apply() {
 #[test]
 fn a_failed_write_leaves_the_maps_whole_and_the_next_apply_finishes() {
     let mut faults = 0;
-    for case in CASES {
-        let (clean, writes) = run(case, &Fault::None);
-        for (step, step_writes) in writes.iter().enumerate() {
-            let all = Fault::All { step };
-            let all = (!step_writes.is_empty()).then_some(all);
-            let one = step_writes.iter().map(|w| Fault::One {
+    for script in &scripts() {
+        let (clean, journals) = run(script, &Fault::None);
+        for (step, journal) in journals.iter().enumerate() {
+            let all = (!journal.is_empty()).then_some(Fault::All { step });
+            let one = journal.iter().map(|w| Fault::One {
                 step,
                 write: Box::new(w.clone()),
             });
             for fault in one.chain(all) {
-                let (after, _) = run(case, &fault);
-                assert_eq!(after, clean, "{}: {fault:?}", case.name);
+                let (after, _) = run(script, &fault);
+                let maps = |a: &[After]| a.iter().map(|a| a.maps.clone()).collect::<Vec<_>>();
+                assert_eq!(maps(&after), maps(&clean), "{}: {fault:?}", script.name());
                 faults += 1;
             }
         }
     }
-    // Every case's every step writes something.
     assert!(faults > 150, "{faults} faults injected");
+}
+
+/// The model goldens' inputs programmed: `testdata/model/*/maps.txt` beside their `expected.txt`
+/// (what the model wants) shows what the maps then hold.
+#[test]
+fn model_goldens_program_the_maps_they_show() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/model");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("testdata/model")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    cases.sort();
+    for case in cases {
+        let yaml = std::fs::read_to_string(case.join("input.yaml")).expect("input.yaml");
+        // A case whose input does not parse whole shows the model's problems only.
+        let Ok(objects) = objects_of(&yaml) else {
+            continue;
+        };
+        let mut maps = MemoryMaps::default();
+        let mut rec = Reconciler::adopt(&maps, caps(&[])).expect("adopt");
+        let r = rec.apply(&mut maps, &desired(&objects, &node()));
+        assert!(r.errors.is_empty(), "{}: {:?}", case.display(), r.errors);
+        assert!(maps.leftovers().is_empty(), "{}", case.display());
+        let got = render(&maps, &r);
+        let path = case.join("maps.txt");
+        if update() {
+            std::fs::write(&path, &got).expect("write maps.txt");
+            continue;
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(got, expected, "{}", path.display());
+    }
 }
 
 #[test]
@@ -551,14 +491,14 @@ fn an_unchanged_state_is_not_rewritten_and_a_restart_adopts_the_maps() {
 
     // Entries deleted by hand come back at the next resync: a frontend, and a set's name (the
     // set is then foreign to lb: replaced by a set of its own).
-    let before = dump(&maps);
+    let before = render(&maps, &Report::default());
     maps.frontends.pop_first();
     maps.names.pop_first();
-    assert_ne!(dump(&maps), before);
+    assert_ne!(render(&maps, &Report::default()), before);
     adopted.resync(&maps).expect("resync");
     let repaired = adopted.apply(&mut maps, &state);
     assert!(repaired.writes() >= 2, "{repaired:?}");
-    assert_eq!(dump(&maps), before, "drift repaired");
+    assert_eq!(render(&maps, &Report::default()), before, "drift repaired");
 
     // One endpoint gone: the set and the backend change, no frontend is rewritten, and the
     // remaining backend keeps its id (conntrack entries name backends by id).
