@@ -252,7 +252,8 @@ pub fn node_on_lan(
     lab.veth(&ns, "eth0", lan, port)?;
     ns.add_addr("eth0", &format!("{ip}/24"))?;
     ns.sysctl("net.ipv4.ip_forward", "1")?;
-    // XDP on a veth sees CHECKSUM_PARTIAL packets from senders with TX offload on (DESIGN.md).
+    // XDP on a veth sees CHECKSUM_PARTIAL packets from senders with TX offload on (README,
+    // "The datapath": checksums).
     ns.tx_offload_off("eth0")?;
     lan.tx_offload_off(port)?;
     Ok(Node {

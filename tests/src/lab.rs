@@ -25,7 +25,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Hygiene guarantees (see DESIGN.md "Test hygiene"):
+//! Hygiene guarantees (the shared machine stays clean, also when a test fails):
 //! - Nothing is ever created or configured in the root network namespace. Every command that
 //!   touches links, addresses, routes or sysctls runs inside one of the lab's namespaces.
 //! - All namespaces are named `PREFIX-name` with a per-lab prefix `lbXXXX` (6 chars), claimed

@@ -151,7 +151,7 @@ impl Topology {
         let pod_c = pod(&lab, &node2, "pod-c", POD_C, "10.244.2.1", "h1");
 
         // XDP on a veth sees CHECKSUM_PARTIAL packets from senders with TX checksum offload on:
-        // turn it off on everything that transmits towards node1's eth0 (DESIGN.md).
+        // turn it off on everything that transmits towards node1's eth0 (README, "The datapath").
         for (ns, iface) in [
             (&client, "eth0"),
             (&router, "eth1"),

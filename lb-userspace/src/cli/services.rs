@@ -1,6 +1,7 @@
 //! `lbctl services`: one row per frontend (address, port, protocol) with the backend set it
-//! leads to, and the set of traffic from pods when that differs. The JSON is `dataplane::view::ServiceView` (the DESIGN.md contract) plus what an
-//! empty set answers.
+//! leads to, and the set of traffic from pods when that differs. The JSON is
+//! `dataplane::view::ServiceView` plus what an empty set answers: the contract README's "lbctl"
+//! section spells out.
 use anyhow::Result;
 use lb_common::VERDICT_DROP;
 use serde::Serialize;

@@ -1,6 +1,6 @@
 //! What the maps hold, read back into named, serializable rows. [`frontends`] has one row per
 //! kernel frontend entry (address, port, protocol and scope); [`services`] merges the two scopes
-//! into the `lbctl services` JSON contract (DESIGN.md): one entry per frontend.
+//! into the `lbctl services` JSON contract (README, "lbctl"): one entry per frontend.
 use crate::dataplane::reconcile::Code;
 use std::net::Ipv4Addr;
 

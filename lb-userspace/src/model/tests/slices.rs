@@ -4,11 +4,11 @@
 //! (kubernetes/kubernetes 05e14799 for endpointslicecache_test.go; endpoints_test.go at the
 //! revision that tests EndpointSlices with ptr.To and sets.Set).
 //!
-//! lb keeps no change tracker: it recomputes everything from the objects it holds. So a Go case
-//! that feeds slice events into kube-proxy's cache becomes: the slices the cache held before
-//! (`before`), the events (`change`: add/update by name, or delete), then the merged endpoints of
-//! every service, from `endpoints::merge` over each service's slices, compared with the endpoints map upstream expects
-//! for the end state. Upstream's map lists endpoints in a fixed order; here each port's endpoints
+//! lb merges a service's slices afresh whenever one of them changes (its tracker, model/tracker.rs,
+//! works per service, not per endpoint). So a Go case that feeds slice events into kube-proxy's
+//! cache becomes: the slices the cache held before (`before`), the events (`change`: add/update
+//! by name, or delete), then the merged endpoints of every service, from `endpoints::merge` over
+//! each service's slices, compared with the endpoints map upstream expects for the end state. Upstream's map lists endpoints in a fixed order; here each port's endpoints
 //! compare as a sorted list of "ip:port" plus the flags that are true (local, ready, serving,
 //! terminating), so order is not part of the contract but duplicates are. A port with no
 //! endpoints is absent, as in upstream's map.
@@ -22,12 +22,15 @@
 //! - TestEsDataChanged (7 cases), TestLastChangeTriggerTime (8 cases), and the
 //!   previousEndpointsMap / expectedChangedEndpoints / expectedConntrackCleanupRequired /
 //!   expectedReturnVal parts of TestUpdateEndpointsMap and TestEndpointSliceUpdate: they test the
-//!   change tracker (what changed, when, whether conntrack needs flushing), which lb does not have.
+//!   change tracker's bookkeeping (changed endpoints, trigger times, whether conntrack needs
+//!   flushing), which lb's per-service tracker does not keep (its own tests and the reconcile
+//!   scripts in testdata/reconcile/ cover what it hands the dataplane).
 //!   The end state of every one of those cases is ported; a case whose change is a no-op upstream
 //!   ("add the same slice", "remove a slice that doesn't even exist") asserts the end state equals
 //!   the start state.
 //! - TestEndpointsToEndpointsMap and the IPv6-mode cases: they test v1 Endpoints (which kube-proxy
-//!   no longer reads) or an IPv6 proxier; lb proxies IPv4 only (see the "lb" cases below).
+//!   no longer reads) or an IPv6 proxier; lb's IPv6 model has dual-stack cases of its own
+//!   (model/tests and testdata/model/dual-stack), its datapath is IPv4 only so far.
 //! - "3 slices with different services and namespaces" checks only ns1/svc1 upstream; here the
 //!   other two services are checked too, as `merged` returns them all.
 //!
