@@ -356,6 +356,121 @@ pub const CT_F_ESTABLISHED: u8 = 1 << 5;
 /// TCP: the backend has answered (a reply was reverse-NATed).
 pub const CT_F_REPLIED: u8 = 1 << 6;
 
+/// How packets move a flow through its states (`CT_F_*`): pure functions the datapath's client
+/// and reply paths share, tested on the host.
+pub mod flow_state {
+    use super::{CT_F_CLOSING, CT_F_ESTABLISHED, CT_F_REPLIED};
+
+    /// TCP header flags.
+    pub const TCP_FIN: u8 = 0x01;
+    pub const TCP_SYN: u8 = 0x02;
+    pub const TCP_RST: u8 = 0x04;
+    pub const TCP_ACK: u8 = 0x10;
+
+    /// A client packet's effect on its flow's state: FIN or RST close it; an ACK once the
+    /// backend has answered completes the handshake.
+    #[inline(always)]
+    pub const fn after_client(flags: u8, tcp_flags: u8) -> u8 {
+        if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            flags | CT_F_CLOSING
+        } else if tcp_flags & TCP_SYN == 0 && tcp_flags & TCP_ACK != 0 && flags & CT_F_REPLIED != 0
+        {
+            flags | CT_F_ESTABLISHED
+        } else {
+            flags
+        }
+    }
+
+    /// The flags a backend's reply adds to its flow, 0 when none is new (later replies then
+    /// skip the conntrack lookup): that it answered (a TCP client's next ACK completes the
+    /// handshake; a UDP flow gets the timeout of a flow with replies) and whether it closed (FIN,
+    /// RST; UDP has no flags). `flags`: what the flow's reverse entry holds.
+    #[inline(always)]
+    pub const fn after_reply(flags: u8, tcp_flags: u8) -> u8 {
+        let closes = tcp_flags & (TCP_FIN | TCP_RST) != 0;
+        if flags & CT_F_REPLIED != 0 && (!closes || flags & CT_F_CLOSING != 0) {
+            0
+        } else if closes {
+            CT_F_REPLIED | CT_F_CLOSING
+        } else {
+            CT_F_REPLIED
+        }
+    }
+
+    /// A SYN without ACK on a closed TCP flow opens a new connection on the same 4-tuple (a
+    /// client reusing its port): it starts over, with a fresh state and backend choice.
+    #[inline(always)]
+    pub const fn reopens(flags: u8, tcp_flags: u8) -> bool {
+        flags & CT_F_CLOSING != 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::CT_F_SNAT;
+        use super::*;
+
+        const SYN: u8 = TCP_SYN;
+        const SYN_ACK: u8 = TCP_SYN | TCP_ACK;
+        const ACK: u8 = TCP_ACK;
+        const FIN: u8 = TCP_FIN | TCP_ACK;
+        const RST: u8 = TCP_RST;
+        const NEW: u8 = 0;
+        const REPLIED: u8 = CT_F_REPLIED;
+        const EST: u8 = CT_F_REPLIED | CT_F_ESTABLISHED;
+        const CLOSING: u8 = CT_F_REPLIED | CT_F_ESTABLISHED | CT_F_CLOSING;
+
+        /// A handshake, data and both closes, as netfilter's TCP tracking moves through them
+        /// (SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT/CLOSE): (state, client packet) -> state.
+        #[test]
+        fn client_packets_move_the_flow() {
+            let table = [
+                (NEW, SYN, NEW),
+                // No answer yet: an ACK (a spoofed one, or one after a lost SYN-ACK) does not
+                // establish.
+                (NEW, ACK, NEW),
+                (REPLIED, ACK, EST),
+                (REPLIED, SYN, REPLIED),
+                (EST, ACK, EST),
+                (EST, FIN, CLOSING),
+                (EST, RST, EST | CT_F_CLOSING),
+                (NEW, RST, CT_F_CLOSING),
+                // Flags lb keeps beside the state are left alone.
+                (REPLIED | CT_F_SNAT, ACK, EST | CT_F_SNAT),
+            ];
+            for (flags, tcp, want) in table {
+                assert_eq!(after_client(flags, tcp), want, "{flags:#x} + {tcp:#x}");
+            }
+        }
+
+        /// (reverse entry's flags, reply packet) -> flags the reply adds.
+        #[test]
+        fn replies_add_what_is_new() {
+            let table = [
+                (NEW, SYN_ACK, REPLIED),
+                (REPLIED, ACK, 0),
+                (REPLIED, FIN, REPLIED | CT_F_CLOSING),
+                (NEW, RST, REPLIED | CT_F_CLOSING),
+                (REPLIED | CT_F_CLOSING, FIN, 0),
+                (REPLIED | CT_F_CLOSING, ACK, 0),
+                // UDP: no flags; the first reply marks the flow answered.
+                (NEW, 0, REPLIED),
+                (REPLIED, 0, 0),
+            ];
+            for (flags, tcp, want) in table {
+                assert_eq!(after_reply(flags, tcp), want, "{flags:#x} + {tcp:#x}");
+            }
+        }
+
+        #[test]
+        fn a_bare_syn_reopens_a_closed_flow_only() {
+            assert!(reopens(CLOSING, SYN));
+            assert!(!reopens(CLOSING, SYN_ACK));
+            assert!(!reopens(CLOSING, ACK));
+            assert!(!reopens(EST, SYN));
+        }
+    }
+}
+
 /// Conntrack idle timeouts, in seconds (kube-proxy's conntrack settings, Cilium's closing one).
 pub mod timeout {
     pub const TCP_SYN: u64 = 60;

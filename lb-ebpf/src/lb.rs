@@ -2,11 +2,11 @@
 //! and TC through `Packet`; the program entry points turn the returned `Action` into verdicts.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated as gen};
 use lb_common::{
+    flow_state::{after_client, after_reply, reopens},
     stat, timeout, Affinity, AffinityKey4, Backend4, Ct4, Frontend4, Frontend4Key, RevNat4,
-    Service, SlotKey, Tuple4, BE_F_LOCAL, BE_F_TERMINATING, CT_F_CLOSING, CT_F_ESTABLISHED,
-    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_REPLIED, CT_F_SNAT, FE_F_SOURCE_RANGES, PROTO_ICMP,
-    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_EXT_LOCAL,
-    VERDICT_DROP,
+    Service, SlotKey, Tuple4, BE_F_LOCAL, BE_F_TERMINATING, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT,
+    FE_F_SOURCE_RANGES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SVC_F_AFFINITY, SVC_F_EXT_LOCAL, VERDICT_DROP,
 };
 
 use crate::{
@@ -17,7 +17,7 @@ use crate::{
     },
     nat::rewrite,
     packet::Packet,
-    parse::{parse, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{parse, Flow},
     reject,
 };
 
@@ -172,28 +172,6 @@ fn replies_alive(ct: &Ct4, f: &Flow, now: u64) -> bool {
     }
 }
 
-/// A client packet's effect on its flow's state: FIN or RST close it; an ACK once the backend
-/// has answered completes the handshake.
-#[inline(always)]
-fn tcp_state(flags: u8, tcp_flags: u8) -> u8 {
-    let mut flags = flags;
-    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        flags |= CT_F_CLOSING;
-    } else if tcp_flags & TCP_SYN == 0 && tcp_flags & TCP_ACK != 0 && flags & CT_F_REPLIED != 0 {
-        flags |= CT_F_ESTABLISHED;
-    }
-    flags
-}
-
-/// A SYN without ACK on a closed flow opens a new connection on the same 4-tuple (a client
-/// reusing its port): it starts over, with a fresh state and backend choice.
-#[inline(always)]
-fn reopens(ct: &Ct4, f: &Flow) -> bool {
-    f.proto == PROTO_TCP
-        && ct.flags & CT_F_CLOSING != 0
-        && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-}
-
 /// Where a client's packet goes once rewritten towards `backend`.
 #[inline(always)]
 pub fn action_for(flags: u8, backend: u32) -> Action {
@@ -210,7 +188,9 @@ pub fn action_for(flags: u8, backend: u32) -> Action {
 /// backend still exists (terminating backends keep their flows). Otherwise None: a new flow.
 #[inline(always)]
 fn established<P: Packet>(p: &mut P, f: &Flow, ct: &mut Ct4, now: u64) -> Option<Action> {
-    if reopens(ct, f) || (!alive(ct, f.proto, now) && !replies_alive(ct, f, now)) {
+    if (f.proto == PROTO_TCP && reopens(ct.flags, f.tcp_flags))
+        || (!alive(ct, f.proto, now) && !replies_alive(ct, f, now))
+    {
         return None;
     }
     // SAFETY: read-only use of the map value within this run.
@@ -223,7 +203,7 @@ fn established<P: Packet>(p: &mut P, f: &Flow, ct: &mut Ct4, now: u64) -> Option
         }
     }
     let flags = if f.proto == PROTO_TCP {
-        tcp_state(ct.flags, f.tcp_flags)
+        after_client(ct.flags, f.tcp_flags)
     } else {
         ct.flags
     };
@@ -288,7 +268,7 @@ fn new_flow<P: Packet>(
         ..Default::default()
     };
     if f.proto == PROTO_TCP {
-        ct.flags = tcp_state(ct.flags, f.tcp_flags);
+        ct.flags = after_client(ct.flags, f.tcp_flags);
     }
     let hairpin = scope == SCOPE_INTERNAL && be.addr == f.saddr;
     let snat = hairpin
@@ -567,13 +547,9 @@ fn reply<P: Packet>(p: &mut P, f: &Flow, rn: &mut RevNat4, now: u64) -> Action {
 /// remembered in the reverse entry so that later replies skip the lookup until the backend closes.
 #[inline(always)]
 fn backend_state(f: &Flow, rn: &mut RevNat4) {
-    let closes = f.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    if rn.flags & CT_F_REPLIED != 0 && (!closes || rn.flags & CT_F_CLOSING != 0) {
+    let set = after_reply(rn.flags, f.tcp_flags);
+    if set == 0 {
         return;
-    }
-    let mut set = CT_F_REPLIED;
-    if closes {
-        set |= CT_F_CLOSING;
     }
     rn.flags |= set;
     let key = rn.client(f.proto);
