@@ -1,6 +1,7 @@
 //! Service load balancing: conntrack, backend choice, DNAT/SNAT, reverse NAT. Written once for XDP
 //! and TC through `Packet`; the program entry points turn the returned `Action` into verdicts.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated as gen};
+pub use lb_common::action::{action_for, reply_action, Action, Verdict};
 use lb_common::{
     flow_state::{after_client, after_reply, reopens},
     stat, timeout, Affinity, AffinityKey4, Backend4, Ct4, Frontend4, Frontend4Key, RevNat4,
@@ -20,51 +21,6 @@ use crate::{
     parse::{parse, Flow},
     reject,
 };
-
-#[derive(Clone, Copy)]
-#[repr(u32)]
-pub enum Verdict {
-    /// Not lb's: left exactly as it came. TC hands it to the next program of the tcx chain
-    /// (TCX_NEXT), so programs attached after lb still see the traffic lb does not touch.
-    Untouched,
-    /// Rewritten for a destination the stack delivers (a local pod).
-    Pass,
-    Drop,
-    /// Rewritten for a destination outside the node ([`Action::daddr`]), with a node address as
-    /// its source: XDP transmits it itself when it can, TC redirects it to the next hop (the
-    /// stack would drop it as a martian).
-    Forward,
-    /// Send back out the interface it came in on, MAC addresses swapped (rejects, hairpin).
-    Bounce,
-}
-
-/// A [`Verdict`] and, for `Forward`, the new destination address (0 otherwise).
-///
-/// Not an enum with data: LLVM fills the payload a variant does not use from whatever register
-/// is at hand, and verifiers before Linux 6.14 reject storing a register that was never written
-/// on that path (seen on 6.1 and 6.12: "R2 !read_ok" after a stats-counter lookup, which 6.14+
-/// knows cannot fail for a constant key into an array). Here every field is always set.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct Action {
-    pub verdict: Verdict,
-    pub daddr: u32,
-}
-
-impl Action {
-    pub const UNTOUCHED: Self = Self::new(Verdict::Untouched, 0);
-    pub const PASS: Self = Self::new(Verdict::Pass, 0);
-    pub const DROP: Self = Self::new(Verdict::Drop, 0);
-    pub const BOUNCE: Self = Self::new(Verdict::Bounce, 0);
-
-    pub const fn forward(daddr: u32) -> Self {
-        Self::new(Verdict::Forward, daddr)
-    }
-
-    const fn new(verdict: Verdict, daddr: u32) -> Self {
-        Action { verdict, daddr }
-    }
-}
 
 const NS: u64 = 1_000_000_000;
 /// Last-seen times are written at most this often, so a busy flow does not bounce a cache line.
@@ -169,18 +125,6 @@ fn replies_alive(ct: &Ct4, f: &Flow, now: u64) -> bool {
     match unsafe { rnat_map(f.proto).get(&key) } {
         Some(rn) => now.saturating_sub(rn.last_seen_ns) < idle_timeout(f.proto, ct.flags),
         None => false,
-    }
-}
-
-/// Where a client's packet goes once rewritten towards `backend`.
-#[inline(always)]
-pub fn action_for(flags: u8, backend: u32) -> Action {
-    if flags & CT_F_HAIRPIN != 0 {
-        Action::BOUNCE
-    } else if flags & (CT_F_SNAT | CT_F_EXTERNAL) == CT_F_SNAT | CT_F_EXTERNAL {
-        Action::forward(backend)
-    } else {
-        Action::PASS
     }
 }
 
@@ -556,17 +500,5 @@ fn backend_state(f: &Flow, rn: &mut RevNat4) {
     if let Some(ct) = ct_map(key.proto).get_ptr_mut(&key) {
         // SAFETY: map value valid for this run; racing writers only add flags.
         unsafe { (*ct).flags |= set };
-    }
-}
-
-/// Where a reverse-NATed packet goes: to a client outside the node it is forwarded.
-#[inline(always)]
-pub fn reply_action(flags: u8, client: u32) -> Action {
-    if flags & CT_F_HAIRPIN != 0 {
-        Action::BOUNCE
-    } else if flags & CT_F_EXTERNAL != 0 {
-        Action::forward(client)
-    } else {
-        Action::PASS
     }
 }
