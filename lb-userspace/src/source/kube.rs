@@ -78,8 +78,18 @@ pub async fn run(client: Client, node_name: String, tx: Sender) {
 }
 
 pub(crate) async fn run_with(client: Client, node_name: &str, tx: Sender, debounce: Duration) {
-    let selected = watcher::Config::default().labels(LABEL_SELECTOR);
-    let this_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+    // Lists (the initial one, and relists after an expired watch) are served from the API
+    // server's watch cache (resourceVersion=0), as client-go's reflectors ask: after an outage
+    // every node's agent relists at once, and reading all of that from etcd is what takes a
+    // control plane down. Unpaged: the watch cache answers a list at version 0 whole anyway
+    // (client-go's pages of 500 are ignored there), and kube-rs sends no version with a limit.
+    let config = watcher::Config {
+        page_size: None,
+        ..Default::default()
+    }
+    .any_semantic();
+    let selected = config.clone().labels(LABEL_SELECTOR);
+    let this_node = config.fields(&format!("metadata.name={node_name}"));
     let mut updates = futures::stream::select_all([
         watch(Api::<Service>::all(client.clone()), selected.clone())
             .map(|u| Update::Service(Box::new(u)))

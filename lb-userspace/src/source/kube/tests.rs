@@ -109,6 +109,16 @@ const AFTER_CHANGES: [&[&str]; 3] = [
     &["node-a"],
 ];
 
+/// Every list asked the API server's watch cache (resourceVersion 0, not older than it), as
+/// client-go's reflectors do, not etcd: after an outage every node relists at once.
+fn assert_lists_from_watch_cache(c: &fake_api::Collection) {
+    for q in c.queries.iter().filter(|q| !q.contains_key("watch")) {
+        let rv = q.get("resourceVersion").map(String::as_str);
+        let rv_match = q.get("resourceVersionMatch").map(String::as_str);
+        assert_eq!((rv, rv_match), (Some("0"), Some("NotOlderThan")), "{q:?}");
+    }
+}
+
 #[tokio::test]
 async fn kube_initial_lists_make_one_complete_snapshot() {
     let api = FakeApi::start().await;
@@ -148,6 +158,7 @@ async fn kube_initial_lists_make_one_complete_snapshot() {
         for res in Res::ALL {
             let c = s.get(res);
             assert_eq!(c.lists, 1, "{res:?}");
+            assert_lists_from_watch_cache(c);
             for q in &c.queries {
                 if res == Res::Nodes {
                     assert_eq!(q["fieldSelector"], "metadata.name=node-a", "{q:?}");
@@ -278,6 +289,7 @@ async fn expired_watches_relist(gone_as_http: bool) {
     api.with(|s| {
         for r in Res::ALL {
             assert_eq!(s.get(r).lists, 2, "{r:?}");
+            assert_lists_from_watch_cache(s.get(r));
         }
     });
     // Watching again from the relisted version: later changes arrive.
