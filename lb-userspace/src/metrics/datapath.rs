@@ -91,23 +91,23 @@ pub fn read_datapath(layout: &PinLayout, series: &[FrontendSeries]) -> Result<Da
     })
 }
 
-pub(super) fn datapath_registry(dp: &Datapath) -> Registry {
+/// The datapath counters as metrics: traffic per service (summed over its frontends and
+/// scopes), or with `per_frontend` per frontend and scope as well.
+pub(super) fn datapath_registry(dp: &Datapath, per_frontend: bool) -> Registry {
     let mut registry = Registry::default();
-    let packets = Family::<Labels, Counter>::default();
-    registry.register(
-        "lb_frontend_packets",
-        "Packets the datapath steered through each frontend",
-        packets.clone(),
-    );
-    let bytes = Family::<Labels, Counter>::default();
-    registry.register(
-        "lb_frontend_bytes",
-        "Bytes the datapath steered through each frontend",
-        bytes.clone(),
-    );
+    let (packets, bytes) = traffic_families(&mut registry, "service", "each service");
     for (s, c) in &dp.frontends {
-        packets.get_or_create(&s.labels).inc_by(c.packets);
-        bytes.get_or_create(&s.labels).inc_by(c.bytes);
+        // The first label is the service's.
+        let service = vec![s.labels[0].clone()];
+        packets.get_or_create(&service).inc_by(c.packets);
+        bytes.get_or_create(&service).inc_by(c.bytes);
+    }
+    if per_frontend {
+        let (packets, bytes) = traffic_families(&mut registry, "frontend", "each frontend");
+        for (s, c) in &dp.frontends {
+            packets.get_or_create(&s.labels).inc_by(c.packets);
+            bytes.get_or_create(&s.labels).inc_by(c.bytes);
+        }
     }
     let events = Family::<OneLabel, Counter>::default();
     registry.register(
@@ -131,4 +131,25 @@ pub(super) fn datapath_registry(dp: &Datapath) -> Registry {
             .inc_by(*n);
     }
     registry
+}
+
+/// `lb_<what>_packets` and `lb_<what>_bytes`, registered.
+fn traffic_families(
+    registry: &mut Registry,
+    what: &str,
+    help: &str,
+) -> (Family<Labels, Counter>, Family<Labels, Counter>) {
+    let packets = Family::<Labels, Counter>::default();
+    registry.register(
+        format!("lb_{what}_packets"),
+        format!("Packets the datapath steered through {help}"),
+        packets.clone(),
+    );
+    let bytes = Family::<Labels, Counter>::default();
+    registry.register(
+        format!("lb_{what}_bytes"),
+        format!("Bytes the datapath steered through {help}"),
+        bytes.clone(),
+    );
+    (packets, bytes)
 }

@@ -1,8 +1,12 @@
 //! The HTTP server of `--metrics-addr`: /metrics, /healthz and /livez.
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use axum::{
+    body::Bytes,
     extract::State,
     http::{header, StatusCode},
     response::IntoResponse,
@@ -50,14 +54,36 @@ pub async fn serve_on(listener: tokio::net::TcpListener, metrics: Metrics) -> Re
     Ok(())
 }
 
+/// How long a rendered exposition answers later scrapes.
+const SCRAPE_CACHE: Duration = Duration::from_secs(1);
+
+impl Metrics {
+    /// The exposition for a scrape. Scrapes take turns (one rendering, one reading of the
+    /// kernel's counters, at a time, whatever the number of scrapers) and those within
+    /// [`SCRAPE_CACHE`] of a rendering share it.
+    async fn scrape(&self) -> Result<Bytes, tokio::task::JoinError> {
+        let mut last = self.inner.scrape.lock().await;
+        if let Some((at, text)) = &*last {
+            if at.elapsed() < SCRAPE_CACHE {
+                return Ok(text.clone());
+            }
+        }
+        let metrics = self.clone();
+        // Map reads are syscalls: keep them off the runtime's worker threads.
+        // Shared, not copied, by every response that answers with it.
+        let text = Bytes::from(tokio::task::spawn_blocking(move || metrics.render()).await?);
+        *last = Some((Instant::now(), text.clone()));
+        Ok(text)
+    }
+}
+
 async fn metrics_handler(State(metrics): State<Metrics>) -> impl IntoResponse {
-    // Map reads are syscalls: keep them off the runtime's worker threads.
-    match tokio::task::spawn_blocking(move || metrics.render()).await {
+    match metrics.scrape().await {
         Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [(header::CONTENT_TYPE, "text/plain")],
-            format!("rendering metrics: {e}\n"),
+            Bytes::from(format!("rendering metrics: {e}\n")),
         ),
     }
 }

@@ -228,8 +228,8 @@ fn renders_sync_metrics() {
 }
 
 #[test]
-fn renders_datapath_counters_per_frontend() {
-    let m = Metrics::new(None, CAPS, Duration::from_secs(20));
+fn renders_datapath_counters_per_service_and_per_frontend_when_asked() {
+    let m = Metrics::with_series(None, CAPS, Duration::from_secs(20), true);
     let series = frontend_series(&programmed());
     assert_eq!(series.len(), 2);
     assert_eq!(
@@ -278,6 +278,14 @@ fn renders_datapath_counters_per_frontend() {
             format!("lb_frontend_bytes_total{{{labels},scope=\"external\"}} "),
             300.0,
         ),
+        (
+            "lb_service_packets_total{service=\"shop/web\"} ".into(),
+            6.0,
+        ),
+        (
+            "lb_service_bytes_total{service=\"shop/web\"} ".into(),
+            360.0,
+        ),
         ("lb_datapath_events_total{event=\"ct_new\"} ".into(), 4.0),
         (
             "lb_datapath_events_total{event=\"reject_no_backend\"} ".into(),
@@ -291,6 +299,62 @@ fn renders_datapath_counters_per_frontend() {
         assert_eq!(sample(&text, &prefix), Some(want), "{prefix}\n{text}");
     }
     assert_eq!(text.matches("# EOF").count(), 1);
+}
+
+/// By default traffic is exported per service only: at 50,000 services of four frontend entries
+/// each (ClusterIP and NodePort, two scopes), the exposition stays under 10 MiB (per frontend it
+/// would be 400,000 series more).
+#[test]
+fn metrics_are_bounded_by_default_at_50k_services() {
+    let services = 50_000;
+    let mut frontends = Vec::with_capacity(services * 4);
+    for n in 0..services {
+        for (frontend, scope) in [
+            ("10.96.0.1:80/TCP", "external"),
+            ("10.96.0.1:80/TCP", "internal"),
+        ]
+        .into_iter()
+        .chain([
+            ("192.0.2.10:30080/TCP", "external"),
+            ("192.0.2.10:30080/TCP", "internal"),
+        ]) {
+            let labels = vec![
+                ("service", format!("namespace-{n}/service-{n}")),
+                ("port_name", "http".into()),
+                ("frontend", frontend.into()),
+                ("kind", "NodePort".into()),
+                ("scope", scope.into()),
+            ];
+            let series = FrontendSeries {
+                labels,
+                stats_id: frontends.len() as u32,
+            };
+            let counters = Counters {
+                packets: 1_234_567,
+                bytes: 1_234_567_890,
+            };
+            frontends.push((series, counters));
+        }
+    }
+    let dp = Datapath {
+        frontends,
+        ..Default::default()
+    };
+    let text = Metrics::new(None, CAPS, Duration::from_secs(20)).render_with(Some(&dp));
+    let lines = text
+        .lines()
+        .filter(|l| l.starts_with("lb_service_packets_total"))
+        .count();
+    assert_eq!(lines, services);
+    assert!(!text.contains("lb_frontend_"));
+    assert!(text.len() < 10 << 20, "{} bytes", text.len());
+    let all = Metrics::with_series(None, CAPS, Duration::from_secs(20), true);
+    let per_frontend = all.render_with(Some(&dp));
+    assert!(
+        per_frontend.len() > 5 * text.len(),
+        "{} bytes",
+        per_frontend.len()
+    );
 }
 
 #[test]
@@ -372,6 +436,20 @@ async fn serves_metrics_healthz_and_livez() {
     assert_eq!(status(&metrics), "200", "{metrics}");
     assert!(metrics.contains(CONTENT_TYPE), "{metrics}");
     assert!(metrics.contains("\nlb_syncs_total 1\n"), "{metrics}");
+
+    // Ten scrapers at once: they take turns, and those within a second of a rendering share it
+    // (one reading of the kernel's counters, one exposition in memory, however many ask).
+    let before = (m.renders(), std::time::Instant::now());
+    let scrapes: Vec<_> = (0..10).map(|_| get("/metrics")).collect();
+    for s in scrapes {
+        assert_eq!(status(&s.await.unwrap()), "200");
+    }
+    let rendered = m.renders() - before.0;
+    let seconds = before.1.elapsed().as_secs();
+    assert!(
+        rendered <= 1 + seconds,
+        "{rendered} renderings in {seconds} s"
+    );
 
     // A loop that stopped turning: /livez fails (a zero health timeout makes any turn old).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
