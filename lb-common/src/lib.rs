@@ -103,7 +103,7 @@ pub mod capacity {
 
 /// Key of `LB4_FRONTENDS`: what a packet is addressed to, and where it came from.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Frontend4Key {
     pub addr: u32,
     pub port: u16,

@@ -328,7 +328,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
             Some(()) = link_events.recv() => rescan(&handle, &mut host).await,
             _ = resync.tick() => {
                 match rec.resync(&dp.maps) {
-                    Ok(()) => whole = true,
+                    Ok(true) => {
+                        tracing::warn!("the maps changed behind the agent's back: repairing");
+                        whole = true;
+                    }
+                    Ok(false) => {}
                     Err(e) => tracing::warn!("re-reading the maps: {e:#}"),
                 }
                 // Attachments that failed get another try (at the top of the loop).

@@ -111,11 +111,17 @@ impl Reconciler {
         &self.current
     }
 
-    /// Re-read the maps, so the next apply repairs whatever changed behind the agent's back.
-    pub fn resync(&mut self, maps: &impl ServiceMaps) -> Result<()> {
-        self.current = Programmed::read(maps)?;
+    /// Re-read the maps: true when they differ from what this reconciler wrote (changed behind
+    /// its back), and the next apply must then be whole to repair them. Without drift nothing
+    /// is rebuilt, so the periodic check costs a read of the maps, not a plan of every service.
+    pub fn resync(&mut self, maps: &impl ServiceMaps) -> Result<bool> {
+        let read = Programmed::read(maps)?;
+        if read == self.current {
+            return Ok(false);
+        }
+        self.current = read;
         self.index = Index::of(&self.current);
-        Ok(())
+        Ok(true)
     }
 
     /// Make the maps hold `desired` and nothing else (cold start, after a resync).

@@ -485,6 +485,10 @@ fn an_unchanged_state_is_not_rewritten_and_a_restart_adopts_the_maps() {
     assert_eq!(written, (4, 1, 2));
     assert_eq!(rec.apply(&mut maps, &state).writes(), 0);
     let mut adopted = Reconciler::adopt(&maps, caps).expect("adopt again");
+    assert!(
+        !adopted.resync(&maps).expect("resync"),
+        "no drift: nothing to redo"
+    );
     let journal = maps.journal.len();
     assert_eq!(adopted.apply(&mut maps, &state).writes(), 0);
     assert_eq!(maps.journal.len(), journal, "adoption writes nothing");
@@ -495,7 +499,7 @@ fn an_unchanged_state_is_not_rewritten_and_a_restart_adopts_the_maps() {
     maps.frontends.pop_first();
     maps.names.pop_first();
     assert_ne!(render(&maps, &Report::default()), before);
-    adopted.resync(&maps).expect("resync");
+    assert!(adopted.resync(&maps).expect("resync"), "drift found");
     let repaired = adopted.apply(&mut maps, &state);
     assert!(repaired.writes() >= 2, "{repaired:?}");
     assert_eq!(render(&maps, &Report::default()), before, "drift repaired");
