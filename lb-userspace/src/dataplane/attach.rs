@@ -151,6 +151,29 @@ fn keep_attached(link: SchedClassifierLink) {
 }
 
 /// The errno behind a netlink TC operation's error.
+/// Attach an XDP link, waiting out one whose pin was just removed: the kernel releases a link
+/// from a work queue when its last reference goes, and until then a new XDP link on the
+/// interface fails with EEXIST (seen switching modes on a loaded machine). Bounded: after 2 s
+/// the error is the caller's.
+fn attach_xdp_link(
+    prog: &mut Xdp,
+    ifindex: u32,
+    mode: XdpMode,
+) -> Result<aya::programs::xdp::XdpLinkId, ProgramError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match prog.attach_to_if_index(ifindex, mode) {
+            Err(e)
+                if netlink_errno(&e) == Some(libc::EEXIST)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            done => return done,
+        }
+    }
+}
+
 fn netlink_errno(e: &ProgramError) -> Option<i32> {
     match e {
         ProgramError::TcError(TcError::NetlinkError(e)) | ProgramError::NetlinkError(e) => {
@@ -360,20 +383,20 @@ impl Links {
             }
         }
         let (id, used) = match plan {
-            XdpPlan::Native => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+            XdpPlan::Native => match attach_xdp_link(prog, ifindex, XdpMode::Driver) {
                 Ok(id) => (id, XdpModeUsed::Native),
                 Err(e) => {
                     tracing::warn!(
                         "{iface}: native XDP unavailable ({e}), falling back to generic"
                     );
                     (
-                        prog.attach_to_if_index(ifindex, XdpMode::Skb)?,
+                        attach_xdp_link(prog, ifindex, XdpMode::Skb)?,
                         XdpModeUsed::Generic,
                     )
                 }
             },
             XdpPlan::Generic | XdpPlan::Off => (
-                prog.attach_to_if_index(ifindex, XdpMode::Skb)?,
+                attach_xdp_link(prog, ifindex, XdpMode::Skb)?,
                 XdpModeUsed::Generic,
             ),
         };
