@@ -27,7 +27,7 @@ enum Kind {
     /// Time to program N services x 10 endpoints from cold and one endpoint change to the maps
     /// (p50/p99 of 100), the agent's peak RSS and CPU, against kube-proxy's iptables-restore and
     /// nft -f (as root). Arguments go to lb-bench-control (see `--help` there): SIZES (default
-    /// 1000,10000,50000), `--out DIR`, time limits.
+    /// 1000,10000,50000), `--modes lb` (lb alone, in minutes), `--out DIR`, time limits.
     Control {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

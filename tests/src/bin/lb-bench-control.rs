@@ -6,8 +6,11 @@
 //! - the real `lb-agent` in manifests mode, in a lab namespace, started on a manifest of the N
 //!   services: wall time until its first "maps updated" log line (process start, map creation,
 //!   YAML parsing, model, writes), its peak RSS and CPU time by then;
+//! - the agent's periodic drift check at N: re-reading the maps (`Reconciler::resync`, which
+//!   finds nothing changed), the median of 5;
 //! - kube-proxy's iptables and nftables modes programming the same services, from cold and per
-//!   endpoint change (src/bench_control.rs).
+//!   endpoint change (src/bench_control.rs); `--modes lb` leaves them out (lb's figures in
+//!   minutes).
 //!
 //! The latencies of all three go to `--out` as `control-summary.csv` and `control-latency.svg`.
 use std::{
@@ -50,6 +53,15 @@ struct Args {
     /// Measure nothing: draw the chart again from OUT/control-summary.csv.
     #[arg(long)]
     redraw: bool,
+    /// What to measure: lb (in process and the agent) and kube-proxy's modes, or lb alone.
+    #[arg(long, value_enum, default_value_t = Modes::All)]
+    modes: Modes,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Modes {
+    All,
+    Lb,
 }
 
 fn main() -> Result<()> {
@@ -65,13 +77,14 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     println!("control plane: N ClusterIP services x {ENDPOINTS} endpoints");
     println!(
-        "{:>7} | {:>9} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>8} {:>8}",
+        "{:>7} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>8} {:>8}",
         "N",
         "cold ms",
         "model ms",
         "apply ms",
         "chg p50",
         "chg p99",
+        "resync ms",
         "agent ms",
         "RSS MiB",
         "CPU s"
@@ -85,25 +98,40 @@ fn main() -> Result<()> {
         let [lb, agent] = lb_rows(n, &r, &a);
         let opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
         println!(
-            "{n:>7} | {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>9.2} | {:>9.0} {:>8.1} {:>8.2}",
+            "{n:>7} | {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>9.2} {:>9.1} | {:>9.0} {:>8.1} {:>8.2}",
             ms(r.cold_model + r.cold_apply),
             ms(r.cold_model),
             ms(r.cold_apply),
             opt(lb.change_p50_ms),
             opt(lb.change_p99_ms),
+            ms(r.resync),
             ms(a.ready),
             a.peak_rss_kib as f64 / 1024.0,
             a.cpu.as_secs_f64()
         );
         rows.extend([lb, agent]);
-        rows.extend(bench_control::kube_proxy(n, limits)?);
+        if args.modes == Modes::All {
+            rows.extend(bench_control::kube_proxy(n, limits)?);
+        }
         // After each size, so that a failure later keeps what was measured.
         bench_control::write_results(&args.out, &rows)?;
     }
-    println!("columns: in-process cold (model + apply) and one-endpoint change; real agent cold");
+    println!(
+        "columns: in-process cold (model + apply), one-endpoint change and drift check \
+         (resync: re-read the maps, nothing changed); real agent cold"
+    );
     print_latencies(&rows);
     println!("results: {}", args.out.display());
-    println!("command: cargo xtask bench control");
+    let sizes: Vec<String> = args.sizes.iter().map(usize::to_string).collect();
+    let modes = if args.modes == Modes::Lb {
+        " --modes lb"
+    } else {
+        ""
+    };
+    println!(
+        "command: cargo xtask bench control {}{modes}",
+        sizes.join(",")
+    );
     Ok(())
 }
 
@@ -140,6 +168,8 @@ struct Run {
     cold_model: Duration,
     cold_apply: Duration,
     changes: Vec<Duration>,
+    /// The drift check's median.
+    resync: Duration,
 }
 
 fn bench(pin: &std::path::Path, n: usize) -> Result<Run> {
@@ -177,10 +207,19 @@ fn bench(pin: &std::path::Path, n: usize) -> Result<Run> {
         changes.push(t.elapsed());
         anyhow::ensure!(report.writes() > 0, "change {i} wrote nothing");
     }
+    let mut resyncs = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let drift = rec.resync(&dp.maps)?;
+        resyncs.push(t.elapsed());
+        anyhow::ensure!(!drift, "the maps drifted from what was written");
+    }
+    resyncs.sort();
     Ok(Run {
         cold_model,
         cold_apply,
         changes,
+        resync: resyncs[resyncs.len() / 2],
     })
 }
 
