@@ -273,10 +273,21 @@ fn the_example_overlay_gives_the_agent_the_api_servers_address() {
     for var in ["KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"] {
         assert!(data.contains_key(var), "{var}: {data:?}");
     }
+    let image = r.agent().image.clone().unwrap_or_default();
     assert_ne!(
-        r.agent().image,
-        base.agent().image,
+        Some(&image),
+        base.agent().image.as_ref(),
         "the overlay sets the image"
+    );
+    // By digest: a tag pushed again cannot change what a restarting pod runs.
+    let digest = image
+        .split_once("@sha256:")
+        .map(|(_, d)| d)
+        .unwrap_or_default();
+    let hex = digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit());
+    assert!(
+        hex,
+        "the example overlay names the image by digest: {image}"
     );
 }
 
