@@ -169,3 +169,32 @@ fn an_upgrade_migrates_the_old_set_names_and_rewrites_nothing() {
         "the upgraded agent rewrites nothing"
     );
 }
+
+/// A map pinned under one of lb's names with another layout (what a build that changed a value
+/// without moving the map version would leave) is refused at open, naming the map and the field;
+/// nothing is adopted, nothing removed.
+#[test]
+fn a_pinned_map_of_another_shape_is_refused_naming_it() {
+    if !require_privileged("reconcile::compat") {
+        return;
+    }
+    use aya::maps::{HashMap, MapData};
+    let lab = Lab::new("reconcile-compat").expect("lab");
+    let layout = open(&lab, "node").layout().clone();
+    let path = layout.map(map_names::BACKENDS4);
+    std::fs::remove_file(&path).expect("unpin the backends map");
+    // LB4_BACKENDS holds 8-byte values.
+    let other: HashMap<MapData, u32, [u8; 12]> = HashMap::create(64, 0).expect("a map");
+    other.pin(&path).expect("pin it in its place");
+    let refused = Dataplane::open(&Options {
+        pin_path: lab.pin_path("node"),
+        capacities: Vec::new(),
+    });
+    let msg = format!("{:#}", refused.err().expect("refused"));
+    assert!(msg.contains(map_names::BACKENDS4), "{msg}");
+    assert!(
+        msg.contains("value size 12 pinned, 8 in this build"),
+        "{msg}"
+    );
+    assert!(path.exists(), "the pinned map is left alone");
+}

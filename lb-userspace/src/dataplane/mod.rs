@@ -4,6 +4,7 @@
 //! and the typed map API in `maps`.
 mod attach;
 mod batch;
+mod compat;
 pub mod conntrack;
 pub mod maps;
 mod migrate;
@@ -100,6 +101,7 @@ impl Dataplane {
             );
         }
         let maps_dir = layout.maps_dir();
+        compat::check_pinned(&layout, OBJECT)?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&maps_dir);
         // A BTF map (socket storage) has no pinning attribute: pinned by name here, so that the
