@@ -145,6 +145,16 @@ pub fn wait_until<T>(deadline: Duration, what: &str, f: impl FnMut() -> Option<T
     }
 }
 
+/// Sets a loop's stop flag when dropped, also while a failed assertion unwinds: a scoped thread
+/// looping until the flag is set would otherwise keep the test's scope waiting forever.
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Like [`wait_until`] but returns `None` on timeout instead of panicking.
 pub fn poll_until<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = scaled(deadline);

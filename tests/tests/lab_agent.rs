@@ -13,7 +13,7 @@ use lb_tests::{
         addr, answer, local_endpoints, until_answer, web_manifest, AgentLab, CLUSTER_IP, NODE,
         NODE_IP,
     },
-    lab::{poll_until, require_privileged, scaled, ChildGuard, EchoConn},
+    lab::{poll_until, require_privileged, scaled, ChildGuard, EchoConn, StopOnDrop},
     topology::{agent_bin, pod},
 };
 
@@ -168,6 +168,8 @@ fn agent_kill_9_and_restart_fail_no_new_connection() {
     let stop = AtomicBool::new(false);
     let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
     std::thread::scope(|scope| {
+        // A failing assertion below must stop the loop too, or the scope waits for it forever.
+        let _stop = StopOnDrop(&stop);
         scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
                 match s.client.request(nodeport, false, Duration::from_secs(2)) {

@@ -13,7 +13,7 @@ use lb::source::manifests::POLL_INTERVAL;
 use lb_tests::{
     agent_lab::{addr, local_endpoints, until_answer, web_manifest, write_manifest, AgentLab},
     agent_lab::{CLUSTER_IP, NODE},
-    lab::{require_privileged, wait_until, ChildGuard, EchoConn, Netns},
+    lab::{require_privileged, wait_until, ChildGuard, EchoConn, Netns, StopOnDrop},
 };
 
 const POD1: &str = "10.244.1.5";
@@ -152,15 +152,6 @@ impl<'a> ConnectionLoop<'a> {
                 got => self.failures.lock().unwrap().push(format!("{to}: {got:?}")),
             }
         }
-    }
-}
-
-/// Stops the loop when dropped, also when the test panics: the scope would wait for it forever.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 
