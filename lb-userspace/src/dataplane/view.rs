@@ -29,6 +29,18 @@ pub struct BackendView {
     pub terminating: bool,
 }
 
+impl BackendView {
+    /// A backend as the maps hold it.
+    pub fn of(b: &lb_common::Backend4) -> Self {
+        BackendView {
+            ip: Ipv4Addr::from(b.addr.to_ne_bytes()),
+            port: u16::from_be(b.port),
+            local: b.flags & BE_F_LOCAL != 0,
+            terminating: b.flags & BE_F_TERMINATING != 0,
+        }
+    }
+}
+
 /// One kernel frontend entry (one scope) and the backend set it leads to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct FrontendRow {
@@ -64,12 +76,7 @@ pub fn frontends_of(programmed: &Programmed) -> Vec<FrontendRow> {
                     s.slots
                         .iter()
                         .filter_map(|id| programmed.backends.get(id))
-                        .map(|b| BackendView {
-                            ip: Ipv4Addr::from(b.addr.to_ne_bytes()),
-                            port: u16::from_be(b.port),
-                            local: b.flags & BE_F_LOCAL != 0,
-                            terminating: b.flags & BE_F_TERMINATING != 0,
-                        })
+                        .map(BackendView::of)
                         .collect()
                 })
                 .unwrap_or_default();

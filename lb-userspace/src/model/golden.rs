@@ -128,15 +128,23 @@ fn run_case(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-#[test]
-fn golden() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/model");
-    let mut cases: Vec<_> = std::fs::read_dir(&root)
-        .expect("testdata/model")
+/// The entries of `testdata/<sub>`, sorted (the model goldens here, the reconciler's scripts).
+pub(crate) fn testdata(sub: &str) -> Vec<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(sub);
+    let mut entries: Vec<_> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
         .map(|e| e.expect("entry").path())
         .collect();
-    cases.sort();
-    assert!(!cases.is_empty(), "no golden cases in {}", root.display());
+    entries.sort();
+    assert!(!entries.is_empty(), "nothing in {}", root.display());
+    entries
+}
+
+#[test]
+fn golden() {
+    let cases = testdata("model");
     let failures: Vec<String> = cases
         .iter()
         .filter_map(|dir| {

@@ -475,6 +475,6 @@ fn backends<A: Copy + Ord>(eps: &[Endpoint<A>]) -> Vec<Backend<A>> {
 }
 
 #[cfg(test)]
-mod golden;
+pub(crate) mod golden;
 #[cfg(test)]
 mod tests;

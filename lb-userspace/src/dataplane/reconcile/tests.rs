@@ -28,7 +28,7 @@ use crate::{
         maps::Capacities,
         view::{self, BackendView},
     },
-    model::{desired, Changes, NodeContext, Objects, Tracker},
+    model::{desired, golden::testdata, Changes, NodeContext, Objects, Tracker},
     source::manifests::objects_of,
 };
 
@@ -183,13 +183,10 @@ impl Script {
 }
 
 fn scripts() -> Vec<Script> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/reconcile");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("testdata/reconcile")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    paths.sort();
-    paths.iter().map(|p| Script::read(p)).collect()
+    testdata("reconcile")
+        .iter()
+        .map(|p| Script::read(p))
+        .collect()
 }
 
 fn backend_text(b: &BackendView) -> String {
@@ -242,16 +239,7 @@ fn render(maps: &MemoryMaps, report: &Report) -> String {
         }
         out.push('\n');
     }
-    let mut rows: Vec<BackendView> = programmed
-        .backends
-        .values()
-        .map(|b| BackendView {
-            ip: std::net::Ipv4Addr::from(b.addr.to_ne_bytes()),
-            port: u16::from_be(b.port),
-            local: b.flags & lb_common::BE_F_LOCAL != 0,
-            terminating: b.flags & lb_common::BE_F_TERMINATING != 0,
-        })
-        .collect();
+    let mut rows: Vec<BackendView> = programmed.backends.values().map(BackendView::of).collect();
     rows.sort();
     for b in rows {
         let _ = writeln!(out, "backend {}", backend_text(&b));
@@ -441,13 +429,7 @@ fn a_failed_write_leaves_the_maps_whole_and_the_next_apply_finishes() {
 /// (what the model wants) shows what the maps then hold.
 #[test]
 fn model_goldens_program_the_maps_they_show() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/model");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
-        .expect("testdata/model")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    cases.sort();
-    for case in cases {
+    for case in testdata("model") {
         let yaml = std::fs::read_to_string(case.join("input.yaml")).expect("input.yaml");
         // A case whose input does not parse whole shows the model's problems only.
         let Ok(objects) = objects_of(&yaml) else {
