@@ -60,6 +60,13 @@ pub mod map_names {
     pub const SOCK_STATS: &str = "LB_SOCK_STATS";
     /// loadBalancerSourceRanges, per LoadBalancer frontend (an LPM trie of [`super::SourceRange4`]).
     pub const SOURCE_RANGES4: &str = "LB4_SRC_RANGES";
+    /// The IPv6 maps beside the IPv4 ones. Backend sets, their slots and names, and the
+    /// per-frontend counters are shared: each family owns a range of set ids
+    /// ([`super::ids`]) and the frontends of both share the stats ids.
+    pub const FRONTENDS6: &str = "LB6_FRONTENDS";
+    pub const BACKENDS6: &str = "LB6_BACKENDS";
+    pub const SOURCE_RANGES6: &str = "LB6_SRC_RANGES";
+    pub const AFFINITY6: &str = "LB6_AFFINITY";
     /// Per-frontend count of new flows dropped for a source outside the ranges (per CPU, indexed
     /// like `LB_FRONTEND_STATS`).
     pub const SOURCE_RANGE_DROPS: &str = "LB_SRC_DROPS";
@@ -111,6 +118,29 @@ pub struct Frontend4Key {
     pub scope: u8,
 }
 
+/// An IPv6 address as the packet holds it: four words in network byte order.
+pub type Addr6 = [u32; 4];
+
+/// Key of `LB6_FRONTENDS` (its value is a [`Frontend4`], which holds no address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Frontend6Key {
+    pub addr: Addr6,
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+}
+
+/// The id ranges of each family. Sets live in the shared `LB_SERVICES`, `LB_SLOTS` and
+/// `LB_SVC_NAMES`, so an id tells the family its slots' backends belong to; backend ids follow
+/// the same split so that an id read anywhere (conntrack, lbctl) names one family's backend.
+pub mod ids {
+    use core::ops::Range;
+    /// Id 0 is never handed out (a zeroed entry names nothing).
+    pub const IPV4: Range<u32> = 1..1 << 30;
+    pub const IPV6: Range<u32> = 1 << 30..1 << 31;
+}
+
 /// Frontend kinds, for display and statistics only: the datapath treats them all alike.
 pub const KIND_CLUSTER_IP: u8 = 0;
 pub const KIND_NODE_PORT: u8 = 1;
@@ -142,6 +172,14 @@ pub const FE_F_SOURCE_RANGES: u8 = 1 << 0;
 pub struct SourceRange4 {
     pub stats_id: u32,
     pub addr: u32,
+}
+
+/// The data of an `LB6_SRC_RANGES` key: as [`SourceRange4`], prefix length 32 + the range's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SourceRange6 {
+    pub stats_id: u32,
+    pub addr: Addr6,
 }
 
 /// Only local endpoints for external traffic; the client source address is preserved.
@@ -324,6 +362,16 @@ pub const BE_F_TERMINATING: u8 = 1 << 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend4 {
     pub addr: u32,
+    pub port: u16,
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// Value of `LB6_BACKENDS` (key: backend id, u32, in [`ids::IPV6`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend6 {
+    pub addr: Addr6,
     pub port: u16,
     pub flags: u8,
     pub _pad: u8,
@@ -745,6 +793,26 @@ pub struct Affinity {
     pub _pad: [u8; 6],
 }
 
+/// Key of `LB6_AFFINITY`: a client is one /128.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AffinityKey6 {
+    pub service_id: u32,
+    pub client: Addr6,
+}
+
+/// Value of `LB6_AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Affinity6 {
+    pub backend_id: u32,
+    /// The backend as it was chosen: an id reused for another endpoint is not followed.
+    pub backend_addr: Addr6,
+    pub backend_port: u16,
+    pub _pad: [u8; 2],
+    pub last_used_ns: u64,
+}
+
 /// Value of `LB_CONFIG[0]`: node-wide settings.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -833,6 +901,16 @@ pub mod stat {
     ];
 }
 
+// The IPv6 layouts have no implicit padding (the kernel hashes every byte of a key).
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<Frontend6Key>() == 20);
+    assert!(size_of::<SourceRange6>() == 20);
+    assert!(size_of::<Backend6>() == 20);
+    assert!(size_of::<AffinityKey6>() == 20);
+    assert!(size_of::<Affinity6>() == 32);
+};
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -849,6 +927,11 @@ mod pod {
     unsafe impl aya::Pod for AffinityKey4 {}
     unsafe impl aya::Pod for Affinity {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Frontend6Key {}
+    unsafe impl aya::Pod for SourceRange6 {}
+    unsafe impl aya::Pod for Backend6 {}
+    unsafe impl aya::Pod for AffinityKey6 {}
+    unsafe impl aya::Pod for Affinity6 {}
     unsafe impl aya::Pod for NodeAddr4 {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for ServiceName {}

@@ -8,9 +8,9 @@ use aya_ebpf::{
     },
 };
 use lb_common::{
-    capacity, Affinity, AffinityKey4, Backend4, Config, Counters, Ct4, Frontend4, Frontend4Key,
-    IfaceInfo, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, SockConfig, SourceRange4, Tuple4,
-    PROTO_TCP,
+    capacity, Affinity, Affinity6, AffinityKey4, AffinityKey6, Backend4, Backend6, Config,
+    Counters, Ct4, Frontend4, Frontend4Key, Frontend6Key, IfaceInfo, NodeAddr4, RevNat4, Service,
+    ServiceName, SlotKey, SockConfig, SourceRange4, SourceRange6, Tuple4, PROTO_TCP,
 };
 
 #[map]
@@ -127,6 +127,24 @@ pub static LB4_SRC_RANGES: LpmTrie<SourceRange4, u8> = LpmTrie::pinned(capacity:
 /// New flows dropped per frontend for a source outside its ranges.
 #[map]
 pub static LB_SRC_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(capacity::FRONTENDS, 0);
+
+/// The IPv6 frontends, backends, source ranges and session affinity, beside the IPv4 ones
+/// (sets, slots, names and counters are shared: see `lb_common::ids`). Written by the agent
+/// ahead of the IPv6 datapath. Not preallocated: a node without IPv6 Services pays nothing.
+#[map]
+pub static LB6_FRONTENDS: HashMap<Frontend6Key, Frontend4> =
+    HashMap::pinned(capacity::FRONTENDS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static LB6_BACKENDS: HashMap<u32, Backend6> =
+    HashMap::pinned(capacity::BACKENDS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static LB6_SRC_RANGES: LpmTrie<SourceRange6, u8> = LpmTrie::pinned(capacity::SOURCE_RANGES, 0);
+
+#[map]
+pub static LB6_AFFINITY: LruHashMap<AffinityKey6, Affinity6> =
+    LruHashMap::pinned(capacity::AFFINITY, 0);
 
 /// Whether a new flow from `saddr` may reach the frontend with ranges `stats_id`; one that may
 /// not is counted. Out of line: its key stays out of the callers' frames (Linux 6.1's stack

@@ -1,6 +1,7 @@
 //! Building blocks of the lab topologies the scenario tests share: a node with routed pods
 //! (host-side veths and /32 routes, as Calico does), an outside client, and the lb-agent binary.
-use lb::dataplane::ServiceMaps as _;
+use lb::dataplane::ServiceMaps;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
@@ -130,8 +131,8 @@ pub fn program_clusterip(
         verdict: lb_common::VERDICT_REJECT,
         ..Default::default()
     };
-    dp.maps.set_service(id, &svc, backends, 0)?;
-    let vip: std::net::Ipv4Addr = vip.parse()?;
+    ServiceMaps::<Ipv4Addr>::set_service(&mut dp.maps, id, &svc, backends, 0)?;
+    let vip: Ipv4Addr = vip.parse()?;
     let key = Frontend4Key {
         addr: u32::from_ne_bytes(vip.octets()),
         port: port.to_be(),
@@ -145,5 +146,5 @@ pub fn program_clusterip(
         flags: 0,
         _pad: [0; 2],
     };
-    dp.maps.set_frontend(&key, &fe)
+    ServiceMaps::<Ipv4Addr>::set_frontend(&mut dp.maps, &key, &fe)
 }

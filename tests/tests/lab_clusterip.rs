@@ -1,9 +1,9 @@
 //! Real TCP and UDP through a ClusterIP from a pod, in network namespaces: one node, two pods on
 //! host-side veths (routed /32s, as Calico does), lb_tc_pod on the pod interfaces, maps programmed
 //! through the dataplane library.
-use lb::dataplane::ServiceMaps as _;
+use lb::dataplane::ServiceMaps;
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -15,7 +15,7 @@ use lb_tests::{
 };
 
 fn addr(s: &str) -> u32 {
-    u32::from_ne_bytes(s.parse::<std::net::Ipv4Addr>().expect("ip").octets())
+    u32::from_ne_bytes(s.parse::<Ipv4Addr>().expect("ip").octets())
 }
 
 fn pod(lab: &Lab, node: &Netns, name: &str, ip: &str, host_if: &str) -> Netns {
@@ -52,7 +52,7 @@ fn pod_reaches_clusterip_over_tcp_and_udp_and_is_refused_without_endpoints() {
             flags: BE_F_LOCAL,
             _pad: 0,
         };
-        dp.maps.set_backend(1, &be).expect("backend");
+        ServiceMaps::<Ipv4Addr>::set_backend(&mut dp.maps, 1, &be).expect("backend");
         program(&mut dp, 1, PROTO_TCP, 80, &[1]);
         program(&mut dp, 2, PROTO_UDP, 53, &[1]);
         program(&mut dp, 3, PROTO_TCP, 81, &[]);

@@ -11,7 +11,7 @@
 //! node2); the nodes route each other's pod CIDRs. The client only has a route to node1's
 //! address, and node2 has none back to the client, so pod c is only reachable through node1's
 //! SNAT. Every backend runs lb-echo, which answers with its name and the peer it saw.
-use lb::dataplane::ServiceMaps as _;
+use lb::dataplane::ServiceMaps;
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
@@ -293,7 +293,7 @@ fn program_node1(pin: PathBuf, mode: XdpRequest) -> anyhow::Result<XdpModeUsed> 
             flags,
             _pad: 0,
         };
-        dp.maps.set_backend(id, &be)?;
+        ServiceMaps::<Ipv4Addr>::set_backend(&mut dp.maps, id, &be)?;
     }
     // (NodePort, backends for traffic from outside, service flags, verdict when empty), as the
     // model computes them: eTP=Local keeps only local endpoints and drops when endpoints exist
@@ -314,7 +314,7 @@ fn program_node1(pin: PathBuf, mode: XdpRequest) -> anyhow::Result<XdpModeUsed> 
                 verdict,
                 ..Default::default()
             };
-            dp.maps.set_service(id, &svc, backends, 0)?;
+            ServiceMaps::<Ipv4Addr>::set_service(&mut dp.maps, id, &svc, backends, 0)?;
             let key = Frontend4Key {
                 addr: addr(NODE1),
                 port: port.to_be(),
@@ -328,7 +328,7 @@ fn program_node1(pin: PathBuf, mode: XdpRequest) -> anyhow::Result<XdpModeUsed> 
                 flags: 0,
                 _pad: [0; 2],
             };
-            dp.maps.set_frontend(&key, &fe)?;
+            ServiceMaps::<Ipv4Addr>::set_frontend(&mut dp.maps, &key, &fe)?;
         }
     }
     Ok(used)

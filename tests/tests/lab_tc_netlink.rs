@@ -4,8 +4,12 @@
 //! restarted Dataplane swaps its program into the same filter (still exactly one lb filter,
 //! established connections keep working); Auto mode takes the filter over (tcx on 6.6+, the
 //! netlink fallback before); detach and cleanup remove lb's filter. Passes on 6.1 too.
-use lb::dataplane::ServiceMaps as _;
-use std::{net::SocketAddr, path::Path, time::Duration};
+use lb::dataplane::ServiceMaps;
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
 
 use aya::programs::{loaded_programs, tc::TcAttachType, SchedClassifier};
 use lb::dataplane::{
@@ -21,7 +25,7 @@ use lb_tests::{
 const T: Duration = Duration::from_secs(2);
 
 fn addr(s: &str) -> u32 {
-    u32::from_ne_bytes(s.parse::<std::net::Ipv4Addr>().expect("ip").octets())
+    u32::from_ne_bytes(s.parse::<Ipv4Addr>().expect("ip").octets())
 }
 
 /// A pod namespace on a host-side veth `host_if` of `node`, routed /32 (as in lab_clusterip).
@@ -132,7 +136,7 @@ fn program_clusterip(dp: &mut Dataplane) {
         flags: BE_F_LOCAL,
         _pad: 0,
     };
-    dp.maps.set_backend(1, &be).expect("backend");
+    ServiceMaps::<Ipv4Addr>::set_backend(&mut dp.maps, 1, &be).expect("backend");
     topology::program_clusterip(dp, 1, "10.96.0.10", PROTO_TCP, 80, &[1]).expect("program");
 }
 

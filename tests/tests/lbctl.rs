@@ -8,7 +8,7 @@
 //! the diff before committing it).
 use std::{
     io::{BufRead, BufReader},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::Path,
     process::{Command, Output, Stdio},
     time::Duration,
@@ -198,7 +198,7 @@ struct Ids {
 }
 
 fn program(dp: &mut Dataplane) -> Ids {
-    let node = NodeContext {
+    let node = NodeContext::<Ipv4Addr> {
         name: "node-a".into(),
         nodeport_addrs: vec!["192.0.2.10".parse().unwrap()],
     };
@@ -213,7 +213,7 @@ fn program(dp: &mut Dataplane) -> Ids {
     );
 
     let maps = &mut dp.maps;
-    let backend = entries(&maps.backends)
+    let backend = entries(&maps.v4.backends)
         .expect("backends")
         .into_iter()
         .map(|(id, b)| {
@@ -334,7 +334,7 @@ fn program(dp: &mut Dataplane) -> Ids {
         aff("10.244.1.6", backend["10.244.1.10:53"], 700),
         aff("10.244.1.7", 999_999, 10),
     ] {
-        maps.affinity.insert(k, v, 0).expect("affinity");
+        maps.v4.affinity.insert(k, v, 0).expect("affinity");
     }
 
     // Counters: every CPU counted 10 packets / 1500 bytes on web's ClusterIP (external), 2
@@ -948,7 +948,7 @@ endpoints:
         capacities: vec![],
     })
     .expect("dataplane");
-    let node = NodeContext {
+    let node = NodeContext::<Ipv4Addr> {
         name: "node-a".into(),
         nodeport_addrs: vec![],
     };
@@ -979,4 +979,108 @@ endpoints:
             s.labels
         );
     }
+}
+
+/// A dual-stack Service's IPv6 frontends and backends are in `lbctl services` and `lbctl
+/// backends` beside its IPv4 ones, addresses as canonical strings (the JSON gains values, no
+/// field is renamed), and the table brackets IPv6 addresses before a port.
+#[test]
+fn ipv6_frontends_and_backends_are_shown_beside_ipv4() {
+    if !require_privileged("lbctl-ipv6") {
+        return;
+    }
+    let manifests = "apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv6, IPv4]
+  clusterIP: fd00:96::10
+  clusterIPs: [\"fd00:96::10\", 10.96.0.10]
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v6, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [\"fd00:244:1::5\"], nodeName: node-a}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v4, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: node-a}
+";
+    let lab = Lab::new("lbctl-ipv6").expect("lab");
+    let pin = lab.pin_path("node");
+    let mut dp = Dataplane::open(&Options {
+        pin_path: pin.clone(),
+        capacities: vec![],
+    })
+    .expect("dataplane");
+    let objects = objects_of(manifests).expect("manifests");
+    let caps = Capacities::read(dp.layout()).expect("capacities");
+    let mut rec = Reconciler::adopt(&dp.maps, caps).expect("adopt");
+    let node4 = NodeContext::<Ipv4Addr> {
+        name: "node-a".into(),
+        nodeport_addrs: vec!["192.0.2.10".parse().unwrap()],
+    };
+    let node6 = NodeContext::<Ipv6Addr> {
+        name: "node-a".into(),
+        nodeport_addrs: vec!["2001:db8::10".parse().unwrap()],
+    };
+    let r4 = rec.apply(&mut dp.maps, &desired(&objects, &node4));
+    let r6 = rec.apply(&mut dp.maps, &desired(&objects, &node6));
+    assert!(
+        r4.errors.is_empty() && r6.errors.is_empty(),
+        "{r4:?} {r6:?}"
+    );
+
+    let services = json_of(&pin, &["services"]);
+    let frontends: Vec<(String, u64, String)> = services
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|row| {
+            let f = &row["frontend"];
+            let backends: Vec<String> = row["backends"]
+                .as_array()
+                .expect("backends")
+                .iter()
+                .map(|b| b["ip"].as_str().expect("ip").to_string())
+                .collect();
+            let ip = f["ip"].as_str().expect("ip").to_string();
+            (ip, f["port"].as_u64().expect("port"), backends.join(","))
+        })
+        .collect();
+    let want = [
+        ("10.96.0.10", 80, "10.244.1.5"),
+        ("192.0.2.10", 30080, "10.244.1.5"),
+        ("2001:db8::10", 30080, "fd00:244:1::5"),
+        ("fd00:96::10", 80, "fd00:244:1::5"),
+    ];
+    let want: Vec<(String, u64, String)> = want
+        .iter()
+        .map(|(ip, port, b)| (ip.to_string(), *port, b.to_string()))
+        .collect();
+    assert_eq!(frontends, want, "{services}");
+
+    let backends = json_of(&pin, &["backends"]);
+    let ips: Vec<&str> = backends
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|b| b["ip"].as_str().expect("ip"))
+        .collect();
+    assert_eq!(ips, ["10.244.1.5", "fd00:244:1::5"], "{backends}");
+
+    let table = run(&pin, &["services"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("[fd00:96::10]:80/TCP"), "{text}");
+    assert!(text.contains("[fd00:244:1::5]:8080"), "{text}");
 }

@@ -1,30 +1,45 @@
 //! The reconciler against real pinned maps, for what only the kernel shows. Its ordering, fault
 //! and incremental-versus-full tests run without root on the in-memory fake (lb-userspace's
 //! dataplane::reconcile::tests); this checks that the pinned maps hold what the fake holds.
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use lb::{
     dataplane::{
         maps::entries,
         reconcile::{fake::MemoryMaps, Programmed, Reconciler, Report, Write},
-        Capacities, Dataplane, Options, ServiceMaps as _,
+        Capacities, Dataplane, Options, ServiceMaps,
     },
-    model::{desired, Desired, NodeContext},
+    model::{desired, Desired, Family, NodeContext},
     source::manifests::objects_of,
 };
 use lb_common::{map_names, SlotKey};
 use lb_tests::lab::{require_privileged, Lab};
 
-/// The node of the model goldens (lb-userspace/src/model/golden.rs).
-fn node() -> NodeContext {
+/// The node of the model goldens (lb-userspace/src/model/golden.rs), in family `A`.
+fn node<A: Family>() -> NodeContext<A> {
+    let addr = match A::NAME {
+        "IPv4" => "192.0.2.10",
+        _ => "2001:db8::10",
+    };
     NodeContext {
         name: "node-a".into(),
-        nodeport_addrs: vec!["192.0.2.10".parse().unwrap()],
+        nodeport_addrs: A::of(addr.parse().unwrap()).into_iter().collect(),
     }
 }
 
-fn want(yaml: &str) -> Desired {
-    desired(&objects_of(yaml).expect("valid manifests"), &node())
+/// What each family's maps should hold for `yaml`.
+struct Want {
+    v4: Desired<Ipv4Addr>,
+    v6: Desired<Ipv6Addr>,
+}
+
+fn want(yaml: &str) -> Want {
+    let objects = objects_of(yaml).expect("valid manifests");
+    Want {
+        v4: desired(&objects, &node()),
+        v6: desired(&objects, &node()),
+    }
 }
 
 /// The model goldens' inputs (lb-userspace/testdata/model/*/input.yaml) that parse whole,
@@ -53,10 +68,38 @@ fn open(lab: &Lab, name: &str) -> Dataplane {
     Dataplane::open(&opts).expect("dataplane")
 }
 
-fn apply(rec: &mut Reconciler, dp: &mut Dataplane, d: &Desired) -> Report {
-    let report = rec.apply(&mut dp.maps, d);
-    assert!(report.errors.is_empty(), "map errors: {:?}", report.errors);
-    report
+/// Both families on the kernel maps; returns how many writes that took.
+fn apply(rec: &mut Reconciler, dp: &mut Dataplane, d: &Want) -> usize {
+    let reports = [
+        rec.apply(&mut dp.maps, &d.v4),
+        rec.apply(&mut dp.maps, &d.v6),
+    ];
+    for r in &reports {
+        assert!(r.errors.is_empty(), "map errors: {:?}", r.errors);
+    }
+    reports.iter().map(Report::writes).sum()
+}
+
+fn apply_fake(rec: &mut Reconciler, fake: &mut MemoryMaps, d: &Want, name: &str) {
+    let r = rec.apply(fake, &d.v4);
+    assert!(r.errors.is_empty(), "{name}: {:?}", r.errors);
+    let r = rec.apply(fake, &d.v6);
+    assert!(r.errors.is_empty(), "{name}: {:?}", r.errors);
+    assert!(
+        fake.leftovers().is_empty(),
+        "{name}: {:?}",
+        fake.leftovers()
+    );
+}
+
+/// Both families read back from the kernel maps equal the fake's and the reconciler's.
+fn same_as_fake(dp: &Dataplane, fake: &MemoryMaps, rec: &Reconciler, name: &str) {
+    let kernel = Programmed::<Ipv4Addr>::read(&dp.maps).expect("read the kernel maps");
+    assert_eq!(kernel, Programmed::read(fake).unwrap(), "{name}");
+    assert_eq!(&kernel, rec.programmed(), "{name}");
+    let kernel = Programmed::<Ipv6Addr>::read(&dp.maps).expect("read the kernel maps");
+    assert_eq!(kernel, Programmed::read(fake).unwrap(), "{name}");
+    assert_eq!(&kernel, rec.programmed(), "{name}");
 }
 
 /// Every golden input in turn (each replacing the last, so services come, change and go), then
@@ -78,43 +121,45 @@ fn the_kernel_maps_hold_what_the_in_memory_fake_holds() {
     assert!(inputs.len() >= 5, "{inputs:?}");
     let all: String = inputs.iter().map(|(_, y)| format!("---\n{y}\n")).collect();
     let steps = inputs.iter().cloned().chain([("all".to_string(), all)]);
+    let mut ipv6_seen = false;
     for (name, yaml) in steps {
         let state = want(&yaml);
         apply(&mut kernel_rec, &mut dp, &state);
-        let r = fake_rec.apply(&mut fake, &state);
-        assert!(r.errors.is_empty(), "{name}: {:?}", r.errors);
-        assert!(
-            fake.leftovers().is_empty(),
-            "{name}: {:?}",
-            fake.leftovers()
-        );
-        let kernel = Programmed::read(&dp.maps).expect("read the kernel maps");
+        apply_fake(&mut fake_rec, &mut fake, &state, &name);
+        let kernel = Programmed::<Ipv4Addr>::read(&dp.maps).expect("read the kernel maps");
         assert!(!kernel.frontends.is_empty(), "{name}");
-        assert_eq!(kernel, Programmed::read(&fake).unwrap(), "{name}");
-        assert_eq!(&kernel, kernel_rec.programmed(), "{name}");
+        let v6 = Programmed::<Ipv6Addr>::read(&dp.maps).expect("read the kernel maps");
+        ipv6_seen |= !v6.ranges.is_empty();
+        same_as_fake(&dp, &fake, &kernel_rec, &name);
         // Read back in batches, the maps hold what was written: the periodic check finds no
         // drift (and so plans nothing).
         assert!(!kernel_rec.resync(&dp.maps).expect("resync"), "{name}");
     }
 
-    let backend = *fake.backends.keys().next().expect("a backend");
+    assert!(
+        ipv6_seen,
+        "an IPv6 frontend with source ranges was programmed"
+    );
+
+    let backend = *fake.v4.backends.keys().next().expect("a backend");
     let orphan = SlotKey {
         service_id: 999_999,
         slot: 3,
     };
-    dp.maps.write(&Write::Slot(orphan, backend)).expect("slot");
+    dp.maps
+        .write(&Write::<Ipv4Addr>::Slot(orphan, backend))
+        .expect("slot");
     fake.slots.insert(orphan, backend);
-    assert_eq!(Programmed::read(&dp.maps).unwrap().orphan_slots, [orphan]);
-    assert_eq!(Programmed::read(&fake).unwrap().orphan_slots, [orphan]);
+    let orphans = |p: Programmed<Ipv4Addr>| p.orphan_slots;
+    assert_eq!(orphans(Programmed::read(&dp.maps).unwrap()), [orphan]);
+    assert_eq!(orphans(Programmed::read(&fake).unwrap()), [orphan]);
     assert!(kernel_rec.resync(&dp.maps).expect("resync"), "drift found");
     assert!(fake_rec.resync(&fake).expect("resync"), "drift found");
     let state = want(&inputs[0].1);
     apply(&mut kernel_rec, &mut dp, &state);
-    fake_rec.apply(&mut fake, &state);
-    assert!(fake.leftovers().is_empty(), "{:?}", fake.leftovers());
-    let kernel = Programmed::read(&dp.maps).expect("read the kernel maps");
-    assert!(kernel.orphan_slots.is_empty());
-    assert_eq!(kernel, Programmed::read(&fake).unwrap());
+    apply_fake(&mut fake_rec, &mut fake, &state, "after the orphan");
+    assert!(orphans(Programmed::read(&dp.maps).unwrap()).is_empty());
+    same_as_fake(&dp, &fake, &kernel_rec, "after the orphan");
 }
 
 /// The upgrade from a release whose `LB_SERVICE_NAMES` held 15-byte port names: the agent copies
@@ -164,7 +209,7 @@ fn an_upgrade_migrates_the_old_set_names_and_rewrites_nothing() {
     );
     let mut adopted = Reconciler::adopt(&dp.maps, caps).expect("adopt after the upgrade");
     assert_eq!(
-        apply(&mut adopted, &mut dp, &state).writes(),
+        apply(&mut adopted, &mut dp, &state),
         0,
         "the upgraded agent rewrites nothing"
     );

@@ -249,7 +249,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     tracing::info!(
         node = %node_name,
         pin_path = %args.pin_path.display(),
-        adopted_frontends = rec.programmed().frontends.len(),
+        adopted_frontends = rec.programmed::<Ipv4Addr>().frontends.len(),
         "dataplane loaded"
     );
     set_socket_lb(&mut dp, &args);

@@ -37,7 +37,7 @@ pub struct AffinityRow {
 /// Every entry, sorted by service port, then client.
 pub fn rows(maps: &Maps, now_ns: u64) -> Result<Vec<AffinityRow>> {
     let names = Names::read(maps)?;
-    let mut rows: Vec<AffinityRow> = entries(&maps.affinity)?
+    let mut rows: Vec<AffinityRow> = entries(&maps.v4.affinity)?
         .into_iter()
         .map(|(key, value)| {
             let name = names.get(key.service_id);
@@ -47,7 +47,7 @@ pub fn rows(maps: &Maps, now_ns: u64) -> Result<Vec<AffinityRow>> {
                 .ok()
                 .filter(|s| s.flags & lb_common::SVC_F_AFFINITY != 0)
                 .map(|s| s.affinity_timeout);
-            let backend = maps.backends.get(&value.backend_id, 0).ok();
+            let backend = maps.v4.backends.get(&value.backend_id, 0).ok();
             let idle = secs_since(now_ns, value.last_used_ns);
             // The datapath's test: now - last_used < timeout (in nanoseconds).
             let left_ns = timeout.map_or(0, |t| {

@@ -1,13 +1,16 @@
 //! `lbctl backends`: every backend (`LB4_BACKENDS`) and the service ports whose sets use it.
 use std::collections::{BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::Result;
-use lb_common::{BE_F_LOCAL, BE_F_TERMINATING};
 use serde::Serialize;
 
-use super::{ip_of, port_label, table::Builder};
-use crate::dataplane::{maps::entries, reconcile::Programmed, Maps};
+use super::{port_label, table::Builder};
+use crate::dataplane::{
+    reconcile::{KernelFamily, Programmed},
+    view::BackendView,
+    Maps, ServiceMaps,
+};
 
 /// A service port, in JSON `{"service": "ns/name", "port_name": ..., "protocol": ...}`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -21,7 +24,7 @@ pub struct ServicePort {
 pub struct BackendRow {
     /// The backend id (conntrack and affinity entries name backends by it).
     pub id: u32,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub local: bool,
     pub terminating: bool,
@@ -29,9 +32,16 @@ pub struct BackendRow {
     pub services: Vec<ServicePort>,
 }
 
-/// Every backend, sorted by address, port and id.
+/// Every backend of both families, sorted by address (IPv4 first), port and id.
 pub fn rows(maps: &Maps) -> Result<Vec<BackendRow>> {
-    let programmed = Programmed::read(maps)?;
+    let mut rows = family_rows::<Ipv4Addr>(maps)?;
+    rows.extend(family_rows::<Ipv6Addr>(maps)?);
+    rows.sort_by_key(|r| (r.ip, r.port, r.id));
+    Ok(rows)
+}
+
+fn family_rows<A: KernelFamily>(maps: &impl ServiceMaps<A>) -> Result<Vec<BackendRow>> {
+    let programmed = Programmed::<A>::read(maps)?;
     let mut users: HashMap<u32, BTreeSet<ServicePort>> = HashMap::new();
     for set in programmed.sets.values() {
         let Some(key) = &set.key else { continue };
@@ -43,19 +53,18 @@ pub fn rows(maps: &Maps) -> Result<Vec<BackendRow>> {
             });
         }
     }
-    let mut rows: Vec<BackendRow> = entries(&maps.backends)?
-        .into_iter()
-        .map(|(id, b)| BackendRow {
-            id,
-            ip: ip_of(b.addr),
-            port: u16::from_be(b.port),
-            local: b.flags & BE_F_LOCAL != 0,
-            terminating: b.flags & BE_F_TERMINATING != 0,
-            services: users.remove(&id).unwrap_or_default().into_iter().collect(),
-        })
-        .collect();
-    rows.sort_by_key(|r| (r.ip, r.port, r.id));
-    Ok(rows)
+    let rows = programmed.backends.iter().map(|(id, b)| {
+        let view = BackendView::of::<A>(b);
+        BackendRow {
+            id: *id,
+            ip: view.ip,
+            port: view.port,
+            local: view.local,
+            terminating: view.terminating,
+            services: users.remove(id).unwrap_or_default().into_iter().collect(),
+        }
+    });
+    Ok(rows.collect())
 }
 
 pub fn table(rows: &[BackendRow]) -> String {
@@ -68,7 +77,7 @@ pub fn table(rows: &[BackendRow]) -> String {
             .collect();
         t.row(vec![
             r.id.to_string(),
-            format!("{}:{}", r.ip, r.port),
+            SocketAddr::new(r.ip, r.port).to_string(),
             yes_no(r.local),
             yes_no(r.terminating),
             if services.is_empty() {

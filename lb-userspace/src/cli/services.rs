@@ -2,6 +2,8 @@
 //! leads to, and the set of traffic from pods when that differs. The JSON is
 //! `dataplane::view::ServiceView` plus what an empty set answers: the contract README's "lbctl"
 //! section spells out.
+use std::net::SocketAddr;
+
 use anyhow::Result;
 use lb_common::VERDICT_DROP;
 use serde::Serialize;
@@ -64,8 +66,9 @@ pub fn table(rows: &[ServiceRow]) -> String {
         t.row(vec![
             port_label(&v.service, &v.port_name),
             format!(
-                "{}:{}/{}",
-                v.frontend.ip, v.frontend.port, v.frontend.protocol
+                "{}/{}",
+                SocketAddr::new(v.frontend.ip, v.frontend.port),
+                v.frontend.protocol
             ),
             v.frontend.kind.to_string(),
             if policy.is_empty() {
@@ -90,10 +93,11 @@ fn backend_lines(backends: &[view::BackendView]) -> String {
             if b.terminating {
                 flags.push("terminating");
             }
+            let addr = SocketAddr::new(b.ip, b.port);
             if flags.is_empty() {
-                format!("{}:{}", b.ip, b.port)
+                addr.to_string()
             } else {
-                format!("{}:{} ({})", b.ip, b.port, flags.join(", "))
+                format!("{addr} ({})", flags.join(", "))
             }
         })
         .collect::<Vec<_>>()

@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeMap,
     io::{IsTerminal, Write},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -228,8 +229,9 @@ pub fn table(snap: &Snapshot) -> String {
         let mut row = vec![
             port_label(&f.service, &f.port_name),
             format!(
-                "{}:{}/{}",
-                f.frontend.ip, f.frontend.port, f.frontend.protocol
+                "{}/{}",
+                SocketAddr::new(f.frontend.ip, f.frontend.port),
+                f.frontend.protocol
             ),
             f.frontend.kind.into(),
             f.frontend.scope.into(),

@@ -2,33 +2,34 @@
 //! reconciler owns are written through `reconcile::ServiceMaps`, whose module `write` holds the
 //! order of the writes.
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{
-        lpm_trie::{Key as LpmKey, LpmTrie},
-        Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
     },
     Ebpf, Pod,
 };
 use lb_common::{
-    map_names as names, stat, Affinity, AffinityKey4, Backend4, Config, Counters, Ct4, Frontend4,
-    Frontend4Key, IfaceInfo, NodeAddr4, RevNat4, Service, ServiceName, SlotKey, SockConfig,
-    SourceRange4, Tuple4,
+    map_names as names, stat, Config, Counters, Ct4, Frontend4, IfaceInfo, NodeAddr4, RevNat4,
+    Service, ServiceName, SlotKey, SockConfig, Tuple4,
 };
 
 use super::pins::PinLayout;
+use super::reconcile::{KernelFamily, KernelRange};
 
 pub struct Maps {
-    pub frontends: HashMap<MapData, Frontend4Key, Frontend4>,
+    /// The IPv4 frontends, backends, ranges and affinity.
+    pub v4: FamilyMaps<Ipv4Addr>,
+    /// The IPv6 ones: None in the pins of an agent older than them (lbctl reads those too).
+    pub v6: Option<FamilyMaps<Ipv6Addr>>,
     pub services: HashMap<MapData, u32, Service>,
     pub slots: HashMap<MapData, SlotKey, u32>,
-    pub backends: HashMap<MapData, u32, Backend4>,
     /// TCP flows.
     pub tcp_flows: FlowTable,
     /// Flows of every other protocol (UDP): a table of their own (`LB4_CT_ANY`).
     pub other_flows: FlowTable,
-    pub affinity: HashMap<MapData, AffinityKey4, Affinity>,
     pub node_addrs: HashMap<MapData, u32, NodeAddr4>,
     pub config: Array<MapData, Config>,
     pub frontend_stats: PerCpuArray<MapData, Counters>,
@@ -39,15 +40,48 @@ pub struct Maps {
     pub sock_config: Array<MapData, SockConfig>,
     pub sock_stats: PerCpuArray<MapData, u64>,
     pub host_addrs: HashMap<MapData, u32, u8>,
-    /// loadBalancerSourceRanges by frontend stats id, and the new flows they dropped. Optional
-    /// so that lbctl still reads the pins of an agent older than them.
-    pub source_ranges: Option<LpmTrie<MapData, SourceRange4, u8>>,
+    /// New flows the source ranges dropped, by frontend stats id. Optional so that lbctl still
+    /// reads the pins of an agent older than them.
     pub source_range_drops: Option<PerCpuArray<MapData, u64>>,
 }
 
-/// A source range as the maps hold it: the network address (network byte order) and its
-/// prefix length.
-pub type KernelRange = (u32, u8);
+/// One family's own maps (the backend sets, slots, names and counters are shared).
+pub struct FamilyMaps<A: KernelFamily> {
+    pub frontends: HashMap<MapData, A::FrontendKey, Frontend4>,
+    pub backends: HashMap<MapData, u32, A::Backend>,
+    pub affinity: HashMap<MapData, A::AffinityKey, A::Affinity>,
+    /// loadBalancerSourceRanges by frontend stats id. Optional so that lbctl still reads the
+    /// pins of an agent older than them.
+    pub source_ranges: Option<LpmTrie<MapData, A::RangeKey, u8>>,
+}
+
+/// [`Maps`]' part for family `A`.
+pub trait FamilyOf<A: KernelFamily> {
+    fn family(&self) -> Option<&FamilyMaps<A>>;
+    fn family_mut(&mut self) -> Result<&mut FamilyMaps<A>>;
+}
+
+impl FamilyOf<Ipv4Addr> for Maps {
+    fn family(&self) -> Option<&FamilyMaps<Ipv4Addr>> {
+        Some(&self.v4)
+    }
+
+    fn family_mut(&mut self) -> Result<&mut FamilyMaps<Ipv4Addr>> {
+        Ok(&mut self.v4)
+    }
+}
+
+impl FamilyOf<Ipv6Addr> for Maps {
+    fn family(&self) -> Option<&FamilyMaps<Ipv6Addr>> {
+        self.v6.as_ref()
+    }
+
+    fn family_mut(&mut self) -> Result<&mut FamilyMaps<Ipv6Addr>> {
+        self.v6
+            .as_mut()
+            .with_context(|| format!("map {} missing", names::FRONTENDS6))
+    }
+}
 
 /// One conntrack table: client-direction flows and their reply entries (also the SNAT ports).
 pub struct FlowTable {
@@ -128,10 +162,15 @@ impl Maps {
 
     fn from_source(src: &mut impl Source) -> Result<Self> {
         Ok(Maps {
-            frontends: typed(src, names::FRONTENDS4)?,
+            v4: FamilyMaps {
+                frontends: typed(src, names::FRONTENDS4)?,
+                backends: typed(src, names::BACKENDS4)?,
+                affinity: typed(src, names::AFFINITY4)?,
+                source_ranges: typed(src, names::SOURCE_RANGES4).ok(),
+            },
+            v6: family6(src).ok(),
             services: typed(src, names::SERVICES)?,
             slots: typed(src, names::SLOTS)?,
-            backends: typed(src, names::BACKENDS4)?,
             tcp_flows: FlowTable {
                 ct: typed(src, names::CT4)?,
                 rnat: typed(src, names::RNAT4)?,
@@ -140,7 +179,6 @@ impl Maps {
                 ct: typed(src, names::CT_ANY4)?,
                 rnat: typed(src, names::RNAT_ANY4)?,
             },
-            affinity: typed(src, names::AFFINITY4)?,
             node_addrs: typed(src, names::NODE_ADDRS4)?,
             config: typed(src, names::CONFIG)?,
             frontend_stats: typed(src, names::FRONTEND_STATS)?,
@@ -151,7 +189,6 @@ impl Maps {
             sock_config: typed(src, names::SOCK_CONFIG)?,
             sock_stats: typed(src, names::SOCK_STATS)?,
             host_addrs: typed(src, names::HOST_ADDRS4)?,
-            source_ranges: typed(src, names::SOURCE_RANGES4).ok(),
             source_range_drops: typed(src, names::SOURCE_RANGE_DROPS).ok(),
         })
     }
@@ -226,47 +263,6 @@ impl Maps {
         Some(self.xmit_drops.get(&ifindex, 0).ok()?.iter().sum())
     }
 
-    fn range_key(stats_id: u32, (addr, len): KernelRange) -> LpmKey<SourceRange4> {
-        // The stats id is matched whole (32 bits), then `len` bits of the address.
-        LpmKey::new(32 + u32::from(len), SourceRange4 { stats_id, addr })
-    }
-
-    fn source_ranges_mut(&mut self) -> Result<&mut LpmTrie<MapData, SourceRange4, u8>> {
-        self.source_ranges
-            .as_mut()
-            .with_context(|| format!("map {} missing", names::SOURCE_RANGES4))
-    }
-
-    pub(super) fn set_source_range(&mut self, stats_id: u32, range: KernelRange) -> Result<()> {
-        let key = Self::range_key(stats_id, range);
-        self.source_ranges_mut()?
-            .insert(&key, 1, 0)
-            .with_context(|| format!("source range {range:?} of frontend {stats_id}"))
-    }
-
-    pub(super) fn remove_source_range(&mut self, stats_id: u32, range: KernelRange) -> Result<()> {
-        let key = Self::range_key(stats_id, range);
-        ignore_missing(self.source_ranges_mut()?.remove(&key))
-    }
-
-    /// Every frontend's source ranges, by stats id (sorted); none without the map.
-    pub(super) fn read_source_ranges(&self) -> Result<BTreeMap<u32, Vec<KernelRange>>> {
-        let mut out: BTreeMap<u32, Vec<KernelRange>> = BTreeMap::new();
-        let Some(map) = &self.source_ranges else {
-            return Ok(out);
-        };
-        for key in map.keys() {
-            let key = key?;
-            let data = key.data();
-            let len = key.prefix_len().saturating_sub(32) as u8;
-            out.entry(data.stats_id).or_default().push((data.addr, len));
-        }
-        for ranges in out.values_mut() {
-            ranges.sort_unstable();
-        }
-        Ok(out)
-    }
-
     /// New flows a frontend's source ranges dropped, summed over CPUs.
     pub fn source_range_drops(&self, stats_id: u32) -> Result<u64> {
         match &self.source_range_drops {
@@ -322,6 +318,55 @@ impl Maps {
                 ))
             })
             .collect()
+    }
+}
+
+fn family6(src: &mut impl Source) -> Result<FamilyMaps<Ipv6Addr>> {
+    Ok(FamilyMaps {
+        frontends: typed(src, names::FRONTENDS6)?,
+        backends: typed(src, names::BACKENDS6)?,
+        affinity: typed(src, names::AFFINITY6)?,
+        source_ranges: Some(typed(src, names::SOURCE_RANGES6)?),
+    })
+}
+
+impl<A: KernelFamily> FamilyMaps<A> {
+    fn source_ranges_mut(&mut self) -> Result<&mut LpmTrie<MapData, A::RangeKey, u8>> {
+        self.source_ranges
+            .as_mut()
+            .context("the source ranges map is missing (an older agent's pins)")
+    }
+
+    pub(super) fn set_source_range(&mut self, stats_id: u32, range: KernelRange<A>) -> Result<()> {
+        let key = A::range_key(stats_id, range);
+        self.source_ranges_mut()?
+            .insert(&key, 1, 0)
+            .with_context(|| format!("source range {range:?} of frontend {stats_id}"))
+    }
+
+    pub(super) fn remove_source_range(
+        &mut self,
+        stats_id: u32,
+        range: KernelRange<A>,
+    ) -> Result<()> {
+        let key = A::range_key(stats_id, range);
+        ignore_missing(self.source_ranges_mut()?.remove(&key))
+    }
+
+    /// Every frontend's source ranges, by stats id (sorted); none without the map.
+    pub(super) fn read_source_ranges(&self) -> Result<BTreeMap<u32, Vec<KernelRange<A>>>> {
+        let mut out: BTreeMap<u32, Vec<KernelRange<A>>> = BTreeMap::new();
+        let Some(map) = &self.source_ranges else {
+            return Ok(out);
+        };
+        for key in map.keys() {
+            let (stats_id, range) = A::range_of(&key?);
+            out.entry(stats_id).or_default().push(range);
+        }
+        for ranges in out.values_mut() {
+            ranges.sort_unstable();
+        }
+        Ok(out)
     }
 }
 

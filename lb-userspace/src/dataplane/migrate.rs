@@ -2,6 +2,8 @@
 //! upgrade keeps every flow: only maps the kernel never reads change this way (a map the
 //! programs use changes with `ABI_VERSION`).
 use super::reconcile::{ServiceMaps as _, Write};
+use std::net::Ipv4Addr;
+
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData};
 use lb_common::{map_names as names, ServiceName};
@@ -50,7 +52,7 @@ pub fn service_names(layout: &PinLayout, maps: &mut Maps) -> Result<()> {
     for entry in old.iter() {
         let (id, name) = entry?;
         if maps.service_names.get(&id, 0).is_err() {
-            maps.write(&Write::Name(id, name.into()))?;
+            maps.write(&Write::<Ipv4Addr>::Name(id, name.into()))?;
             copied += 1;
         }
     }

@@ -2,18 +2,23 @@
 //! kernel frontend entry (address, port, protocol and scope); [`services`] merges the two scopes
 //! into the `lbctl services` JSON contract (README, "lbctl"): one entry per frontend.
 use crate::dataplane::reconcile::Code;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
 use lb_common::{BE_F_LOCAL, BE_F_TERMINATING, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL};
 use serde::Serialize;
 
-use super::reconcile::{Programmed, ServiceMaps};
+use super::reconcile::{KernelFamily, Programmed, ServiceMaps};
 use crate::model::{Kind, Protocol};
 
+/// Maps that hold both families (the pinned maps, the fake).
+pub trait DualMaps: ServiceMaps<Ipv4Addr> + ServiceMaps<Ipv6Addr> {}
+impl<M: ServiceMaps<Ipv4Addr> + ServiceMaps<Ipv6Addr>> DualMaps for M {}
+
+/// Addresses as JSON shows them: canonical strings, IPv4 before IPv6.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct FrontendView {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub protocol: &'static str,
     pub kind: &'static str,
@@ -23,7 +28,7 @@ pub struct FrontendView {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct BackendView {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub local: bool,
     pub terminating: bool,
@@ -31,12 +36,13 @@ pub struct BackendView {
 
 impl BackendView {
     /// A backend as the maps hold it.
-    pub fn of(b: &lb_common::Backend4) -> Self {
+    pub fn of<A: KernelFamily>(b: &A::Backend) -> Self {
+        let (addr, port, flags) = A::backend_parts(b);
         BackendView {
-            ip: Ipv4Addr::from(b.addr.to_ne_bytes()),
-            port: u16::from_be(b.port),
-            local: b.flags & BE_F_LOCAL != 0,
-            terminating: b.flags & BE_F_TERMINATING != 0,
+            ip: A::model(addr).into(),
+            port: u16::from_be(port),
+            local: flags & BE_F_LOCAL != 0,
+            terminating: flags & BE_F_TERMINATING != 0,
         }
     }
 }
@@ -58,16 +64,21 @@ pub struct FrontendRow {
     pub source_ranges: Vec<String>,
 }
 
-/// Every kernel frontend entry with its set, sorted by service, port name and frontend.
-pub fn frontends(maps: &impl ServiceMaps) -> Result<Vec<FrontendRow>> {
-    Ok(frontends_of(&Programmed::read(maps)?))
+/// Every kernel frontend entry of both families with its set, sorted by service, port name and
+/// frontend.
+pub fn frontends(maps: &impl DualMaps) -> Result<Vec<FrontendRow>> {
+    let mut rows = frontends_of(&Programmed::<Ipv4Addr>::read(maps)?);
+    rows.extend(frontends_of(&Programmed::<Ipv6Addr>::read(maps)?));
+    rows.sort();
+    Ok(rows)
 }
 
-pub fn frontends_of(programmed: &Programmed) -> Vec<FrontendRow> {
+pub fn frontends_of<A: KernelFamily>(programmed: &Programmed<A>) -> Vec<FrontendRow> {
     let mut out: Vec<FrontendRow> = programmed
         .frontends
         .iter()
         .map(|(key, fe)| {
+            let (addr, port, proto, scope) = A::frontend_parts(key);
             let set = programmed.sets.get(&fe.service_id);
             let name = set.and_then(|s| s.key.as_ref());
             let svc = set.map(|s| s.service).unwrap_or_default();
@@ -76,7 +87,7 @@ pub fn frontends_of(programmed: &Programmed) -> Vec<FrontendRow> {
                     s.slots
                         .iter()
                         .filter_map(|id| programmed.backends.get(id))
-                        .map(BackendView::of)
+                        .map(BackendView::of::<A>)
                         .collect()
                 })
                 .unwrap_or_default();
@@ -84,11 +95,11 @@ pub fn frontends_of(programmed: &Programmed) -> Vec<FrontendRow> {
                 service: name.map_or("?".into(), |k| k.service.to_string()),
                 port_name: name.map(|k| k.port_name.clone()).unwrap_or_default(),
                 frontend: FrontendView {
-                    ip: Ipv4Addr::from(key.addr.to_ne_bytes()),
-                    port: u16::from_be(key.port),
-                    protocol: Protocol::from_code(key.proto).map_or("?", Protocol::as_str),
+                    ip: A::model(addr).into(),
+                    port: u16::from_be(port),
+                    protocol: Protocol::from_code(proto).map_or("?", Protocol::as_str),
                     kind: Kind::from_code(fe.kind).map_or("?", Kind::as_str),
-                    scope: if key.scope == lb_common::SCOPE_INTERNAL {
+                    scope: if scope == lb_common::SCOPE_INTERNAL {
                         "internal"
                     } else {
                         "external"
@@ -110,7 +121,10 @@ pub fn frontends_of(programmed: &Programmed) -> Vec<FrontendRow> {
 }
 
 /// A flagged frontend's source ranges as CIDR strings.
-fn ranges_of(programmed: &Programmed, fe: &lb_common::Frontend4) -> Vec<String> {
+fn ranges_of<A: KernelFamily>(
+    programmed: &Programmed<A>,
+    fe: &lb_common::Frontend4,
+) -> Vec<String> {
     if fe.flags & lb_common::FE_F_SOURCE_RANGES == 0 {
         return Vec::new();
     }
@@ -118,9 +132,9 @@ fn ranges_of(programmed: &Programmed, fe: &lb_common::Frontend4) -> Vec<String> 
         .ranges
         .get(&fe.stats_id)
         .map_or(&[][..], Vec::as_slice);
-    let mut ranges: Vec<(Ipv4Addr, u8)> = ranges
+    let mut ranges: Vec<(A, u8)> = ranges
         .iter()
-        .map(|(addr, len)| (Ipv4Addr::from(addr.to_ne_bytes()), *len))
+        .map(|(addr, len)| (A::model(*addr), *len))
         .collect();
     ranges.sort_unstable();
     ranges
@@ -155,14 +169,14 @@ pub struct ServiceView {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FrontendKeyView {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub protocol: &'static str,
     pub kind: &'static str,
 }
 
 /// One entry per frontend (address, port, protocol), sorted like [`frontends`].
-pub fn services(maps: &impl ServiceMaps) -> Result<Vec<ServiceView>> {
+pub fn services(maps: &impl DualMaps) -> Result<Vec<ServiceView>> {
     Ok(services_of(&frontends(maps)?))
 }
 

@@ -16,7 +16,7 @@
 //!  pod 10.244.1.5 ── h1 ┐ node ┌ eth0 192.0.2.10 ── peer0 (lb_xdp_sink)
 //!                       │      │   routes: 10.244.2.0/24 via 192.0.2.20 (another node)
 //! ```
-use lb::dataplane::ServiceMaps as _;
+use lb::dataplane::ServiceMaps;
 use std::{
     net::Ipv4Addr,
     path::Path,
@@ -218,13 +218,13 @@ fn program_services(dp: &mut Dataplane) -> Result<()> {
             flags: 0,
             _pad: 0,
         };
-        dp.maps.set_backend(*id, &backend)?;
+        ServiceMaps::<Ipv4Addr>::set_backend(&mut dp.maps, *id, &backend)?;
     }
     let svc = Service {
         verdict: VERDICT_REJECT,
         ..Default::default()
     };
-    dp.maps.set_service(1, &svc, &ids, 0)?;
+    ServiceMaps::<Ipv4Addr>::set_service(&mut dp.maps, 1, &svc, &ids, 0)?;
     let frontends = [
         (NODE_IP, 30080, SCOPE_EXTERNAL, KIND_NODE_PORT),
         ("10.96.0.10", 80, SCOPE_INTERNAL, KIND_CLUSTER_IP),
@@ -243,7 +243,7 @@ fn program_services(dp: &mut Dataplane) -> Result<()> {
             flags: 0,
             _pad: [0; 2],
         };
-        dp.maps.set_frontend(&key, &fe)?;
+        ServiceMaps::<Ipv4Addr>::set_frontend(&mut dp.maps, &key, &fe)?;
     }
     Ok(())
 }

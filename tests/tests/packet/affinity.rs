@@ -31,7 +31,7 @@ fn fixture_affinity_sticks_and_never_follows_a_reused_backend_id() {
             flags: 0,
             _pad: 0,
         };
-        node.dp.maps.set_backend(gone.0, &reused).expect("reuse id");
+        ServiceMaps::<Ipv4Addr>::set_backend(&mut node.dp.maps, gone.0, &reused).expect("reuse id");
         assert_eq!(
             dest(node, 40100).to_string(),
             stays.1,
@@ -61,7 +61,7 @@ fn fixture_affinity_spreads_clients_and_replaces_a_removed_backend() {
         program_sticky(node, &[stays]);
         node.dp
             .maps
-            .write(&Write::RemoveBackend(gone.0))
+            .write(&Write::<Ipv4Addr>::RemoveBackend(gone.0))
             .expect("remove backend");
         let next = dest_of(node, "10.244.1.99:40001", "10.96.0.10:80", SYN);
         assert_eq!(
@@ -73,7 +73,13 @@ fn fixture_affinity_spreads_clients_and_replaces_a_removed_backend() {
             service_id: 1,
             client: ip("10.244.1.99"),
         };
-        let entry = node.dp.maps.affinity.get(&key, 0).expect("affinity entry");
+        let entry = node
+            .dp
+            .maps
+            .v4
+            .affinity
+            .get(&key, 0)
+            .expect("affinity entry");
         assert_eq!(entry.backend_id, stays.0, "the entry was replaced");
     });
 }

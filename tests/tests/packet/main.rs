@@ -11,7 +11,7 @@
 //! narrower than the links (a locked route MTU of 1280, which forwarding honours as it does a
 //! device's): to pods 10.244.5.0/24 behind 192.0.2.20, and to clients in 203.0.113.0/24 behind
 //! the router. Pods 10.244.6.0/24 are behind 192.0.2.30, whose neighbour entry is missing.
-use lb::dataplane::ServiceMaps as _;
+use lb::dataplane::ServiceMaps;
 use std::{net::Ipv4Addr, time::Duration};
 
 use aya::programs::{TestRun, TestRunOptions, TestRunResult};
@@ -84,7 +84,7 @@ impl Node {
                 flags,
                 _pad: 0,
             };
-            maps.set_backend(id, &be).expect("backend");
+            ServiceMaps::<Ipv4Addr>::set_backend(&mut *maps, id, &be).expect("backend");
         }
         let ids: Vec<u32> = s
             .backends
@@ -102,7 +102,7 @@ impl Node {
             .get(&s.id, 0)
             .map(|v| v.backend_count)
             .unwrap_or(0);
-        maps.set_service(s.id, &svc, &ids, previous)
+        ServiceMaps::<Ipv4Addr>::set_service(&mut *maps, s.id, &svc, &ids, previous)
             .expect("service");
         for &(addr, p, scope, kind) in s.frontends {
             let key = Frontend4Key {
@@ -118,7 +118,7 @@ impl Node {
                 flags: 0,
                 _pad: [0; 2],
             };
-            maps.set_frontend(&key, &fe).expect("frontend");
+            ServiceMaps::<Ipv4Addr>::set_frontend(&mut *maps, &key, &fe).expect("frontend");
         }
     }
 

@@ -2,7 +2,7 @@
 //! only from sources in its ranges (`LB4_SRC_RANGES`, under its stats id); others are dropped and
 //! counted for it (`LB_SRC_DROPS`). The Service's NodePort, on the same backend set, is not
 //! filtered; a flow already established is not checked again (kube-proxy's rules match NEW).
-use lb::dataplane::{reconcile::Write, ServiceMaps as _};
+use lb::dataplane::{reconcile::Write, ServiceMaps};
 use lb_common::{FE_F_SOURCE_RANGES, KIND_LOAD_BALANCER};
 
 use super::*;
@@ -28,7 +28,8 @@ fn fixture_source_ranges_admit_only_their_clients_on_the_load_balancer_ip() {
         let maps = &mut node.dp.maps;
         for range in [("198.51.100.0", 24), ("192.0.2.200", 32)] {
             let range = (ip(range.0), range.1);
-            maps.write(&Write::SourceRange(SET, range)).expect("range");
+            maps.write(&Write::<Ipv4Addr>::SourceRange(SET, range))
+                .expect("range");
         }
         let key = Frontend4Key {
             addr: ip(LB_IP),
@@ -43,7 +44,7 @@ fn fixture_source_ranges_admit_only_their_clients_on_the_load_balancer_ip() {
             flags: FE_F_SOURCE_RANGES,
             _pad: [0; 2],
         };
-        maps.set_frontend(&key, &fe).expect("frontend");
+        ServiceMaps::<Ipv4Addr>::set_frontend(&mut *maps, &key, &fe).expect("frontend");
 
         let inside = Pkt::new("198.51.100.7:44000", "203.0.113.10:80", SYN);
         let inside_host = Pkt::new("192.0.2.200:44001", "203.0.113.10:80", SYN);
@@ -93,7 +94,10 @@ fn fixture_source_ranges_admit_only_their_clients_on_the_load_balancer_ip() {
         // Ranges that change do not cut a flow already established: its next segment goes on.
         node.dp
             .maps
-            .write(&Write::RemoveSourceRange(SET, (ip("198.51.100.0"), 24)))
+            .write(&Write::<Ipv4Addr>::RemoveSourceRange(
+                SET,
+                (ip("198.51.100.0"), 24),
+            ))
             .expect("remove");
         let next = Pkt::new("198.51.100.7:44000", "203.0.113.10:80", ACK);
         check(
@@ -118,7 +122,7 @@ fn fixture_source_ranges_admit_only_their_clients_on_the_load_balancer_ip() {
             ],
         );
         assert_eq!(node.dp.maps.source_range_drops(SET).expect("drops"), 2);
-        let ranges = node.dp.maps.source_ranges().expect("ranges");
+        let ranges = ServiceMaps::<Ipv4Addr>::source_ranges(&node.dp.maps).expect("ranges");
         assert_eq!(ranges.get(&SET), Some(&vec![(ip("192.0.2.200"), 32)]));
     });
 }

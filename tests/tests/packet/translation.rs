@@ -328,7 +328,7 @@ fn fixture_established_flow_keeps_its_backend() {
         // Once the backend is deleted (not terminating), its flows move to a live one.
         node.dp
             .maps
-            .write(&Write::RemoveBackend(1))
+            .write(&Write::<Ipv4Addr>::RemoveBackend(1))
             .expect("remove backend");
         check(
             node,

@@ -1,16 +1,18 @@
 //! The model in kernel terms: map keys and values from model types, and back.
-use std::net::Ipv4Addr;
-
 use lb_common::{
-    Backend4, Frontend4Key, Service, ServiceName, BE_F_LOCAL, BE_F_TERMINATING, SVC_F_AFFINITY,
-    SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL, VERDICT_DROP, VERDICT_REJECT,
+    Service, ServiceName, BE_F_LOCAL, BE_F_TERMINATING, SVC_F_AFFINITY, SVC_F_EXT_LOCAL,
+    SVC_F_INT_LOCAL, VERDICT_DROP, VERDICT_REJECT,
 };
 
+use super::family::KernelFamily;
 use crate::model::{
     BackendSet, FrontendKey, Kind, ObjectRef, Policy, Protocol, Scope, SetKey, Verdict,
 };
 
-pub(super) fn backend_value(addr: (u32, u16), b: &crate::model::Backend) -> Backend4 {
+pub(super) fn backend_value<A: KernelFamily>(
+    addr: (A::Addr, u16),
+    b: &crate::model::Backend<A>,
+) -> A::Backend {
     let mut flags = 0;
     if b.local {
         flags |= BE_F_LOCAL;
@@ -18,38 +20,29 @@ pub(super) fn backend_value(addr: (u32, u16), b: &crate::model::Backend) -> Back
     if b.terminating {
         flags |= BE_F_TERMINATING;
     }
-    Backend4 {
-        addr: addr.0,
-        port: addr.1,
-        flags,
-        _pad: 0,
-    }
-}
-
-pub(super) fn be_addr(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
+    A::backend(addr.0, addr.1, flags)
 }
 
 /// A backend's address as the maps hold it (network byte order).
-pub(super) fn kernel_addr(addr: &(Ipv4Addr, u16)) -> (u32, u16) {
-    (be_addr(addr.0), addr.1.to_be())
+pub(super) fn kernel_addr<A: KernelFamily>(addr: &(A, u16)) -> (A::Addr, u16) {
+    (addr.0.kernel(), addr.1.to_be())
 }
 
 /// A backend's address as the model holds it.
-pub(super) fn model_addr(addr: (u32, u16)) -> (Ipv4Addr, u16) {
-    (Ipv4Addr::from(addr.0.to_ne_bytes()), u16::from_be(addr.1))
+pub(super) fn model_addr<A: KernelFamily>(addr: (A::Addr, u16)) -> (A, u16) {
+    (A::model(addr.0), u16::from_be(addr.1))
 }
 
-pub fn frontend_key(key: &FrontendKey) -> Frontend4Key {
-    Frontend4Key {
-        addr: be_addr(key.ip),
-        port: key.port.to_be(),
-        proto: key.proto.code(),
-        scope: key.scope.code(),
-    }
+pub fn frontend_key<A: KernelFamily>(key: &FrontendKey<A>) -> A::FrontendKey {
+    A::frontend_key(
+        key.ip.kernel(),
+        key.port.to_be(),
+        key.proto.code(),
+        key.scope.code(),
+    )
 }
 
-pub(super) fn service_value(set: &BackendSet) -> Service {
+pub(super) fn service_value<A>(set: &BackendSet<A>) -> Service {
     let mut flags = 0;
     if set.external_local {
         flags |= SVC_F_EXT_LOCAL;

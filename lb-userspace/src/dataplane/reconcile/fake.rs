@@ -2,60 +2,93 @@
 //! and checks after each one that a packet could not meet a dangling reference; [`Faulty`]
 //! fails the writes a test picks, on any [`ServiceMaps`].
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Result};
-use lb_common::{
-    Affinity, AffinityKey4, Backend4, Frontend4, Frontend4Key, Service, ServiceName, SlotKey,
-    FE_F_SOURCE_RANGES,
+use lb_common::{Frontend4, Service, ServiceName, SlotKey, FE_F_SOURCE_RANGES};
+
+use super::{
+    family::{KernelFamily, KernelRange},
+    ServiceMaps, Write,
 };
 
-use super::{ServiceMaps, Write};
-use crate::dataplane::maps::KernelRange;
+/// One family's maps.
+#[derive(Clone, Debug)]
+pub struct FakeFamily<A: KernelFamily> {
+    pub frontends: BTreeMap<A::FrontendKey, Frontend4>,
+    pub backends: BTreeMap<u32, A::Backend>,
+    pub ranges: BTreeSet<(u32, KernelRange<A>)>,
+    pub affinity: BTreeMap<A::AffinityKey, A::Affinity>,
+}
+
+impl<A: KernelFamily> Default for FakeFamily<A> {
+    fn default() -> Self {
+        FakeFamily {
+            frontends: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            ranges: BTreeSet::new(),
+            affinity: BTreeMap::new(),
+        }
+    }
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct MemoryMaps {
-    pub frontends: BTreeMap<Frontend4Key, Frontend4>,
+    pub v4: FakeFamily<Ipv4Addr>,
+    pub v6: FakeFamily<Ipv6Addr>,
     pub services: BTreeMap<u32, Service>,
     pub slots: BTreeMap<SlotKey, u32>,
-    pub backends: BTreeMap<u32, Backend4>,
     pub names: BTreeMap<u32, ServiceName>,
-    pub ranges: BTreeSet<(u32, KernelRange)>,
-    pub affinity: BTreeMap<AffinityKey4, Affinity>,
-    /// Every write that succeeded, in order.
-    pub journal: Vec<Write>,
+    /// Every write that succeeded, in order (as [`Write`] displays it).
+    pub journal: Vec<String>,
+}
+
+/// [`MemoryMaps`]' part for family `A`.
+pub trait FakeOf<A: KernelFamily> {
+    fn family(&self) -> &FakeFamily<A>;
+    fn family_mut(&mut self) -> &mut FakeFamily<A>;
+}
+
+impl FakeOf<Ipv4Addr> for MemoryMaps {
+    fn family(&self) -> &FakeFamily<Ipv4Addr> {
+        &self.v4
+    }
+
+    fn family_mut(&mut self) -> &mut FakeFamily<Ipv4Addr> {
+        &mut self.v4
+    }
+}
+
+impl FakeOf<Ipv6Addr> for MemoryMaps {
+    fn family(&self) -> &FakeFamily<Ipv6Addr> {
+        &self.v6
+    }
+
+    fn family_mut(&mut self) -> &mut FakeFamily<Ipv6Addr> {
+        &mut self.v6
+    }
 }
 
 impl MemoryMaps {
     /// What a packet could meet that is not whole: a frontend whose set is missing, a slot
-    /// below a set's count that is missing or names a missing backend, a frontend flagged for
-    /// source ranges that has none. Checked after every write.
+    /// below a set's count that is missing or names a missing backend (of the set's family),
+    /// a frontend flagged for source ranges that has none. Checked after every write.
     pub fn dangling(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (key, fe) in &self.frontends {
-            if !self.services.contains_key(&fe.service_id) {
-                out.push(format!(
-                    "frontend {key:?} points to missing set {}",
-                    fe.service_id
-                ));
-            }
-            let ranges = self
-                .ranges
-                .range((fe.stats_id, (0, 0))..=(fe.stats_id, (u32::MAX, 255)));
-            if fe.flags & FE_F_SOURCE_RANGES != 0 && ranges.count() == 0 {
-                out.push(format!(
-                    "frontend {key:?} filters on source ranges it lacks"
-                ));
-            }
-        }
+        let mut out = self.dangling_frontends(&self.v4);
+        out.extend(self.dangling_frontends(&self.v6));
         for (id, svc) in &self.services {
             for slot in 0..svc.backend_count {
                 let key = SlotKey {
                     service_id: *id,
                     slot,
                 };
+                let backend_exists = |b: &u32| match Ipv4Addr::IDS.contains(id) {
+                    true => self.v4.backends.contains_key(b),
+                    false => self.v6.backends.contains_key(b),
+                };
                 match self.slots.get(&key) {
                     None => out.push(format!("set {id} shows missing slot {slot}")),
-                    Some(b) if !self.backends.contains_key(b) => {
+                    Some(b) if !backend_exists(b) => {
                         out.push(format!("set {id} slot {slot} names missing backend {b}"))
                     }
                     Some(_) => {}
@@ -65,9 +98,28 @@ impl MemoryMaps {
         out
     }
 
+    fn dangling_frontends<A: KernelFamily>(&self, f: &FakeFamily<A>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (key, fe) in &f.frontends {
+            if !self.services.contains_key(&fe.service_id) || !A::IDS.contains(&fe.service_id) {
+                out.push(format!(
+                    "frontend {key:?} points to missing set {}",
+                    fe.service_id
+                ));
+            }
+            let has_ranges = f.ranges.iter().any(|(id, _)| *id == fe.stats_id);
+            if fe.flags & FE_F_SOURCE_RANGES != 0 && !has_ranges {
+                out.push(format!(
+                    "frontend {key:?} filters on source ranges it lacks"
+                ));
+            }
+        }
+        out
+    }
+
     /// What a finished apply must not leave besides [`Self::dangling`]: a name without its
     /// set, a slot no set shows, a range of no flagged frontend, an affinity entry naming a set
-    /// that is gone or a backend its set no longer has.
+    /// that is gone or a backend its set no longer has, two frontends counted by one stats id.
     pub fn leftovers(&self) -> Vec<String> {
         let mut out = self.dangling();
         for id in self.names.keys() {
@@ -81,23 +133,35 @@ impl MemoryMaps {
                 out.push(format!("slot {key:?} no set shows"));
             }
         }
-        let flagged: BTreeSet<u32> = self
+        out.extend(self.family_leftovers(&self.v4));
+        out.extend(self.family_leftovers(&self.v6));
+        let stats = self.v4.frontends.values().chain(self.v6.frontends.values());
+        let mut seen = BTreeSet::new();
+        for fe in stats {
+            if !seen.insert(fe.stats_id) {
+                out.push(format!("stats id {} counts two frontends", fe.stats_id));
+            }
+        }
+        out
+    }
+
+    fn family_leftovers<A: KernelFamily>(&self, f: &FakeFamily<A>) -> Vec<String> {
+        let mut out = Vec::new();
+        let flagged: BTreeSet<u32> = f
             .frontends
             .values()
             .filter(|f| f.flags & FE_F_SOURCE_RANGES != 0)
             .map(|f| f.stats_id)
             .collect();
-        for (id, range) in &self.ranges {
+        for (id, range) in &f.ranges {
             if !flagged.contains(id) {
                 out.push(format!("range {range:?} of no flagged frontend ({id})"));
             }
         }
-        for (key, a) in &self.affinity {
-            if !self.set_backends(key.service_id).contains(&a.backend_id) {
-                out.push(format!(
-                    "affinity {key:?} names backend {} gone",
-                    a.backend_id
-                ));
+        for (key, a) in &f.affinity {
+            let (set, backend) = A::affinity_pair(key, a);
+            if !self.set_backends(set).contains(&backend) {
+                out.push(format!("affinity {key:?} names backend {backend} gone"));
             }
         }
         out
@@ -118,9 +182,17 @@ impl MemoryMaps {
     }
 }
 
-impl ServiceMaps for MemoryMaps {
-    fn frontends(&self) -> Result<Vec<(Frontend4Key, Frontend4)>> {
-        Ok(self.frontends.iter().map(|(k, v)| (*k, *v)).collect())
+impl<A: KernelFamily> ServiceMaps<A> for MemoryMaps
+where
+    MemoryMaps: FakeOf<A>,
+{
+    fn frontends(&self) -> Result<Vec<(A::FrontendKey, Frontend4)>> {
+        Ok(self
+            .family()
+            .frontends
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect())
     }
 
     fn services(&self) -> Result<Vec<(u32, Service)>> {
@@ -135,53 +207,69 @@ impl ServiceMaps for MemoryMaps {
         Ok(self.slots.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn backends(&self) -> Result<Vec<(u32, Backend4)>> {
-        Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+    fn backends(&self) -> Result<Vec<(u32, A::Backend)>> {
+        Ok(self
+            .family()
+            .backends
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect())
     }
 
     fn service_names(&self) -> Result<Vec<(u32, ServiceName)>> {
         Ok(self.names.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn source_ranges(&self) -> Result<BTreeMap<u32, Vec<KernelRange>>> {
-        let mut out: BTreeMap<u32, Vec<KernelRange>> = BTreeMap::new();
-        for (id, range) in &self.ranges {
+    fn source_ranges(&self) -> Result<BTreeMap<u32, Vec<KernelRange<A>>>> {
+        let mut out: BTreeMap<u32, Vec<KernelRange<A>>> = BTreeMap::new();
+        for (id, range) in &self.family().ranges {
             out.entry(*id).or_default().push(*range);
         }
         Ok(out)
     }
 
-    fn affinity(&self) -> Result<Vec<(AffinityKey4, Affinity)>> {
-        Ok(self.affinity.iter().map(|(k, v)| (*k, *v)).collect())
+    fn affinity(&self) -> Result<Vec<(A::AffinityKey, A::Affinity)>> {
+        Ok(self
+            .family()
+            .affinity
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect())
     }
 
     /// Panics when the write leaves something a packet could meet dangling.
-    fn write(&mut self, write: &Write) -> Result<()> {
+    fn write(&mut self, write: &Write<A>) -> Result<()> {
         match write {
-            Write::Frontend(k, v) => _ = self.frontends.insert(*k, *v),
-            Write::RemoveFrontend(k) => _ = self.frontends.remove(k),
             Write::Service(id, v) => _ = self.services.insert(*id, *v),
             Write::RemoveService(id) => _ = self.services.remove(id),
             Write::Slot(k, v) => _ = self.slots.insert(*k, *v),
             Write::RemoveSlot(k) => _ = self.slots.remove(k),
-            Write::Backend(id, v) => _ = self.backends.insert(*id, *v),
-            Write::RemoveBackend(id) => _ = self.backends.remove(id),
             Write::Name(id, v) => _ = self.names.insert(*id, *v),
             Write::RemoveName(id) => _ = self.names.remove(id),
-            Write::SourceRange(id, r) => _ = self.ranges.insert((*id, *r)),
-            Write::RemoveSourceRange(id, r) => _ = self.ranges.remove(&(*id, *r)),
             Write::ResetCounters(_) => {}
-            Write::RemoveAffinity(k) => _ = self.affinity.remove(k),
+            own => {
+                let f = self.family_mut();
+                match own {
+                    Write::Frontend(k, v) => _ = f.frontends.insert(*k, *v),
+                    Write::RemoveFrontend(k) => _ = f.frontends.remove(k),
+                    Write::Backend(id, v) => _ = f.backends.insert(*id, *v),
+                    Write::RemoveBackend(id) => _ = f.backends.remove(id),
+                    Write::SourceRange(id, r) => _ = f.ranges.insert((*id, *r)),
+                    Write::RemoveSourceRange(id, r) => _ = f.ranges.remove(&(*id, *r)),
+                    Write::RemoveAffinity(k) => _ = f.affinity.remove(k),
+                    _ => unreachable!("shared writes are matched above"),
+                }
+            }
         }
-        self.journal.push(write.clone());
+        self.journal.push(write.to_string());
         let dangling = self.dangling();
         assert!(dangling.is_empty(), "after {write}: {dangling:?}");
         Ok(())
     }
 }
 
-/// Whether write `n` (counted from 0) fails.
-type Chooser = Box<dyn FnMut(usize, &Write) -> bool>;
+/// Whether write `n` (counted from 0, as [`Write`] displays it) fails.
+type Chooser = Box<dyn FnMut(usize, &str) -> bool>;
 
 /// Maps whose writes fail when the chooser says so.
 pub struct Faulty<M> {
@@ -190,8 +278,8 @@ pub struct Faulty<M> {
     fail: Chooser,
 }
 
-impl<M: ServiceMaps> Faulty<M> {
-    pub fn new(inner: M, fail: impl FnMut(usize, &Write) -> bool + 'static) -> Self {
+impl<M> Faulty<M> {
+    pub fn new(inner: M, fail: impl FnMut(usize, &str) -> bool + 'static) -> Self {
         Faulty {
             inner,
             tried: 0,
@@ -200,8 +288,8 @@ impl<M: ServiceMaps> Faulty<M> {
     }
 }
 
-impl<M: ServiceMaps> ServiceMaps for Faulty<M> {
-    fn frontends(&self) -> Result<Vec<(Frontend4Key, Frontend4)>> {
+impl<A: KernelFamily, M: ServiceMaps<A>> ServiceMaps<A> for Faulty<M> {
+    fn frontends(&self) -> Result<Vec<(A::FrontendKey, Frontend4)>> {
         self.inner.frontends()
     }
 
@@ -217,7 +305,7 @@ impl<M: ServiceMaps> ServiceMaps for Faulty<M> {
         self.inner.slots()
     }
 
-    fn backends(&self) -> Result<Vec<(u32, Backend4)>> {
+    fn backends(&self) -> Result<Vec<(u32, A::Backend)>> {
         self.inner.backends()
     }
 
@@ -225,18 +313,18 @@ impl<M: ServiceMaps> ServiceMaps for Faulty<M> {
         self.inner.service_names()
     }
 
-    fn source_ranges(&self) -> Result<BTreeMap<u32, Vec<KernelRange>>> {
+    fn source_ranges(&self) -> Result<BTreeMap<u32, Vec<KernelRange<A>>>> {
         self.inner.source_ranges()
     }
 
-    fn affinity(&self) -> Result<Vec<(AffinityKey4, Affinity)>> {
+    fn affinity(&self) -> Result<Vec<(A::AffinityKey, A::Affinity)>> {
         self.inner.affinity()
     }
 
-    fn write(&mut self, write: &Write) -> Result<()> {
+    fn write(&mut self, write: &Write<A>) -> Result<()> {
         let n = self.tried;
         self.tried += 1;
-        if (self.fail)(n, write) {
+        if (self.fail)(n, &write.to_string()) {
             bail!("injected failure of write {n}: {write}");
         }
         self.inner.write(write)

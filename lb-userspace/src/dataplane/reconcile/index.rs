@@ -1,46 +1,71 @@
 //! Lookups derived from what the maps hold, kept alongside it.
 use std::collections::{HashMap, HashSet};
 
-use lb_common::Frontend4Key;
-
-use super::programmed::Programmed;
+use super::{family::KernelFamily, programmed::Programmed};
 use crate::model::{ObjectRef, SetKey};
 
 /// Lookups derived from [`Programmed`], kept alongside it so that planning one service's change
-/// costs that service's entries, not the whole maps.
-#[derive(Default)]
-pub(super) struct Index {
+/// costs that service's entries, not the whole maps. (Stats ids are shared by the families:
+/// the reconciler keeps those.)
+pub(super) struct Index<A: KernelFamily> {
     pub(super) set_ids: HashMap<SetKey, u32>,
-    pub(super) backend_ids: HashMap<(u32, u16), u32>,
+    pub(super) backend_ids: HashMap<(A::Addr, u16), u32>,
     /// Ids taken, in the maps or by the plan under way.
     pub(super) sets_used: HashSet<u32>,
     pub(super) backends_used: HashSet<u32>,
-    pub(super) stats_used: HashSet<u32>,
     /// What each service has in the maps.
-    pub(super) services: HashMap<ObjectRef, Owned>,
+    pub(super) services: HashMap<ObjectRef, Owned<A>>,
     /// How many slots name each backend.
     pub(super) backend_refs: HashMap<u32, u32>,
     pub(super) slots: u64,
 }
 
 /// One service's entries in the maps.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Owned {
+#[derive(Clone, Debug)]
+pub(super) struct Owned<A: KernelFamily> {
     pub(super) sets: Vec<u32>,
-    pub(super) frontends: Vec<Frontend4Key>,
+    pub(super) frontends: Vec<A::FrontendKey>,
 }
 
-impl Index {
-    pub(super) fn of(p: &Programmed) -> Self {
+impl<A: KernelFamily> Default for Owned<A> {
+    fn default() -> Self {
+        Owned {
+            sets: Vec::new(),
+            frontends: Vec::new(),
+        }
+    }
+}
+
+impl<A: KernelFamily> Default for Index<A> {
+    fn default() -> Self {
+        Index {
+            set_ids: HashMap::new(),
+            backend_ids: HashMap::new(),
+            sets_used: HashSet::new(),
+            backends_used: HashSet::new(),
+            services: HashMap::new(),
+            backend_refs: HashMap::new(),
+            slots: 0,
+        }
+    }
+}
+
+/// The (address, port) a backend is known by.
+pub(super) fn addr_of<A: KernelFamily>(b: &A::Backend) -> (A::Addr, u16) {
+    let (addr, port, _) = A::backend_parts(b);
+    (addr, port)
+}
+
+impl<A: KernelFamily> Index<A> {
+    pub(super) fn of(p: &Programmed<A>) -> Self {
         let mut index = Index {
             backend_ids: p
                 .backends
                 .iter()
-                .map(|(id, b)| ((b.addr, b.port), *id))
+                .map(|(id, b)| (addr_of::<A>(b), *id))
                 .collect(),
-            sets_used: p.sets.keys().copied().chain([0]).collect(),
-            backends_used: p.backends.keys().copied().chain([0]).collect(),
-            stats_used: p.frontends.values().map(|f| f.stats_id).collect(),
+            sets_used: p.sets.keys().copied().collect(),
+            backends_used: p.backends.keys().copied().collect(),
             ..Default::default()
         };
         for (id, set) in &p.sets {
@@ -61,7 +86,7 @@ impl Index {
         index
     }
 
-    pub(super) fn owned(&mut self, service: &ObjectRef) -> &mut Owned {
+    pub(super) fn owned(&mut self, service: &ObjectRef) -> &mut Owned<A> {
         self.services.entry(service.clone()).or_default()
     }
 
@@ -75,10 +100,7 @@ impl Index {
     }
 
     /// Forget entries the maps no longer hold (after an incremental apply).
-    pub(super) fn forget(&mut self, gone: &Programmed) {
-        for fe in gone.frontends.values() {
-            self.stats_used.remove(&fe.stats_id);
-        }
+    pub(super) fn forget(&mut self, gone: &Programmed<A>) {
         for (id, set) in &gone.sets {
             if let Some(key) = &set.key {
                 self.set_ids.remove(key);
@@ -86,7 +108,7 @@ impl Index {
             self.sets_used.remove(id);
         }
         for (id, b) in &gone.backends {
-            self.backend_ids.remove(&(b.addr, b.port));
+            self.backend_ids.remove(&addr_of::<A>(b));
             self.backends_used.remove(id);
             self.backend_refs.remove(id);
         }

@@ -9,39 +9,38 @@ use std::fmt;
 
 use anyhow::{Context as _, Result};
 use aya::maps::PerCpuValues;
-use lb_common::{
-    Affinity, AffinityKey4, Backend4, Counters, Frontend4, Frontend4Key, Service, ServiceName,
-    SlotKey,
-};
+use lb_common::{Counters, Frontend4, Service, ServiceName, SlotKey};
 
+use super::family::{KernelFamily, KernelRange};
 use crate::dataplane::{
     batch,
-    maps::{ignore_missing, KernelRange, Maps},
+    maps::{ignore_missing, FamilyMaps, FamilyOf, Maps},
 };
 
 /// One entry written to, or removed from, one map. Removing an entry that is not there succeeds.
+/// Frontends, backends, ranges and affinity are family `A`'s maps; the rest are shared.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Write {
-    Frontend(Frontend4Key, Frontend4),
-    RemoveFrontend(Frontend4Key),
+pub enum Write<A: KernelFamily> {
+    Frontend(A::FrontendKey, Frontend4),
+    RemoveFrontend(A::FrontendKey),
     /// A backend set's entry (`backend_count` makes its slots visible).
     Service(u32, Service),
     RemoveService(u32),
     Slot(SlotKey, u32),
     RemoveSlot(SlotKey),
-    Backend(u32, Backend4),
+    Backend(u32, A::Backend),
     RemoveBackend(u32),
     Name(u32, ServiceName),
     RemoveName(u32),
     /// A frontend's source range, by the frontend's stats id.
-    SourceRange(u32, KernelRange),
-    RemoveSourceRange(u32, KernelRange),
+    SourceRange(u32, KernelRange<A>),
+    RemoveSourceRange(u32, KernelRange<A>),
     /// Zero a stats id's counters before a new frontend takes it.
     ResetCounters(u32),
-    RemoveAffinity(AffinityKey4),
+    RemoveAffinity(A::AffinityKey),
 }
 
-impl fmt::Display for Write {
+impl<A: KernelFamily> fmt::Display for Write<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Write::Frontend(k, _) => write!(f, "writing frontend {k:?}"),
@@ -66,29 +65,29 @@ impl fmt::Display for Write {
     }
 }
 
-pub trait ServiceMaps {
-    fn frontends(&self) -> Result<Vec<(Frontend4Key, Frontend4)>>;
+pub trait ServiceMaps<A: KernelFamily> {
+    fn frontends(&self) -> Result<Vec<(A::FrontendKey, Frontend4)>>;
     fn services(&self) -> Result<Vec<(u32, Service)>>;
     fn service(&self, id: u32) -> Result<Option<Service>>;
     /// Every slot, of every set (read whole: one walk instead of a lookup per slot).
     fn slots(&self) -> Result<Vec<(SlotKey, u32)>>;
-    fn backends(&self) -> Result<Vec<(u32, Backend4)>>;
+    fn backends(&self) -> Result<Vec<(u32, A::Backend)>>;
     fn service_names(&self) -> Result<Vec<(u32, ServiceName)>>;
     /// Every frontend's source ranges, by stats id (sorted).
-    fn source_ranges(&self) -> Result<BTreeMap<u32, Vec<KernelRange>>>;
+    fn source_ranges(&self) -> Result<BTreeMap<u32, Vec<KernelRange<A>>>>;
     /// Session-affinity entries (the datapath writes them; the reconciler removes stale ones).
-    fn affinity(&self) -> Result<Vec<(AffinityKey4, Affinity)>>;
-    fn write(&mut self, write: &Write) -> Result<()>;
+    fn affinity(&self) -> Result<Vec<(A::AffinityKey, A::Affinity)>>;
+    fn write(&mut self, write: &Write<A>) -> Result<()>;
 
-    fn set_backend(&mut self, id: u32, backend: &Backend4) -> Result<()> {
+    fn set_backend(&mut self, id: u32, backend: &A::Backend) -> Result<()> {
         self.write(&Write::Backend(id, *backend))
     }
 
-    fn set_frontend(&mut self, key: &Frontend4Key, frontend: &Frontend4) -> Result<()> {
+    fn set_frontend(&mut self, key: &A::FrontendKey, frontend: &Frontend4) -> Result<()> {
         self.write(&Write::Frontend(*key, *frontend))
     }
 
-    fn remove_frontend(&mut self, key: &Frontend4Key) -> Result<()> {
+    fn remove_frontend(&mut self, key: &A::FrontendKey) -> Result<()> {
         self.write(&Write::RemoveFrontend(*key))
     }
 
@@ -143,11 +142,15 @@ pub trait ServiceMaps {
     }
 }
 
-impl ServiceMaps for Maps {
+impl<A: KernelFamily> ServiceMaps<A> for Maps
+where
+    Maps: FamilyOf<A>,
+{
     // Whole maps are read in batches (BPF_MAP_LOOKUP_BATCH): a few hundred syscalls for what
     // aya's iterator reads with two per entry (two million at 50,000 services).
-    fn frontends(&self) -> Result<Vec<(Frontend4Key, Frontend4)>> {
-        batch::read_all(&self.frontends)
+    fn frontends(&self) -> Result<Vec<(A::FrontendKey, Frontend4)>> {
+        self.family()
+            .map_or(Ok(Vec::new()), |f| batch::read_all(&f.frontends))
     }
 
     fn services(&self) -> Result<Vec<(u32, Service)>> {
@@ -166,40 +169,55 @@ impl ServiceMaps for Maps {
         batch::read_all(&self.slots)
     }
 
-    fn backends(&self) -> Result<Vec<(u32, Backend4)>> {
-        batch::read_all(&self.backends)
+    fn backends(&self) -> Result<Vec<(u32, A::Backend)>> {
+        self.family()
+            .map_or(Ok(Vec::new()), |f| batch::read_all(&f.backends))
     }
 
     fn service_names(&self) -> Result<Vec<(u32, ServiceName)>> {
         batch::read_all(&self.service_names)
     }
 
-    fn source_ranges(&self) -> Result<BTreeMap<u32, Vec<KernelRange>>> {
-        self.read_source_ranges()
+    fn source_ranges(&self) -> Result<BTreeMap<u32, Vec<KernelRange<A>>>> {
+        self.family()
+            .map_or(Ok(BTreeMap::new()), FamilyMaps::read_source_ranges)
     }
 
-    fn affinity(&self) -> Result<Vec<(AffinityKey4, Affinity)>> {
-        Ok(self.affinity.iter().filter_map(|e| e.ok()).collect())
+    fn affinity(&self) -> Result<Vec<(A::AffinityKey, A::Affinity)>> {
+        let Some(f) = self.family() else {
+            return Ok(Vec::new());
+        };
+        Ok(f.affinity.iter().filter_map(|e| e.ok()).collect())
     }
 
-    fn write(&mut self, write: &Write) -> Result<()> {
+    fn write(&mut self, write: &Write<A>) -> Result<()> {
         let done = match write {
-            Write::Frontend(k, v) => Ok(self.frontends.insert(k, v, 0)?),
-            Write::RemoveFrontend(k) => ignore_missing(self.frontends.remove(k)),
             Write::Service(id, v) => Ok(self.services.insert(id, v, 0)?),
             Write::RemoveService(id) => ignore_missing(self.services.remove(id)),
             Write::Slot(k, v) => Ok(self.slots.insert(k, v, 0)?),
             Write::RemoveSlot(k) => ignore_missing(self.slots.remove(k)),
-            Write::Backend(id, v) => Ok(self.backends.insert(id, v, 0)?),
-            Write::RemoveBackend(id) => ignore_missing(self.backends.remove(id)),
             Write::Name(id, v) => Ok(self.service_names.insert(id, v, 0)?),
             Write::RemoveName(id) => ignore_missing(self.service_names.remove(id)),
-            Write::SourceRange(id, r) => self.set_source_range(*id, *r),
-            Write::RemoveSourceRange(id, r) => self.remove_source_range(*id, *r),
             Write::ResetCounters(id) => self.reset_frontend_counters(*id),
-            Write::RemoveAffinity(k) => ignore_missing(self.affinity.remove(k)),
+            family => self.family_mut().and_then(|f| f.write(family)),
         };
         done.with_context(|| write.to_string())
+    }
+}
+
+impl<A: KernelFamily> FamilyMaps<A> {
+    /// A write to this family's own maps (the shared ones are [`Maps`]').
+    fn write(&mut self, write: &Write<A>) -> Result<()> {
+        match write {
+            Write::Frontend(k, v) => Ok(self.frontends.insert(k, v, 0)?),
+            Write::RemoveFrontend(k) => ignore_missing(self.frontends.remove(k)),
+            Write::Backend(id, v) => Ok(self.backends.insert(id, v, 0)?),
+            Write::RemoveBackend(id) => ignore_missing(self.backends.remove(id)),
+            Write::SourceRange(id, r) => self.set_source_range(*id, *r),
+            Write::RemoveSourceRange(id, r) => self.remove_source_range(*id, *r),
+            Write::RemoveAffinity(k) => ignore_missing(self.affinity.remove(k)),
+            shared => unreachable!("{shared} is not a write to one family's maps"),
+        }
     }
 }
 

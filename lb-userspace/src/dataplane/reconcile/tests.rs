@@ -1,7 +1,8 @@
 //! The reconciler on in-memory maps, without root, driven by scripts in the style of Cilium's
 //! pkg/loadbalancer txtar tests: `testdata/reconcile/*.txt` apply Service and EndpointSlice YAML
-//! step by step and hold the maps expected after each step (the `lbctl services` rows, the
-//! backends, the refused services and the write counts). Each script runs three ways:
+//! step by step and hold the maps expected after each step (the `lbctl services` rows of both
+//! families, the backends, the services refused and the write counts). Each script runs three
+//! ways:
 //! - as the agent runs it (tracker changes, incremental applies): must match the script;
 //! - as full applies of each step's objects alone: must leave the same maps, writing as much;
 //! - with every write of every step failed in turn, and all of a step's writes at once: the fake
@@ -14,29 +15,81 @@
 //! the expectations (review the diff before committing it).
 use std::cell::Cell;
 use std::fmt::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use lb_common::{capacity, map_names, Affinity, AffinityKey4};
+use lb_common::{capacity, map_names, Affinity, Affinity6, AffinityKey4, AffinityKey6};
 
 use super::{
     fake::{Faulty, MemoryMaps},
-    Programmed, Reconciler, Report, Write,
+    KernelFamily, Programmed, Reconciler, Report, Served, ServiceMaps,
 };
 use crate::{
     dataplane::{
         maps::Capacities,
         view::{self, BackendView},
     },
-    model::{desired, golden::testdata, Changes, NodeContext, Objects, Tracker},
+    model::{desired, golden::testdata, Changes, Family, NodeContext, Objects, Tracker},
     source::manifests::objects_of,
 };
 
-fn node() -> NodeContext {
+/// The node's context in family `A` (a NodePort address of each family).
+fn node<A: Family>() -> NodeContext<A> {
+    let addr = match A::NAME {
+        "IPv4" => "192.0.2.10",
+        _ => "2001:db8::10",
+    };
     NodeContext {
         name: "node-a".into(),
-        nodeport_addrs: vec!["192.0.2.10".parse().unwrap()],
+        nodeport_addrs: A::of(addr.parse().unwrap()).into_iter().collect(),
     }
+}
+
+/// Both families' models of the same objects, kept as the agent keeps them.
+#[derive(Default)]
+struct Trackers {
+    v4: Tracker<Ipv4Addr>,
+    v6: Tracker<Ipv6Addr>,
+}
+
+/// One family's part of a step: its tracker's changes applied (the whole state at `whole`).
+fn step<A: Served, M: ServiceMaps<A>>(
+    rec: &mut Reconciler,
+    maps: &mut M,
+    tracker: &mut Tracker<A>,
+    (before, after): (&Objects, &Objects),
+    whole: bool,
+) -> Report {
+    let changes = tracker.update(before, after, &node());
+    match whole {
+        true => rec.apply(maps, tracker.desired()),
+        false => rec.apply_changes(maps, tracker.desired(), &changes),
+    }
+}
+
+/// The agent's next turn with nothing new from the source, in both families.
+fn retry<M: ServiceMaps<Ipv4Addr> + ServiceMaps<Ipv6Addr>>(
+    rec: &mut Reconciler,
+    maps: &mut M,
+    trackers: &Trackers,
+) -> Report {
+    let v4 = rec.apply_changes(maps, trackers.v4.desired(), &Changes::default());
+    v4.and(rec.apply_changes(maps, trackers.v6.desired(), &Changes::default()))
+}
+
+/// Both families' desired state of `objects`, applied whole.
+fn apply_whole(rec: &mut Reconciler, maps: &mut MemoryMaps, objects: &Objects) -> Report {
+    let v4 = rec.apply(maps, &desired::<Ipv4Addr>(objects, &node()));
+    v4.and(rec.apply(maps, &desired::<Ipv6Addr>(objects, &node())))
+}
+
+/// The reconciler's view of each family is what the maps hold.
+fn believes_the_maps(rec: &Reconciler, maps: &MemoryMaps, what: &str) {
+    let v4 = Programmed::<Ipv4Addr>::read(maps).expect("read");
+    assert_eq!(&v4, rec.programmed(), "{what}: the reconciler's IPv4 view");
+    let v6 = Programmed::<Ipv6Addr>::read(maps).expect("read");
+    assert_eq!(&v6, rec.programmed(), "{what}: the reconciler's IPv6 view");
 }
 
 fn caps(overrides: &[(String, u32)]) -> Capacities {
@@ -102,15 +155,27 @@ fn clients_everywhere(maps: &mut MemoryMaps) {
     let sets: Vec<u32> = maps.services.keys().copied().collect();
     for set in sets {
         for backend in maps.set_backends(set) {
-            let key = AffinityKey4 {
-                service_id: set,
-                client: backend,
-            };
-            let entry = Affinity {
-                backend_id: backend,
-                ..Default::default()
-            };
-            maps.affinity.insert(key, entry);
+            if Ipv4Addr::IDS.contains(&set) {
+                let key = AffinityKey4 {
+                    service_id: set,
+                    client: backend,
+                };
+                let entry = Affinity {
+                    backend_id: backend,
+                    ..Default::default()
+                };
+                maps.v4.affinity.insert(key, entry);
+            } else {
+                let key = AffinityKey6 {
+                    service_id: set,
+                    client: [backend, 0, 0, 0],
+                };
+                let entry = Affinity6 {
+                    backend_id: backend,
+                    ..Default::default()
+                };
+                maps.v6.affinity.insert(key, entry);
+            }
         }
     }
 }
@@ -121,6 +186,10 @@ struct Script {
     /// The lines before the first step (comments, `caps NAME=SIZE`).
     head: String,
     caps: Vec<(String, u32)>,
+    /// A `contended` line: the families compete for shared room, and which one wins may change
+    /// when a write fails (the other family is applied meanwhile). Faulted runs of it must
+    /// leave the maps whole, not the same.
+    contended: bool,
     steps: Vec<(String, String)>,
 }
 
@@ -158,6 +227,7 @@ impl Script {
             .collect();
         Script {
             path: path.to_path_buf(),
+            contended: head.lines().any(|l| l == "contended"),
             head,
             caps,
             steps,
@@ -192,23 +262,24 @@ fn scripts() -> Vec<Script> {
 fn backend_text(b: &BackendView) -> String {
     let local = if b.local { " local" } else { "" };
     let terminating = if b.terminating { " terminating" } else { "" };
-    format!("{}:{}{local}{terminating}", b.ip, b.port)
+    let addr = std::net::SocketAddr::new(b.ip, b.port);
+    format!("{addr}{local}{terminating}")
 }
 
-/// The maps as lines: one per frontend entry (`lbctl services` rows, both scopes), then one per
-/// backend, then the services refused.
+/// The maps as lines: one per frontend entry (`lbctl services` rows, both scopes and both
+/// families), then one per backend, then the services refused.
 fn render(maps: &MemoryMaps, report: &Report) -> String {
     let mut out = String::new();
-    let programmed = Programmed::read(maps).expect("read maps");
-    for r in view::frontends_of(&programmed) {
+    let v4 = Programmed::<Ipv4Addr>::read(maps).expect("read maps");
+    let v6 = Programmed::<Ipv6Addr>::read(maps).expect("read maps");
+    for r in view::frontends(maps).expect("read maps") {
         let f = &r.frontend;
         let backends: Vec<String> = r.backends.iter().map(backend_text).collect();
         let _ = write!(
             out,
-            "{} {}:{}/{} {} -> {}:{} [{}]",
+            "{} {}/{} {} -> {}:{} [{}]",
             f.scope,
-            f.ip,
-            f.port,
+            std::net::SocketAddr::new(f.ip, f.port),
             f.protocol,
             f.kind,
             r.service,
@@ -216,10 +287,8 @@ fn render(maps: &MemoryMaps, report: &Report) -> String {
             backends.join(" ")
         );
         if r.backends.is_empty() {
-            let verdict = programmed
-                .sets
-                .get(&r.service_id)
-                .map(|s| s.service.verdict);
+            let set = v4.sets.get(&r.service_id).or(v6.sets.get(&r.service_id));
+            let verdict = set.map(|s| s.service.verdict);
             let verdict = match verdict {
                 Some(lb_common::VERDICT_DROP) => "drop",
                 Some(lb_common::VERDICT_REJECT) => "reject",
@@ -239,7 +308,12 @@ fn render(maps: &MemoryMaps, report: &Report) -> String {
         }
         out.push('\n');
     }
-    let mut rows: Vec<BackendView> = programmed.backends.values().map(BackendView::of).collect();
+    let mut rows: Vec<BackendView> = v4
+        .backends
+        .values()
+        .map(BackendView::of::<Ipv4Addr>)
+        .collect();
+    rows.extend(v6.backends.values().map(BackendView::of::<Ipv6Addr>));
     rows.sort();
     for b in rows {
         let _ = writeln!(out, "backend {}", backend_text(&b));
@@ -266,10 +340,10 @@ fn writes(r: &Report) -> String {
 #[derive(Clone, Debug)]
 enum Fault {
     None,
-    /// At step `step`, the first write equal to `write`.
+    /// At step `step`, the first write shown as `write`.
     One {
         step: usize,
-        write: Box<Write>,
+        write: String,
     },
     /// At step `step`, every write.
     All {
@@ -291,10 +365,10 @@ struct After {
 struct Trigger(Rc<Cell<Option<Fault>>>);
 
 impl Trigger {
-    fn fires(&self, write: &Write) -> bool {
+    fn fires(&self, write: &str) -> bool {
         let fault = self.0.take();
         let fires = match &fault {
-            Some(Fault::One { write: w, .. }) => **w == *write,
+            Some(Fault::One { write: w, .. }) => w == write,
             Some(Fault::All { .. }) => true,
             _ => false,
         };
@@ -307,19 +381,17 @@ impl Trigger {
 }
 
 /// Run a script's steps as the agent does, with `fault`; also returns each step's writes.
-fn run(script: &Script, fault: &Fault) -> (Vec<After>, Vec<Vec<Write>>) {
+fn run(script: &Script, fault: &Fault) -> (Vec<After>, Vec<Vec<String>>) {
     let trigger = Trigger::default();
     let fires = trigger.clone();
     let mut maps = Faulty::new(MemoryMaps::default(), move |_, w| fires.fires(w));
     let mut rec = Reconciler::adopt(&maps, caps(&script.caps)).expect("adopt");
-    let mut tracker = Tracker::default();
+    let mut trackers = Trackers::default();
     let mut objects = Objects::default();
     let (mut out, mut journals) = (Vec::new(), Vec::new());
     for (i, (yaml, _)) in script.steps.iter().enumerate() {
         let what = format!("{}, step {i}, {fault:?}", script.name());
         let next = objects_after(&objects, yaml);
-        let changes = tracker.update(&objects, &next, &node());
-        objects = next;
         let faulted = match fault {
             Fault::One { step, .. } | Fault::All { step } => *step == i,
             Fault::None => false,
@@ -328,22 +400,26 @@ fn run(script: &Script, fault: &Fault) -> (Vec<After>, Vec<Vec<Write>>) {
             trigger.0.set(Some(fault.clone()));
         }
         let journal = maps.inner.journal.len();
-        let mut r = match i {
-            0 => rec.apply(&mut maps, tracker.desired()),
-            _ => rec.apply_changes(&mut maps, tracker.desired(), &changes),
-        };
+        let objs = (&objects, &next);
+        let v4 = step(&mut rec, &mut maps, &mut trackers.v4, objs, i == 0);
+        let mut r = v4.and(step(&mut rec, &mut maps, &mut trackers.v6, objs, i == 0));
+        objects = next;
         journals.push(maps.inner.journal[journal..].to_vec());
         if faulted {
             trigger.0.set(None);
             assert!(!r.errors.is_empty(), "{what}: the failure is reported");
             // The agent's next turn, with nothing new from the source, finishes the job.
-            r = rec.apply_changes(&mut maps, tracker.desired(), &Changes::default());
+            r = retry(&mut rec, &mut maps, &trackers);
         }
         assert!(r.errors.is_empty(), "{what}: {:?}", r.errors);
-        let leftovers = maps.inner.leftovers();
+        // A family that failed and then lost the room keeps the name its failed write left:
+        // it reserves the set's id for when the service fits (and goes with the Service).
+        let leftovers = match faulted && script.contended {
+            true => maps.inner.dangling(),
+            false => maps.inner.leftovers(),
+        };
         assert!(leftovers.is_empty(), "{what}: {leftovers:?}");
-        let read = Programmed::read(&maps).expect("read");
-        assert_eq!(&read, rec.programmed(), "{what}: the reconciler's view");
+        believes_the_maps(&rec, &maps.inner, &what);
         out.push(After {
             maps: render(&maps.inner, &r),
             writes: writes(&r),
@@ -360,7 +436,7 @@ fn run_full(script: &Script) -> Vec<After> {
     let mut out = Vec::new();
     for (yaml, _) in &script.steps {
         let objects = objects_of(yaml).expect("valid manifests");
-        let r = rec.apply(&mut maps, &desired(&objects, &node()));
+        let r = apply_whole(&mut rec, &mut maps, &objects);
         assert!(r.errors.is_empty(), "{}: {:?}", script.name(), r.errors);
         assert!(maps.leftovers().is_empty(), "{}", script.name());
         out.push(After {
@@ -412,12 +488,14 @@ fn a_failed_write_leaves_the_maps_whole_and_the_next_apply_finishes() {
             let all = (!journal.is_empty()).then_some(Fault::All { step });
             let one = journal.iter().map(|w| Fault::One {
                 step,
-                write: Box::new(w.clone()),
+                write: w.clone(),
             });
             for fault in one.chain(all) {
                 let (after, _) = run(script, &fault);
                 let maps = |a: &[After]| a.iter().map(|a| a.maps.clone()).collect::<Vec<_>>();
-                assert_eq!(maps(&after), maps(&clean), "{}: {fault:?}", script.name());
+                if !script.contended {
+                    assert_eq!(maps(&after), maps(&clean), "{}: {fault:?}", script.name());
+                }
                 faults += 1;
             }
         }
@@ -437,7 +515,7 @@ fn model_goldens_program_the_maps_they_show() {
         };
         let mut maps = MemoryMaps::default();
         let mut rec = Reconciler::adopt(&maps, caps(&[])).expect("adopt");
-        let r = rec.apply(&mut maps, &desired(&objects, &node()));
+        let r = apply_whole(&mut rec, &mut maps, &objects);
         assert!(r.errors.is_empty(), "{}: {:?}", case.display(), r.errors);
         assert!(maps.leftovers().is_empty(), "{}", case.display());
         let got = render(&maps, &r);
@@ -457,7 +535,7 @@ fn an_unchanged_state_is_not_rewritten_and_a_restart_adopts_the_maps() {
     let caps = caps(&[]);
     let mut rec = Reconciler::adopt(&maps, caps).expect("adopt");
     let objects = objects_of(&web(&["10.244.1.5", "10.244.1.6"])).expect("valid");
-    let state = desired(&objects, &node());
+    let state = desired::<Ipv4Addr>(&objects, &node());
     let first = rec.apply(&mut maps, &state);
     let written = (
         first.frontends_written,
@@ -478,7 +556,7 @@ fn an_unchanged_state_is_not_rewritten_and_a_restart_adopts_the_maps() {
     // Entries deleted by hand come back at the next resync: a frontend, and a set's name (the
     // set is then foreign to lb: replaced by a set of its own).
     let before = render(&maps, &Report::default());
-    maps.frontends.pop_first();
+    maps.v4.frontends.pop_first();
     maps.names.pop_first();
     assert_ne!(render(&maps, &Report::default()), before);
     assert!(adopted.resync(&maps).expect("resync"), "drift found");
@@ -490,6 +568,7 @@ fn an_unchanged_state_is_not_rewritten_and_a_restart_adopts_the_maps() {
     // remaining backend keeps its id (conntrack entries name backends by id).
     let kept = |maps: &MemoryMaps| {
         let at = maps
+            .v4
             .backends
             .iter()
             .find(|(_, b)| b.addr == u32::from_ne_bytes([10, 244, 1, 6]));
@@ -497,15 +576,15 @@ fn an_unchanged_state_is_not_rewritten_and_a_restart_adopts_the_maps() {
     };
     let id = kept(&maps);
     let objects = objects_of(&web(&["10.244.1.6"])).expect("valid");
-    let r = adopted.apply(&mut maps, &desired(&objects, &node()));
+    let r = adopted.apply(&mut maps, &desired::<Ipv4Addr>(&objects, &node()));
     let written = (r.frontends_written, r.sets_written, r.backends_removed);
     assert_eq!(written, (0, 1, 1));
     assert_eq!(kept(&maps), id);
 
     // Everything removed: the maps are empty again, names included.
-    let r = adopted.apply(&mut maps, &Default::default());
+    let r = adopted.apply(&mut maps, &crate::model::Desired::<Ipv4Addr>::default());
     let removed = (r.frontends_removed, r.sets_removed, r.backends_removed);
     assert_eq!(removed, (4, 1, 1));
-    assert!(maps.frontends.is_empty() && maps.services.is_empty() && maps.slots.is_empty());
-    assert!(maps.backends.is_empty() && maps.names.is_empty());
+    assert!(maps.v4.frontends.is_empty() && maps.services.is_empty() && maps.slots.is_empty());
+    assert!(maps.v4.backends.is_empty() && maps.names.is_empty());
 }

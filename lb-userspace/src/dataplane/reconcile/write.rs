@@ -22,8 +22,11 @@ use std::collections::{BTreeSet, HashSet};
 
 use anyhow::Result;
 
+use lb_common::Frontend4;
+
 use super::{
     encode::service_name_of,
+    family::KernelFamily,
     programmed::{Programmed, ProgrammedSet},
     Report, ServiceMaps, Write,
 };
@@ -51,7 +54,7 @@ struct Held {
 
 impl Held {
     /// A set `cur` has, written or not: its old and new slots may both be in the maps.
-    fn set(&mut self, id: u32, cur: &Programmed, target: &Programmed) {
+    fn set<A: KernelFamily>(&mut self, id: u32, cur: &Programmed<A>, target: &Programmed<A>) {
         for p in [cur, target] {
             if let Some(set) = p.sets.get(&id) {
                 self.backends.extend(&set.slots);
@@ -60,10 +63,10 @@ impl Held {
     }
 }
 
-pub(super) fn write_diff(
-    maps: &mut impl ServiceMaps,
-    cur: &Programmed,
-    target: &Programmed,
+pub(super) fn write_diff<A: KernelFamily>(
+    maps: &mut impl ServiceMaps<A>,
+    cur: &Programmed<A>,
+    target: &Programmed<A>,
     affinities: Affinities,
     report: &mut Report,
 ) {
@@ -201,8 +204,8 @@ pub(super) fn write_diff(
     report.errors.extend(errors);
 }
 
-fn write_set(
-    maps: &mut impl ServiceMaps,
+fn write_set<A: KernelFamily>(
+    maps: &mut impl ServiceMaps<A>,
     id: u32,
     old: Option<&ProgrammedSet>,
     set: &ProgrammedSet,
@@ -217,11 +220,11 @@ fn write_set(
 }
 
 /// A frontend entry; a stats id new to this entry starts from zeroed counters.
-fn write_frontend(
-    maps: &mut impl ServiceMaps,
-    key: &lb_common::Frontend4Key,
-    fe: &lb_common::Frontend4,
-    old: Option<&lb_common::Frontend4>,
+fn write_frontend<A: KernelFamily>(
+    maps: &mut impl ServiceMaps<A>,
+    key: &A::FrontendKey,
+    fe: &Frontend4,
+    old: Option<&Frontend4>,
 ) -> Result<()> {
     if old.is_none_or(|o| o.stats_id != fe.stats_id) {
         maps.write(&Write::ResetCounters(fe.stats_id))?;
@@ -232,10 +235,10 @@ fn write_frontend(
 /// Remove the session-affinity entries a client must no longer stick to: those of a removed
 /// set, or of a backend that left its set (it may still exist for another service, or while
 /// terminating).
-fn purge_affinities(
-    maps: &mut impl ServiceMaps,
-    cur: &Programmed,
-    target: &Programmed,
+fn purge_affinities<A: KernelFamily>(
+    maps: &mut impl ServiceMaps<A>,
+    cur: &Programmed<A>,
+    target: &Programmed<A>,
     affinities: Affinities,
 ) -> Result<()> {
     let stale: Box<dyn Fn(u32, u32) -> bool> = match affinities {
@@ -254,7 +257,8 @@ fn purge_affinities(
         }),
     };
     for (key, entry) in maps.affinity()? {
-        if stale(key.service_id, entry.backend_id) {
+        let (set, backend) = A::affinity_pair(&key, &entry);
+        if stale(set, backend) {
             maps.write(&Write::RemoveAffinity(key))?;
         }
     }
@@ -263,7 +267,10 @@ fn purge_affinities(
 
 /// (set, backend) pairs whose affinity entries must go: every pair of a removed set, and a
 /// backend that left a set.
-fn stale_pairs(cur: &Programmed, target: &Programmed) -> BTreeSet<(u32, u32)> {
+fn stale_pairs<A: KernelFamily>(
+    cur: &Programmed<A>,
+    target: &Programmed<A>,
+) -> BTreeSet<(u32, u32)> {
     let mut stale = BTreeSet::new();
     for (id, old) in &cur.sets {
         let new: HashSet<u32> = target
