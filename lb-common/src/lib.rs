@@ -78,6 +78,8 @@ pub mod map_names {
     pub const SNAT_CLAIMS4: &str = "LB4_SNAT_CLAIMS";
     /// Socket-local storage: the Services a socket was translated for ([`super::SockRevNat4`]).
     pub const SOCK_RNAT4: &str = "LB4_SOCK_RNAT";
+    /// The same for native IPv6 Services ([`super::SockRevNat6`]).
+    pub const SOCK_RNAT6: &str = "LB6_SOCK_RNAT";
     /// Benchmarks only, not pinned: see [`super::BENCH_FRAME_LEN`].
     pub const BENCH_FRAME: &str = "LB_BENCH_FRAME";
 }
@@ -342,6 +344,25 @@ pub const SOCK_REV_SLOTS: usize = 4;
 pub struct SockRevNat4 {
     pub entries: [SockRev4; SOCK_REV_SLOTS],
     /// The slot the next new Service takes (round robin once all are used).
+    pub next: u32,
+    pub _pad: u32,
+}
+
+/// [`SockRev4`] for IPv6 sockets' native IPv6 Services.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRev6 {
+    pub backend_addr: Addr6,
+    pub service_addr: Addr6,
+    pub backend_port: u16,
+    pub service_port: u16,
+}
+
+/// Value of the socket-local `LB6_SOCK_RNAT`, as [`SockRevNat4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRevNat6 {
+    pub entries: [SockRev6; SOCK_REV_SLOTS],
     pub next: u32,
     pub _pad: u32,
 }
@@ -909,6 +930,8 @@ const _: () = {
     assert!(size_of::<Backend6>() == 20);
     assert!(size_of::<AffinityKey6>() == 20);
     assert!(size_of::<Affinity6>() == 32);
+    assert!(size_of::<SockRev6>() == 36);
+    assert!(size_of::<SockRevNat6>() == 152);
 };
 
 #[cfg(feature = "user")]

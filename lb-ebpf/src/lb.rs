@@ -4,17 +4,18 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated as gen};
 pub use lb_common::action::{action_for, reply_action, Action, Verdict};
 use lb_common::{
     flow_state::{after_client, after_reply, reopens},
-    stat, timeout, Affinity, AffinityKey4, Backend4, Ct4, Frontend4, Frontend4Key, RevNat4,
-    Service, SlotKey, Tuple4, BE_F_LOCAL, BE_F_TERMINATING, CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT,
-    FE_F_SOURCE_RANGES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SVC_F_AFFINITY, SVC_F_EXT_LOCAL, VERDICT_DROP,
+    stat, timeout, Affinity, AffinityKey4, Backend4, Backend6, Ct4, Frontend4, Frontend4Key,
+    RevNat4, Service, SlotKey, Tuple4, BE_F_LOCAL, BE_F_TERMINATING, CT_F_EXTERNAL, CT_F_HAIRPIN,
+    CT_F_SNAT, FE_F_SOURCE_RANGES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, VERDICT_DROP,
 };
 
 use crate::{
     fib, frag, icmp,
     maps::{
         count, count_frontend, ct_map, rnat_map, source_allowed, LB4_AFFINITY, LB4_BACKENDS,
-        LB4_FRONTENDS, LB4_NODE_ADDRS, LB4_SNAT_CLAIMS, LB_CONFIG, LB_SERVICES, LB_SLOTS,
+        LB4_FRONTENDS, LB4_NODE_ADDRS, LB4_SNAT_CLAIMS, LB6_BACKENDS, LB_CONFIG, LB_SERVICES,
+        LB_SLOTS,
     },
     nat::rewrite,
     packet::Packet,
@@ -322,6 +323,16 @@ pub fn select(
         // Failing to record affinity only loses stickiness, never the flow.
         let _ = LB4_AFFINITY.insert(&aff_key, &entry, 0);
     }
+    Some((id, be))
+}
+
+/// The backend for a new IPv6 flow: slot `pick` modulo the backend count (no affinity yet).
+#[inline(always)]
+pub fn select6(service_id: u32, svc: &Service, pick: u32) -> Option<(u32, Backend6)> {
+    let slot = pick.checked_rem(svc.backend_count)?;
+    // SAFETY: read-only use of map values within this run.
+    let id = *unsafe { LB_SLOTS.get(SlotKey { service_id, slot }) }?;
+    let be = *unsafe { LB6_BACKENDS.get(id) }?;
     Some((id, be))
 }
 

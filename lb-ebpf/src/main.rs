@@ -130,6 +130,11 @@ pub fn lb_sock_connect6(ctx: SockAddrContext) -> i32 {
     sock::forward6(&ctx)
 }
 
+#[cgroup_sock_addr(sendmsg6)]
+pub fn lb_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::forward6(&ctx)
+}
+
 #[cgroup_sock_addr(recvmsg6)]
 pub fn lb_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
     sock::reverse6(&ctx)

@@ -11,8 +11,10 @@
 //!   (`::ffff:a.b.c.d`) of IPv6 sockets: dual-stack sockets (Java's by default, any program
 //!   listening or dialing on `::`) reach IPv4 Services through them, and the kernel hands such a
 //!   connect() to IPv4 without running `connect4`. (A mapped address's unconnected sendmsg() is
-//!   handed to IPv4 with an IPv4 address, so `sendmsg4` sees it.) Native IPv6 addresses pass
-//!   untouched until lb's IPv6 datapath.
+//!   handed to IPv4 with an IPv4 address, so `sendmsg4` sees it.)
+//! - the same four hooks for IPv6 serve native IPv6 ClusterIPs and NodePorts (on the node's
+//!   IPv6 addresses) from `LB6_FRONTENDS`. Until lb's IPv6 packet path exists, IPv6 Services
+//!   with session affinity, and IPv6 externalIPs and LoadBalancer IPs, are left untouched here.
 //!
 //! The storage is socket-local (`BPF_MAP_TYPE_SK_STORAGE`), freed by the kernel with the socket:
 //! nothing to delete on close, and nothing evicted from a live socket (an LRU keyed by cookie, as
@@ -22,21 +24,27 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    Frontend4, Frontend4Key, SockConfig, SockRev4, SockRevNat4, FE_F_SOURCE_RANGES,
-    KIND_EXTERNAL_IP, KIND_LOAD_BALANCER, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL,
-    SOCK_LB_ALL, SOCK_LB_HOST, SOCK_REV_SLOTS, SVC_F_AFFINITY, VERDICT_DROP,
+    Addr6, Frontend4, Frontend4Key, Frontend6Key, Service, SockConfig, SockRev4, SockRev6,
+    SockRevNat4, SockRevNat6, FE_F_SOURCE_RANGES, KIND_CLUSTER_IP, KIND_EXTERNAL_IP,
+    KIND_LOAD_BALANCER, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL, SOCK_LB_ALL,
+    SOCK_LB_HOST, SOCK_REV_SLOTS, SVC_F_AFFINITY, VERDICT_DROP,
 };
 
 use crate::{
     lb,
     maps::{
-        source_allowed, LB4_FRONTENDS, LB4_HOST_ADDRS, LB_SERVICES, LB_SOCK_CONFIG, LB_SOCK_STATS,
+        source_allowed, LB4_FRONTENDS, LB4_HOST_ADDRS, LB6_FRONTENDS, LB_SERVICES, LB_SOCK_CONFIG,
+        LB_SOCK_STATS,
     },
 };
 
 /// What the socket hooks translated, per socket.
 #[btf_map]
 static LB4_SOCK_RNAT: SkStorage<SockRevNat4> = SkStorage::new();
+
+/// The same for native IPv6 Services.
+#[btf_map]
+static LB6_SOCK_RNAT: SkStorage<SockRevNat6> = SkStorage::new();
 
 /// The hook's return values: 1 lets the call go on, 0 fails it (with the errno set before).
 const ALLOW: i32 = 1;
@@ -65,13 +73,22 @@ pub fn forward4(ctx: &SockAddrContext) -> i32 {
     }
 }
 
-/// connect() of IPv6 sockets: an IPv4-mapped frontend address becomes the backend's, mapped.
+/// connect() and sendmsg() of IPv6 sockets: an IPv4-mapped frontend address becomes the
+/// backend's, mapped; a native IPv6 one the IPv6 backend's.
 #[inline(always)]
 pub fn forward6(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid context for the program's whole run.
     let sa = unsafe { &mut *ctx.sock_addr };
     let Some(addr) = mapped(sa) else {
-        return ALLOW;
+        return match forward_native6(ctx, sa.protocol as u8, ip6(sa), sa.user_port as u16) {
+            Ok(Some((addr, port))) => {
+                set_ip6(sa, addr);
+                sa.user_port = u32::from(port);
+                ALLOW
+            }
+            Ok(None) => ALLOW,
+            Err(()) => DENY,
+        };
     };
     match forward(ctx, sa.protocol as u8, addr, sa.user_port as u16) {
         Ok(Some((addr, port))) => {
@@ -82,6 +99,26 @@ pub fn forward6(ctx: &SockAddrContext) -> i32 {
         Ok(None) => ALLOW,
         Err(()) => DENY,
     }
+}
+
+/// `user_ip6`, read one word at a time: the verifier allows only 4-byte loads of it.
+#[inline(always)]
+fn ip6(sa: &aya_ebpf::bindings::bpf_sock_addr) -> Addr6 {
+    [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ]
+}
+
+/// `user_ip6` set to `addr`, one word at a time (4-byte stores only).
+#[inline(always)]
+fn set_ip6(sa: &mut aya_ebpf::bindings::bpf_sock_addr, addr: Addr6) {
+    sa.user_ip6[0] = addr[0];
+    sa.user_ip6[1] = addr[1];
+    sa.user_ip6[2] = addr[2];
+    sa.user_ip6[3] = addr[3];
 }
 
 /// The IPv4 address an IPv4-mapped `user_ip6` holds. Read one word at a time: the verifier
@@ -134,6 +171,88 @@ fn forward(
         unsafe { gen::bpf_set_retval(-ETIMEDOUT) };
         return Err(());
     }
+    let Some(svc) = service(fe)? else {
+        return Ok(None);
+    };
+    // Affinity is keyed by client address. A pod socket's address is unknown before it is bound
+    // (the hook runs before the route is chosen), so its connections to such a Service are left
+    // to the packet path, which sees the pod's address: the two paths never disagree.
+    if svc.flags & SVC_F_AFFINITY != 0 && !host {
+        return Ok(None);
+    }
+    // SAFETY: coarse clock read, no arguments.
+    let now = unsafe { gen::bpf_ktime_get_coarse_ns() };
+    let pick = pick(ctx, proto);
+    let Some((_, be)) = lb::select(fe.service_id, svc, cfg.node_addr, now, pick) else {
+        return Ok(None);
+    };
+    let entry = SockRev4 {
+        backend_addr: be.addr,
+        service_addr: key.addr,
+        backend_port: be.port,
+        service_port: key.port,
+    };
+    remember(ctx, &LB4_SOCK_RNAT, entry);
+    count(fe);
+    Ok(Some((be.addr, be.port)))
+}
+
+/// The native IPv6 backend a connect() or sendmsg() to `addr:port` goes to instead: ClusterIPs
+/// and NodePorts on the node's addresses, without session affinity (its entries are the packet
+/// path's, which IPv6 does not have yet).
+#[inline(always)]
+fn forward_native6(
+    ctx: &SockAddrContext,
+    proto: u8,
+    addr: Addr6,
+    port: u16,
+) -> Result<Option<(Addr6, u16)>, ()> {
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Ok(None);
+    }
+    let Some(cfg) = LB_SOCK_CONFIG.get(0) else {
+        return Ok(None);
+    };
+    if !is_host(ctx, cfg) && cfg.mode != SOCK_LB_ALL {
+        return Ok(None);
+    }
+    let key = Frontend6Key {
+        addr,
+        port,
+        proto,
+        scope: SCOPE_INTERNAL,
+    };
+    // SAFETY: read-only use of the map value within this run.
+    let Some(fe) = (unsafe { LB6_FRONTENDS.get(&key) }) else {
+        return Ok(None);
+    };
+    if fe.kind != KIND_CLUSTER_IP && fe.kind != KIND_NODE_PORT {
+        return Ok(None);
+    }
+    let Some(svc) = service(fe)? else {
+        return Ok(None);
+    };
+    if svc.flags & SVC_F_AFFINITY != 0 {
+        return Ok(None);
+    }
+    let Some((_, be)) = lb::select6(fe.service_id, svc, pick(ctx, proto)) else {
+        return Ok(None);
+    };
+    let entry = SockRev6 {
+        backend_addr: be.addr,
+        service_addr: addr,
+        backend_port: be.port,
+        service_port: port,
+    };
+    remember(ctx, &LB6_SOCK_RNAT, entry);
+    count(fe);
+    Ok(Some((be.addr, be.port)))
+}
+
+/// The backend set a frontend leads to; `Err` (the errno set) when it is empty: refused, or
+/// timed out for a Local policy without local endpoints, as the packet path answers.
+#[inline(always)]
+fn service(fe: &Frontend4) -> Result<Option<&'static Service>, ()> {
     // SAFETY: read-only use of the map value within this run.
     let Some(svc) = (unsafe { LB_SERVICES.get(fe.service_id) }) else {
         return Ok(None);
@@ -148,41 +267,31 @@ fn forward(
         unsafe { gen::bpf_set_retval(-errno) };
         return Err(());
     }
-    // Affinity is keyed by client address. A pod socket's address is unknown before it is bound
-    // (the hook runs before the route is chosen), so its connections to such a Service are left
-    // to the packet path, which sees the pod's address: the two paths never disagree.
-    if svc.flags & SVC_F_AFFINITY != 0 && !host {
-        return Ok(None);
-    }
-    // SAFETY: coarse clock read, no arguments.
-    let now = unsafe { gen::bpf_ktime_get_coarse_ns() };
-    // UDP by socket (Cilium's choice): an unconnected socket's datagrams to one Service go to one
-    // backend, so a client's retries and its replies stay together.
-    let pick = if proto == PROTO_UDP {
+    Ok(Some(svc))
+}
+
+/// The slot a new connection takes: random for TCP; for UDP by socket (Cilium's choice), so an
+/// unconnected socket's datagrams to one Service go to one backend, and a client's retries and
+/// its replies stay together.
+#[inline(always)]
+fn pick(ctx: &SockAddrContext, proto: u8) -> u32 {
+    if proto == PROTO_UDP {
         // SAFETY: plain helper call on the program's context.
         let cookie = unsafe { gen::bpf_get_socket_cookie(ctx.as_ptr()) };
         (cookie ^ (cookie >> 32)) as u32
     } else {
         // SAFETY: helper without arguments.
         unsafe { gen::bpf_get_prandom_u32() }
-    };
-    let Some((_, be)) = lb::select(fe.service_id, svc, cfg.node_addr, now, pick) else {
-        return Ok(None);
-    };
-    remember(
-        ctx,
-        SockRev4 {
-            backend_addr: be.addr,
-            service_addr: key.addr,
-            backend_port: be.port,
-            service_port: key.port,
-        },
-    );
+    }
+}
+
+/// One more translation for the frontend.
+#[inline(always)]
+fn count(fe: &Frontend4) {
     if let Some(c) = LB_SOCK_STATS.get_ptr_mut(fe.stats_id) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *c += 1 };
     }
-    Ok(Some((be.addr, be.port)))
 }
 
 /// The frontend `key` names. On a loopback address only a NodePort, found on the node's address:
@@ -224,30 +333,98 @@ pub fn reverse4(ctx: &SockAddrContext) -> i32 {
 pub fn reverse6(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel passes a valid context for the program's whole run.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let Some(addr) = mapped(sa) else {
-        return ALLOW;
-    };
-    if let Some((addr, port)) = reverse(ctx, addr, sa.user_port as u16) {
-        sa.user_ip6[3] = addr;
-        sa.user_port = u32::from(port);
+    let port = sa.user_port as u16;
+    match mapped(sa) {
+        Some(addr) => {
+            if let Some((addr, port)) = reverse(ctx, addr, port) {
+                sa.user_ip6[3] = addr;
+                sa.user_port = u32::from(port);
+            }
+        }
+        None => {
+            if let Some((addr, port)) = service_of(ctx, &LB6_SOCK_RNAT, (ip6(sa), port)) {
+                set_ip6(sa, addr);
+                sa.user_port = u32::from(port);
+            }
+        }
     }
     ALLOW
 }
 
-/// The Service address this socket's backend `addr:port` stands for, if it was sent there.
+/// The Service address this socket's IPv4 backend `addr:port` stands for, if it was sent there.
 #[inline(always)]
 fn reverse(ctx: &SockAddrContext, addr: u32, port: u16) -> Option<(u32, u16)> {
+    service_of(ctx, &LB4_SOCK_RNAT, (addr, port))
+}
+
+/// One family's record of a socket's translations (`SockRevNat4`, `SockRevNat6`).
+trait RevNat {
+    type Addr: Copy + PartialEq + Default;
+    type Entry: RevEntry<Addr = Self::Addr>;
+    fn parts(&mut self) -> (&mut [Self::Entry; SOCK_REV_SLOTS], &mut u32);
+}
+
+/// One translation: (backend, Service) addresses and ports.
+trait RevEntry: Copy {
+    type Addr: Copy + PartialEq + Default;
+    fn backend(&self) -> (Self::Addr, u16);
+    fn service(&self) -> (Self::Addr, u16);
+}
+
+impl RevNat for SockRevNat4 {
+    type Addr = u32;
+    type Entry = SockRev4;
+    fn parts(&mut self) -> (&mut [SockRev4; SOCK_REV_SLOTS], &mut u32) {
+        (&mut self.entries, &mut self.next)
+    }
+}
+
+impl RevNat for SockRevNat6 {
+    type Addr = Addr6;
+    type Entry = SockRev6;
+    fn parts(&mut self) -> (&mut [SockRev6; SOCK_REV_SLOTS], &mut u32) {
+        (&mut self.entries, &mut self.next)
+    }
+}
+
+impl RevEntry for SockRev4 {
+    type Addr = u32;
+    fn backend(&self) -> (u32, u16) {
+        (self.backend_addr, self.backend_port)
+    }
+    fn service(&self) -> (u32, u16) {
+        (self.service_addr, self.service_port)
+    }
+}
+
+impl RevEntry for SockRev6 {
+    type Addr = Addr6;
+    fn backend(&self) -> (Addr6, u16) {
+        (self.backend_addr, self.backend_port)
+    }
+    fn service(&self) -> (Addr6, u16) {
+        (self.service_addr, self.service_port)
+    }
+}
+
+/// The Service a backend `addr:port` of this socket stands for, from its storage `map`.
+#[inline(always)]
+fn service_of<R: RevNat>(
+    ctx: &SockAddrContext,
+    map: &SkStorage<R>,
+    backend: (R::Addr, u16),
+) -> Option<(R::Addr, u16)> {
     // SAFETY: lookup without creating; the pointer is valid for this run.
-    let rev = unsafe { LB4_SOCK_RNAT.get_ptr_mut(ctx) };
+    let rev = unsafe { map.get_ptr_mut(ctx) };
     if rev.is_null() {
         return None;
     }
     // SAFETY: non-null storage of this socket.
-    let rev = unsafe { &*rev };
-    rev.entries
+    let (entries, _) = unsafe { &mut *rev }.parts();
+    entries
         .iter()
-        .find(|e| e.backend_addr == addr && e.backend_port == port && e.service_addr != 0)
-        .map(|e| (e.service_addr, e.service_port))
+        .find(|e| e.backend() == backend && e.service().0 != R::Addr::default())
+        .map(|e| e.service())
 }
 
 /// Whether the socket belongs to the agent's own network namespace (the node).
@@ -260,30 +437,30 @@ fn is_host(ctx: &SockAddrContext, cfg: &SockConfig) -> bool {
     unsafe { gen::bpf_get_netns_cookie(ctx.as_ptr()) == cfg.netns_cookie }
 }
 
-/// Records `entry` in the socket's storage: in the slot of the same backend if there is one
-/// (a reconnect, or the same Service again), else in the next slot round robin.
+/// Records `entry` in the socket's storage `map`: in the slot of the same backend if there is
+/// one (a reconnect, or the same Service again), else in the next slot round robin.
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, entry: SockRev4) {
+fn remember<R: RevNat>(ctx: &SockAddrContext, map: &SkStorage<R>, entry: R::Entry) {
     // SAFETY: the helper creates the storage zeroed if the socket has none.
-    let rev = unsafe { LB4_SOCK_RNAT.get_or_insert_ptr_mut(ctx, None) };
+    let rev = unsafe { map.get_or_insert_ptr_mut(ctx, None) };
     if rev.is_null() {
         return;
     }
     // SAFETY: non-null storage of this socket; a socket's calls are serialized by its lock.
-    let rev = unsafe { &mut *rev };
-    let mut slot = rev.next as usize % SOCK_REV_SLOTS;
+    let (entries, next) = unsafe { &mut *rev }.parts();
+    let mut slot = *next as usize % SOCK_REV_SLOTS;
     let mut fresh = true;
-    for (i, e) in rev.entries.iter().enumerate() {
-        if e.backend_addr == entry.backend_addr && e.backend_port == entry.backend_port {
+    for (i, e) in entries.iter().enumerate() {
+        if e.backend() == entry.backend() {
             slot = i;
             fresh = false;
             break;
         }
     }
-    if let Some(e) = rev.entries.get_mut(slot) {
+    if let Some(e) = entries.get_mut(slot) {
         *e = entry;
     }
     if fresh {
-        rev.next = rev.next.wrapping_add(1);
+        *next = next.wrapping_add(1);
     }
 }

@@ -6,9 +6,11 @@
 //!                       ├── node-a eth0 192.0.2.10   pods a1 10.244.1.5, a2 10.244.1.6
 //!                       └── node-b eth0 192.0.2.20   pods b1 10.244.2.5, b2 10.244.2.6
 //! ```
-//! Pods sit behind host-side veths `h1`, `h2` with /32 routes; the nodes route each other's pod
-//! CIDR. Every pod runs lb-echo on TCP and UDP 8080 (answering with its name) and on TCP 8081
-//! (answering `NAME/8081`).
+//! Dual-stack, as clusters are: the lan also carries 2001:db8::/64 (client ::100, nodes ::10 and
+//! ::20) and pods have IPv6 addresses too (a1 fd00:244:1::5, ..., b2 fd00:244:2::6), reached
+//! through the host side's fe80::1. Pods sit behind host-side veths `h1`, `h2` with /32 (/128)
+//! routes; the nodes route each other's pod CIDRs. Every pod runs lb-echo on TCP and UDP 8080
+//! (answering with its name; IPv6 too) and on TCP 8081 (answering `NAME/8081`).
 //!
 //! The agents run as a user runs them: default flags, only the interfaces named (`eth0`
 //! external, `h*` pods; [`IFACES`]), so `--xdp-mode` is the default and chooses per interface.
@@ -36,6 +38,7 @@ use crate::{
 };
 
 pub const CLIENT_IP: &str = "192.0.2.100";
+pub const CLIENT_IP6: &str = "2001:db8::100";
 /// The namespace of the scenarios' objects.
 pub const NS: &str = "e2e";
 
@@ -48,6 +51,8 @@ pub struct Pod {
 pub struct Node {
     pub name: &'static str,
     pub ip: &'static str,
+    /// The node's IPv6 address on the lan ("" in topologies without IPv6).
+    pub ip6: &'static str,
     pub ns: Netns,
     pub pods: Vec<Pod>,
     pin: PathBuf,
@@ -67,26 +72,36 @@ impl Node {
     }
 }
 
-/// Node name, address, pod CIDR gateway, pods (name, address).
+/// Node name, addresses (IPv4, IPv6), pod CIDR gateway, IPv6 pod CIDR, pods (name, IPv4
+/// address, IPv6 address).
 type NodePlan = (
     &'static str,
+    (&'static str, &'static str),
     &'static str,
     &'static str,
-    [(&'static str, &'static str); 2],
+    [(&'static str, &'static str, &'static str); 2],
 );
 
 const PLAN: [NodePlan; 2] = [
     (
         "node-a",
-        "192.0.2.10",
+        ("192.0.2.10", "2001:db8::10"),
         "10.244.1.1",
-        [("a1", "10.244.1.5"), ("a2", "10.244.1.6")],
+        "fd00:244:1::/64",
+        [
+            ("a1", "10.244.1.5", "fd00:244:1::5"),
+            ("a2", "10.244.1.6", "fd00:244:1::6"),
+        ],
     ),
     (
         "node-b",
-        "192.0.2.20",
+        ("192.0.2.20", "2001:db8::20"),
         "10.244.2.1",
-        [("b1", "10.244.2.5"), ("b2", "10.244.2.6")],
+        "fd00:244:2::/64",
+        [
+            ("b1", "10.244.2.5", "fd00:244:2::5"),
+            ("b2", "10.244.2.6", "fd00:244:2::6"),
+        ],
     ),
 ];
 
@@ -133,23 +148,31 @@ impl Cluster {
         let client = lab.netns("client")?;
         lab.veth(&client, "eth0", &lan, "c")?;
         client.add_addr("eth0", &format!("{CLIENT_IP}/24"))?;
+        client.add_addr("eth0", &format!("{CLIENT_IP6}/64"))?;
         client.tx_offload_off("eth0")?;
         let mut ports = vec!["c".to_string()];
         let mut nodes = Vec::new();
         let mut servers = Vec::new();
-        for (i, (name, ip, gw, pods)) in PLAN.into_iter().enumerate() {
+        let mut prefixes6 = Vec::new();
+        for (i, (name, (ip, ip6), gw, prefix6, pods)) in PLAN.into_iter().enumerate() {
             let port = format!("n{i}");
             let mut node = node_on_lan(&lab, &lan, &port, name, ip)?;
-            for (j, (pod_name, pod_ip)) in pods.into_iter().enumerate() {
+            node.ns.add_addr("eth0", &format!("{ip6}/64"))?;
+            node.ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            node.ip6 = ip6;
+            for (j, (pod_name, pod_ip, pod_ip6)) in pods.into_iter().enumerate() {
                 let host_if = format!("h{}", j + 1);
                 servers.extend(add_pod(&lab, &mut node, pod_name, pod_ip, gw, &host_if)?);
+                servers.extend(pod_ipv6(&node, pod_name, pod_ip6, &host_if)?);
             }
             ports.push(port);
             nodes.push(node);
+            prefixes6.push(prefix6);
         }
         let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
         lab.bridge(&lan, "br0", &ports)?;
         connect_pods(&lan, &nodes, net)?;
+        connect_pods6(&nodes, &prefixes6)?;
         let manifests = lab.log_dir().join("manifests");
         std::fs::create_dir_all(&manifests).context("manifests dir")?;
         for (name, text) in objects {
@@ -259,6 +282,7 @@ pub fn node_on_lan(
     Ok(Node {
         name,
         ip,
+        ip6: "",
         ns,
         pods: Vec::new(),
         pin: lab.pin_path(name),
@@ -286,6 +310,43 @@ pub fn add_pod(
     ];
     node.pods.push(Pod { name, ip, ns });
     Ok(servers)
+}
+
+/// Pod `name` of `node` (made by [`add_pod`] behind `host_if`) gets `ip6` too, its default route
+/// via the host side's fe80::1, and IPv6 echo servers (TCP and UDP 8080, answering `name`).
+fn pod_ipv6(node: &Node, name: &str, ip6: &str, host_if: &str) -> Result<Vec<ChildGuard>> {
+    let pod = node.pod(name);
+    node.ns
+        .sh(&format!(
+            "ip -6 addr add fe80::1/64 dev {host_if} nodad && \
+             ip -6 route add {ip6}/128 dev {host_if}"
+        ))
+        .context("node route to the pod's IPv6 address")?;
+    pod.ns
+        .sh(&format!(
+            "ip -6 addr add {ip6}/128 dev eth0 nodad && \
+             ip -6 route add default via fe80::1 dev eth0"
+        ))
+        .context("pod IPv6 addressing")?;
+    let bind = std::net::SocketAddr::new(ip6.parse()?, 8080);
+    Ok(vec![
+        pod.ns.serve_echo_on(name, bind, false)?,
+        pod.ns.serve_echo_on(name, bind, true)?,
+    ])
+}
+
+/// Each node routes the other's IPv6 pod CIDR via the other's IPv6 address on the lan.
+fn connect_pods6(nodes: &[Node], prefixes: &[&str]) -> Result<()> {
+    for node in nodes {
+        for (other, prefix) in nodes.iter().zip(prefixes) {
+            if other.name != node.name {
+                node.ns
+                    .sh(&format!("ip -6 route add {prefix} via {}", other.ip6))
+                    .with_context(|| format!("{}: IPv6 route to {}", node.name, other.name))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How pods on one node reach pods on the other.
@@ -421,13 +482,13 @@ pub const APPLY: Duration = Duration::from_secs(10);
 
 /// A ready endpoint at `ip` on `node`, as an `endpoints:` list item.
 pub fn ready(ip: &str, node: &str) -> String {
-    format!("- {{addresses: [{ip}], nodeName: {node}}}\n")
+    format!("- {{addresses: [\"{ip}\"], nodeName: {node}}}\n")
 }
 
 /// A terminating endpoint that still serves (a pod in its grace period).
 pub fn terminating(ip: &str, node: &str) -> String {
     format!(
-        "- {{addresses: [{ip}], nodeName: {node}, \
+        "- {{addresses: [\"{ip}\"], nodeName: {node}, \
          conditions: {{ready: false, serving: true, terminating: true}}}}\n"
     )
 }
@@ -483,6 +544,15 @@ pub fn apiserver_service(node_ip: &str, node: &str) -> String {
 }
 
 pub fn slice(service: &str, slice: &str, ports: &str, endpoints: &str) -> String {
+    slice_of("IPv4", service, slice, ports, endpoints)
+}
+
+/// [`slice`] of addressType IPv6.
+pub fn slice6(service: &str, slice: &str, ports: &str, endpoints: &str) -> String {
+    slice_of("IPv6", service, slice, ports, endpoints)
+}
+
+fn slice_of(family: &str, service: &str, slice: &str, ports: &str, endpoints: &str) -> String {
     let endpoints = if endpoints.is_empty() {
         "endpoints: []\n".to_string()
     } else {
@@ -496,7 +566,7 @@ metadata:
   name: {slice}
   namespace: {NS}
   labels: {{kubernetes.io/service-name: {service}}}
-addressType: IPv4
+addressType: {family}
 ports: {ports}
 {endpoints}"
     )

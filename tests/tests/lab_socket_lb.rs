@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use lb_tests::{
     cluster_lab::{
-        ready, service, slice, terminating, until_frontend, web_service, Cluster, APPLY,
+        ready, service, slice, slice6, terminating, until_frontend, web_service, Cluster, APPLY,
     },
     lab::{poll_until, require_privileged, scaled, Netns},
 };
@@ -19,6 +19,8 @@ const A_IP: &str = "192.0.2.10";
 const A1: &str = "10.244.1.5";
 const A2: &str = "10.244.1.6";
 const B1: &str = "10.244.2.5";
+const A1_6: &str = "fd00:244:1::5";
+const B1_6: &str = "fd00:244:2::5";
 const ECHO: &str = env!("CARGO_BIN_EXE_lb-echo");
 
 /// An address node-a holds beside its node address (on lo), for an externalIP it owns.
@@ -403,4 +405,86 @@ fn socket_lb_all_serves_pods_without_per_packet_nat() {
     assert_eq!(pods(&sticky, "10.96.0.11:80").len(), 1, "{sticky:?}");
     let stats = c.node(A).lbctl_json(&["stats"]).expect("lbctl stats");
     assert_eq!(stats["socket_lb"]["mode"], "all", "{stats}");
+}
+
+/// A dual-stack Service (IPv6 first) and an IPv6-only one without endpoints, beside `web`.
+fn dual_stack_objects() -> Vec<(&'static str, String)> {
+    let web6 = service(
+        "web6",
+        "",
+        "  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6, IPv4]\n  \
+         clusterIP: fd00:96::20\n  clusterIPs: [\"fd00:96::20\", 10.96.0.20]\n  ports:\n  \
+         - {name: http, port: 80, targetPort: 8080, nodePort: 30090}\n  \
+         - {name: dns, port: 53, targetPort: 8080, protocol: UDP, nodePort: 30090}\n",
+    );
+    let ports = "[{name: http, port: 8080}, {name: dns, port: 8080, protocol: UDP}]";
+    let web6 =
+        web6 + &slice6(
+            "web6",
+            "web6-v6",
+            ports,
+            &(ready(A1_6, A) + &ready(B1_6, B)),
+        ) + &slice("web6", "web6-v4", ports, &(ready(A1, A) + &ready(B1, B)));
+    let empty6 = service(
+        "empty6",
+        "",
+        "  ipFamilies: [IPv6]\n  clusterIP: fd00:96::21\n  clusterIPs: [\"fd00:96::21\"]\n  \
+         ports:\n  - {port: 80, targetPort: 8080}\n",
+    ) + &slice6("empty6", "empty6-1", "[{port: 8080}]", "");
+    vec![
+        ("web.yaml", web(&(ready(A1, A) + &ready(B1, B)))),
+        ("web6.yaml", web6),
+        ("empty6.yaml", empty6),
+    ]
+}
+
+/// IPv6 Services are served at connect time, by the same hooks: the node's sockets and (with
+/// `--socket-lb all`) pods' reach an IPv6 ClusterIP over TCP and both kinds of UDP, and a
+/// NodePort on the node's IPv6 address, with the Service as the peer they see; the dual-stack
+/// Service answers on its IPv4 ClusterIP too; an IPv6 Service without endpoints is refused at
+/// once. lb has no IPv6 packet path yet: this is what serves IPv6 Services.
+#[test]
+fn ipv6_services_are_served_at_connect_time() {
+    let objects = dual_stack_objects();
+    let refs: Vec<(&str, &str)> = objects.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let Some(c) = cluster("socket-lb-ipv6", &refs, &["--socket-lb", "all"]) else {
+        return;
+    };
+    let node = &c.node(A).ns;
+    let pod = &c.pod("a2").ns;
+    let cluster_ip = "[fd00:96::20]:80";
+    for ns in [node, pod] {
+        let tcp = ["--addr", cluster_ip, "--count", "40"];
+        until_pods(ns, &tcp, cluster_ip, &["a1", "b1"]);
+    }
+    let dns = "[fd00:96::20]:53";
+    let udp = ["--udp", "--addr", dns, "--count", "40"];
+    until_pods(node, &udp, dns, &["a1", "b1"]);
+    let unconnected = ask(node, &[&udp[..], &["--unconnected"]].concat());
+    assert!(!pods(&unconnected, dns).is_empty(), "{unconnected:?}");
+    let nodeport = "[2001:db8::10]:30090";
+    let np = ["--addr", nodeport, "--count", "40"];
+    until_pods(node, &np, nodeport, &["a1", "b1"]);
+    // The same Service's IPv4 ClusterIP.
+    let v4 = ["--addr", "10.96.0.20:80", "--count", "40"];
+    until_pods(pod, &v4, "10.96.0.20:80", &["a1", "b1"]);
+
+    let t = Instant::now();
+    let refused = ask(node, &["--addr", "[fd00:96::21]:80"]);
+    assert_eq!(refused, [Answer::Error("refused".into())]);
+    assert!(t.elapsed() < scaled(Duration::from_millis(500)));
+
+    // lbctl shows the IPv6 frontends with their translations.
+    let (socket, _) = counters(&c, A, "fd00:96::20", 80, "TCP");
+    let (socket_b, _) = counters(&c, B, "fd00:96::20", 80, "TCP");
+    assert!(
+        socket + socket_b >= 80,
+        "socket translations {socket} + {socket_b}"
+    );
+    // A pod outside the cgroup is not translated (no IPv6 packet path): it gets no answer.
+    let outside = c.pod("a2").ns.exec_unchecked(
+        ECHO,
+        ["request", "--addr", cluster_ip, "--timeout-ms", "300"],
+    );
+    assert!(!outside.expect("lb-echo").status.success());
 }

@@ -969,7 +969,7 @@ endpoints:
     let backends = json_of(&pin, &["backends"]);
     assert_eq!(backends[0]["services"][0]["port_name"], NAME, "{backends}");
     let series = lb::metrics::frontend_series(
-        &lb::dataplane::reconcile::Programmed::read(&dp.maps).expect("programmed"),
+        &lb::dataplane::reconcile::Programmed::<Ipv4Addr>::read(&dp.maps).expect("programmed"),
     );
     assert!(!series.is_empty());
     for s in series {

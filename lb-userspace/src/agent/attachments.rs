@@ -3,7 +3,7 @@
 //! already dropped its attachment; its pin is removed); one that appears is attached; one whose
 //! role changes (it became or stopped being the external interface) is re-attached.
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
 use k8s_openapi::api::core::v1::Node;
@@ -99,14 +99,14 @@ impl Attachments {
 
     /// Choose the external interfaces for this `node` object and `host`, attach to wanted links
     /// not yet attached (in their role), let go of those gone; returns the addresses that serve
-    /// NodePorts. `first` also detaches what a previous agent attached to links no longer wanted.
+    /// NodePorts, per family. `first` also detaches what a previous agent attached to links no longer wanted.
     pub fn sync(
         &mut self,
         dp: &mut Dataplane,
         host: &Host,
         node: Option<&Node>,
         first: bool,
-    ) -> Vec<Ipv4Addr> {
+    ) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
         let ext = self.choose_external(host, node);
         dp.set_external(&ext.names);
         let links = &host.links;
@@ -166,9 +166,10 @@ impl Attachments {
         for (ifindex, _) in snat_sources {
             self.set_snat_addr(dp, &links[ifindex]);
         }
-        let nodeport_addrs = self.placement.nodeport_addrs(node, links, &ext);
+        let v4 = self.placement.nodeport_addrs(node, links, &ext);
+        let v6 = self.placement.nodeport_addrs(node, links, &ext);
         self.ext = Some(ext);
-        nodeport_addrs
+        (v4, v6)
     }
 
     /// Once per link: lb attaches nothing to a tunnel without Ethernet header, and says what

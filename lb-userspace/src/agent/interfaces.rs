@@ -3,14 +3,17 @@
 //!
 //! Level-triggered: any link or address notification just says "look again", and the agent
 //! rescans the whole (small) table. A missed or coalesced notification can't leave it wrong.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, Result};
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
     constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK},
     packet_route::{
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressScope},
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
         route::{RouteAttribute, RouteHeader},
     },
@@ -25,9 +28,19 @@ pub struct Link {
     pub name: String,
     /// IPv4 addresses, primary first.
     pub addrs: Vec<Ipv4Addr>,
+    /// Global IPv6 addresses (not link-local ones: no Service is reached on those).
+    pub addrs6: Vec<Ipv6Addr>,
     /// The bridge (or bond, VRF) this link is a port of.
     pub controller: Option<u32>,
     pub kind: LinkKind,
+}
+
+impl Link {
+    /// Every address of the link, both families.
+    pub fn ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let v4 = self.addrs.iter().map(|a| IpAddr::V4(*a));
+        v4.chain(self.addrs6.iter().map(|a| IpAddr::V6(*a)))
+    }
 }
 
 /// What kind of device a link is, as far as placement cares.
@@ -89,18 +102,30 @@ pub async fn scan(handle: &Handle) -> Result<Host> {
     while let Some(msg) = dump.try_next().await.context("listing addresses")? {
         // IFA_LOCAL is this end's address; IFA_ADDRESS is the peer's on point-to-point links.
         let local = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(std::net::IpAddr::V4(v4)) => Some(*v4),
+            AddressAttribute::Local(IpAddr::V4(v4)) => Some(*v4),
             _ => None,
         });
         let addr = local.or_else(|| {
             msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(std::net::IpAddr::V4(v4)) => Some(*v4),
+                AddressAttribute::Address(IpAddr::V4(v4)) => Some(*v4),
                 _ => None,
             })
         });
-        if let (Some(addr), Some(link)) = (addr, links.get_mut(&msg.header.index)) {
+        let Some(link) = links.get_mut(&msg.header.index) else {
+            continue;
+        };
+        if let Some(addr) = addr {
             if !link.addrs.contains(&addr) {
                 link.addrs.push(addr);
+            }
+        }
+        let v6 = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(IpAddr::V6(v6)) => Some(*v6),
+            _ => None,
+        });
+        if let Some(v6) = v6.filter(|_| msg.header.scope == AddressScope::Universe) {
+            if !link.addrs6.contains(&v6) {
+                link.addrs6.push(v6);
             }
         }
     }
@@ -116,6 +141,7 @@ fn link(msg: &LinkMessage) -> Option<Link> {
         index: msg.header.index,
         name: String::new(),
         addrs: Vec::new(),
+        addrs6: Vec::new(),
         controller: None,
         kind: LinkKind::Other,
     };

@@ -8,7 +8,7 @@ pub mod node_local;
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -21,12 +21,14 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     dataplane::{
-        conntrack, reconcile::Reconciler, socket_lb, Capacities, Dataplane, Options, PinLayout,
-        SocketLbMode, XdpRequest,
+        conntrack,
+        reconcile::{Reconciler, Report, Served},
+        socket_lb, Capacities, Dataplane, Maps, Options, PinLayout, ServiceMaps, SocketLbMode,
+        XdpRequest,
     },
     health::HealthServers,
-    metrics::{self, Metrics},
-    model::{NodeContext, Problem, Tracker},
+    metrics::{self, Metrics, Synced},
+    model::{Changes, Desired, NodeContext, Problem, Tracker},
     source::{self, manifests::Manifests, Snapshot},
 };
 use attachments::Attachments;
@@ -268,6 +270,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut host = interfaces::scan(&handle).await?;
     let mut first = true;
     let mut node = NodeContext {
+        name: node_name.clone(),
+        nodeport_addrs: Vec::new(),
+    };
+    let mut node6 = NodeContext::<Ipv6Addr> {
         name: node_name,
         nodeport_addrs: Vec::new(),
     };
@@ -277,6 +283,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut reported: BTreeSet<Problem> = BTreeSet::new();
     let mut event_at = Instant::now();
     let mut tracker = Tracker::default();
+    // IPv6 Services: the socket hooks serve them (lb has no IPv6 packet path yet).
+    let mut tracker6 = Tracker::<Ipv6Addr>::default();
     // The snapshot the tracker has seen.
     let mut seen = Arc::new(Snapshot::default());
     // Plan the whole maps (cold start, after re-reading them) rather than the changes only.
@@ -287,22 +295,29 @@ pub async fn run(args: RunArgs) -> Result<()> {
         let snap: Arc<Snapshot> = snapshots.borrow_and_update().clone();
         // The Node object may have changed its addresses.
         let node_obj = snap.objects.nodes.get(&node.name).map(|n| &**n);
-        node.nodeport_addrs = attachments.sync(&mut dp, &host, node_obj, first);
+        (node.nodeport_addrs, node6.nodeport_addrs) =
+            attachments.sync(&mut dp, &host, node_obj, first);
         first = false;
         sync_host_addrs(&mut dp, &host, &node.nodeport_addrs);
         let changes = tracker.update(&seen.objects, &snap.objects, &node);
+        let changes6 = tracker6.update(&seen.objects, &snap.objects, &node6);
         seen = snap.clone();
         let desired = tracker.desired();
-        let report = if whole || changes.node {
-            whole = false;
-            rec.apply(&mut dp.maps, desired)
-        } else {
-            rec.apply_changes(&mut dp.maps, desired, &changes)
-        };
+        let desired6 = tracker6.desired();
+        let report = apply(&mut rec, &mut dp.maps, desired, &changes, whole);
+        let report = report.and(apply(&mut rec, &mut dp.maps, desired6, &changes6, whole));
+        whole = false;
         let problems = snap.problems.iter().chain(&desired.problems);
+        let problems = problems.chain(&desired6.problems);
         report_problems(problems, &mut reported);
         let latency = event_at.elapsed();
-        metrics.record_sync(&report, latency, desired, rec.programmed(), &reported);
+        let synced = Synced {
+            desired,
+            desired6,
+            programmed: rec.programmed(),
+            programmed6: rec.programmed(),
+        };
+        metrics.record_sync(&report, latency, &synced, &reported);
         health_servers.sync(&desired.health_checks);
         attachments.check_pod_interfaces(desired.retained.values(), &host);
         for (svc, map) in &report.refused {
@@ -314,6 +329,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         if report.writes() > 0 {
             tracing::info!(
                 frontends = desired.frontends.len(),
+                frontends6 = desired6.frontends.len(),
                 writes = report.writes(),
                 latency_ms = event_at.elapsed().as_secs_f64() * 1e3,
                 "maps updated"
@@ -345,6 +361,24 @@ pub async fn run(args: RunArgs) -> Result<()> {
         event_at = Instant::now();
     }
     stopped()
+}
+
+/// One family's turn: the changes only, or the whole desired state (at start, after drift, when
+/// the node changed).
+fn apply<A: Served>(
+    rec: &mut Reconciler,
+    maps: &mut Maps,
+    desired: &Desired<A>,
+    changes: &Changes<A>,
+    whole: bool,
+) -> Report
+where
+    Maps: ServiceMaps<A>,
+{
+    match whole || changes.node {
+        true => rec.apply(maps, desired),
+        false => rec.apply_changes(maps, desired, changes),
+    }
 }
 
 /// Look at the links again; the loop's next turn attaches to new ones, lets go of vanished

@@ -3,18 +3,19 @@
 //! that one DaemonSet spec fits every node. Pure: the agent feeds it scans and Node objects.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use anyhow::{Context as _, Result};
 use glob::Pattern;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 
 use super::{
     interfaces::{Link, LinkKind},
     RunArgs,
 };
+use crate::model::Family;
 
 /// Host-side pod interfaces of the common CNIs when `--pod-iface` is absent: veth pairs
 /// (flannel, bridge, kindnet, ptp), Calico's `cali*`, Cilium's `lxc*`. Ports of Linux bridges
@@ -41,7 +42,8 @@ pub struct Placement {
     pod: Vec<Pattern>,
     /// Only by default: an explicit `--pod-iface` list is taken as complete.
     bridge_ports: bool,
-    nodeport_cidrs: Vec<Ipv4Net>,
+    /// Both families: each family's NodePorts use its own CIDRs, or the default without any.
+    nodeport_cidrs: Vec<IpNet>,
 }
 
 /// The external interfaces chosen now, and how.
@@ -62,26 +64,7 @@ impl Placement {
             .iter()
             .map(|g| Pattern::new(g).with_context(|| format!("--pod-iface {g:?}")))
             .collect::<Result<_>>()?;
-        let cidrs = args.nodeport_cidrs.iter();
-        let v6: Vec<&IpNet> = cidrs
-            .clone()
-            .filter(|c| matches!(c, IpNet::V6(_)))
-            .collect();
-        if !v6.is_empty() {
-            // Accepted (a kube-proxy configuration carried over lists both families), but the
-            // IPv6 model's NodePorts have no datapath yet.
-            tracing::warn!(
-                cidrs = ?v6,
-                "--nodeport-addresses: IPv6 CIDRs noted; IPv6 NodePorts are not served until \
-                 lb's IPv6 datapath lands"
-            );
-        }
-        let nodeport_cidrs = cidrs
-            .filter_map(|c| match c {
-                IpNet::V4(c) => Some(*c),
-                IpNet::V6(_) => None,
-            })
-            .collect();
+        let nodeport_cidrs = args.nodeport_cidrs.clone();
         Ok(Placement {
             ext: args.ext_ifaces.iter().cloned().collect(),
             pod,
@@ -114,7 +97,7 @@ impl Placement {
             };
         }
         let held = node_addresses(node).into_iter().find_map(|(kind, ip)| {
-            let link = links.values().find(|l| l.addrs.contains(&ip))?;
+            let link = links.values().find(|l| l.ips().any(|a| a == ip))?;
             Some((link, format!("holds the Node's {kind} {ip}")))
         });
         let routed = || {
@@ -159,29 +142,37 @@ impl Placement {
         (self.bridge_ports && !ext.names.contains(&bridge.name)).then_some(Role::Pod)
     }
 
-    /// `--nodeport-addresses` picks among all the host's addresses; by default (and when the
-    /// flag names only IPv6 CIDRs) NodePorts are served on the external interfaces' addresses
-    /// and on the Node's addresses this host holds.
-    pub fn nodeport_addrs(
+    /// `--nodeport-addresses` picks among all the host's addresses of family `A`; by default
+    /// (and when the flag names no CIDR of that family, as kube-proxy does per family) NodePorts
+    /// are served on the external interfaces' addresses and on the Node's addresses this host
+    /// holds.
+    pub fn nodeport_addrs<A: Family>(
         &self,
         node: Option<&Node>,
         links: &BTreeMap<u32, Link>,
         ext: &External,
-    ) -> Vec<Ipv4Addr> {
-        let local = links.values().flat_map(|l| l.addrs.iter().copied());
-        let mut out: Vec<Ipv4Addr> = if self.nodeport_cidrs.is_empty() {
-            let node_ips: Vec<Ipv4Addr> = node_addresses(node).into_iter().map(|a| a.1).collect();
+    ) -> Vec<A> {
+        let local = links.values().flat_map(Link::ips);
+        let cidrs: Vec<&IpNet> = self
+            .nodeport_cidrs
+            .iter()
+            .filter(|c| A::of(c.addr()).is_some())
+            .collect();
+        let mut out: Vec<A> = if cidrs.is_empty() {
+            let node_ips: Vec<IpAddr> = node_addresses(node).into_iter().map(|a| a.1).collect();
             let ext_addrs = links
                 .values()
                 .filter(|l| ext.names.contains(&l.name))
-                .flat_map(|l| l.addrs.iter().copied());
+                .flat_map(Link::ips);
             local
                 .filter(|a| node_ips.contains(a))
                 .chain(ext_addrs)
+                .filter_map(A::of)
                 .collect()
         } else {
             local
-                .filter(|a| self.nodeport_cidrs.iter().any(|c| c.contains(a)))
+                .filter(|a| cidrs.iter().any(|c| c.contains(a)))
+                .filter_map(A::of)
                 .collect()
         };
         out.sort();
@@ -190,8 +181,8 @@ impl Placement {
     }
 }
 
-/// The Node's IPv4 InternalIPs, then its ExternalIPs, in status order.
-fn node_addresses(node: Option<&Node>) -> Vec<(&'static str, Ipv4Addr)> {
+/// The Node's InternalIPs, then its ExternalIPs (both families), in status order.
+fn node_addresses(node: Option<&Node>) -> Vec<(&'static str, IpAddr)> {
     let addrs = node
         .and_then(|n| n.status.as_ref()?.addresses.as_deref())
         .unwrap_or_default();

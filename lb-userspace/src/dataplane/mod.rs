@@ -106,8 +106,9 @@ impl Dataplane {
         loader.default_map_pin_directory(&maps_dir);
         // A BTF map (socket storage) has no pinning attribute: pinned by name here, so that the
         // next agent's hooks find what this one's recorded for live sockets.
-        let sock_rnat = names::SOCK_RNAT4;
-        loader.map_pin_path(sock_rnat, maps_dir.join(sock_rnat));
+        for sock_rnat in [names::SOCK_RNAT4, names::SOCK_RNAT6] {
+            loader.map_pin_path(sock_rnat, maps_dir.join(sock_rnat));
+        }
         for (name, size) in &opts.capacities {
             loader.map_max_entries(name, *size);
         }

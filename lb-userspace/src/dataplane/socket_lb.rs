@@ -10,14 +10,15 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use lb_common::{SockConfig, SOCK_LB_ALL, SOCK_LB_HOST, SOCK_LB_OFF};
 
-/// The hooks, as (program, hook name in pins and messages). The IPv6 ones serve IPv4-mapped
-/// addresses of dual-stack sockets (lb-ebpf's `sock`).
-pub const HOOKS: [(&str, &str); 7] = [
+/// The hooks, as (program, hook name in pins and messages). The IPv6 ones serve IPv6 Services
+/// and IPv4-mapped addresses of dual-stack sockets (lb-ebpf's `sock`).
+pub const HOOKS: [(&str, &str); 8] = [
     ("lb_sock_connect4", "connect4"),
     ("lb_sock_sendmsg4", "sendmsg4"),
     ("lb_sock_recvmsg4", "recvmsg4"),
     ("lb_sock_getpeername4", "getpeername4"),
     ("lb_sock_connect6", "connect6"),
+    ("lb_sock_sendmsg6", "sendmsg6"),
     ("lb_sock_recvmsg6", "recvmsg6"),
     ("lb_sock_getpeername6", "getpeername6"),
 ];

@@ -1,6 +1,6 @@
 //! The datapath's counters, read from the pinned per-CPU maps at scrape time: per frontend
 //! (labelled by service, port name, frontend, kind and scope), datapath events, transmit drops.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use anyhow::{Context as _, Result};
 use lb_common::{Counters, SCOPE_INTERNAL};
@@ -13,7 +13,7 @@ use super::{Labels, OneLabel};
 use crate::{
     dataplane::{
         maps::entries,
-        reconcile::{Code, Programmed},
+        reconcile::{Code, KernelFamily, Programmed},
         Maps, PinLayout,
     },
     model::{Kind, Protocol},
@@ -35,20 +35,20 @@ pub struct Datapath {
     pub xmit_drops: Vec<(String, u64)>,
 }
 
-/// Labels for each programmed frontend: service, port_name, frontend (ip:port/PROTO), kind and
-/// scope (external: from outside the node; internal: from a pod on this node, each counted
-/// apart by the kernel).
-pub fn frontend_series(programmed: &Programmed) -> Vec<FrontendSeries> {
+/// Labels for each programmed frontend of family `A`: service, port_name, frontend
+/// (ip:port/PROTO, an IPv6 address in brackets), kind and scope (external: from outside the
+/// node; internal: from a pod on this node, each counted apart by the kernel).
+pub fn frontend_series<A: KernelFamily>(programmed: &Programmed<A>) -> Vec<FrontendSeries> {
     let mut out: Vec<FrontendSeries> = programmed
         .frontends
         .iter()
         .filter_map(|(key, fe)| {
             let set = programmed.sets.get(&fe.service_id)?.key.as_ref()?;
-            let ip = Ipv4Addr::from(key.addr.to_ne_bytes());
-            let port = u16::from_be(key.port);
-            let proto = Protocol::from_code(key.proto).map_or("unknown", Protocol::as_str);
+            let (addr, port, proto, scope) = A::frontend_parts(key);
+            let addr = SocketAddr::new(A::model(addr).into(), u16::from_be(port));
+            let proto = Protocol::from_code(proto).map_or("unknown", Protocol::as_str);
             let kind = Kind::from_code(fe.kind).map_or("unknown", Kind::as_str);
-            let scope = if key.scope == SCOPE_INTERNAL {
+            let scope = if scope == SCOPE_INTERNAL {
                 "internal"
             } else {
                 "external"
@@ -56,7 +56,7 @@ pub fn frontend_series(programmed: &Programmed) -> Vec<FrontendSeries> {
             let labels = vec![
                 ("service", set.service.to_string()),
                 ("port_name", set.port_name.clone()),
-                ("frontend", format!("{ip}:{port}/{proto}")),
+                ("frontend", format!("{addr}/{proto}")),
                 ("kind", kind.to_string()),
                 ("scope", scope.to_string()),
             ];

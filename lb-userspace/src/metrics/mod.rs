@@ -12,6 +12,7 @@ mod http;
 
 use std::{
     collections::BTreeSet,
+    net::Ipv6Addr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -33,7 +34,7 @@ pub use http::{healthz_reply, livez_reply, serve, serve_on, serve_retrying, CONT
 
 use crate::{
     dataplane::{
-        reconcile::{Programmed, Report},
+        reconcile::{KernelFamily, Programmed, Report},
         Capacities, PinLayout, XdpModeUsed,
     },
     health::{Liveness, ProxyHealth},
@@ -48,33 +49,56 @@ pub const ERR_INVALID_OBJECT: &str = "invalid_object";
 pub(crate) type OneLabel = [(&'static str, &'static str); 1];
 pub(crate) type Labels = Vec<(&'static str, String)>;
 
+/// What an apply left, in both families: the desired state and what the maps hold.
+pub struct Synced<'a> {
+    pub desired: &'a Desired,
+    pub desired6: &'a Desired<Ipv6Addr>,
+    pub programmed: &'a Programmed,
+    pub programmed6: &'a Programmed<Ipv6Addr>,
+}
+
 /// A map the agent fills: `lb_map_capacity` and `lb_map_entries` have a series for each.
 struct FilledMap {
     name: &'static str,
     capacity: fn(&Capacities) -> u32,
-    entries: fn(&Programmed) -> usize,
+    entries: fn(&Synced) -> usize,
 }
 
-const FILLED_MAPS: [FilledMap; 4] = [
+/// Slots of a family's sets.
+fn slots<A: KernelFamily>(p: &Programmed<A>) -> usize {
+    p.sets.values().map(|s| s.slots.len()).sum()
+}
+
+const FILLED_MAPS: [FilledMap; 6] = [
     FilledMap {
         name: map_names::FRONTENDS4,
         capacity: |c| c.frontends,
-        entries: |p| p.frontends.len(),
+        entries: |s| s.programmed.frontends.len(),
+    },
+    FilledMap {
+        name: map_names::FRONTENDS6,
+        capacity: |c| c.frontends,
+        entries: |s| s.programmed6.frontends.len(),
     },
     FilledMap {
         name: map_names::SERVICES,
         capacity: |c| c.services,
-        entries: |p| p.sets.len(),
+        entries: |s| s.programmed.sets.len() + s.programmed6.sets.len(),
     },
     FilledMap {
         name: map_names::SLOTS,
         capacity: |c| c.slots,
-        entries: |p| p.sets.values().map(|s| s.slots.len()).sum(),
+        entries: |s| slots(s.programmed) + slots(s.programmed6),
     },
     FilledMap {
         name: map_names::BACKENDS4,
         capacity: |c| c.backends,
-        entries: |p| p.backends.len(),
+        entries: |s| s.programmed.backends.len(),
+    },
+    FilledMap {
+        name: map_names::BACKENDS6,
+        capacity: |c| c.backends,
+        entries: |s| s.programmed6.backends.len(),
     },
 ];
 
@@ -324,14 +348,13 @@ impl Metrics {
         self.inner.ct_orphans.inc_by(c.orphans);
     }
 
-    /// After each apply: what it did, how long after the change, the desired state, what the
-    /// maps hold now, and the current problems.
+    /// After each apply (both families'): what it did, how long after the change, the desired
+    /// state and what the maps hold now, and the current problems.
     pub fn record_sync(
         &self,
         report: &Report,
         latency: Duration,
-        desired: &Desired,
-        programmed: &Programmed,
+        synced: &Synced,
         problems: &BTreeSet<Problem>,
     ) {
         let m = &*self.inner;
@@ -351,14 +374,17 @@ impl Metrics {
         if report.writes() > 0 {
             m.latency.observe(latency.as_secs_f64());
         }
-        m.frontends.set(desired.frontends.len() as i64);
-        m.backend_sets.set(desired.sets.len() as i64);
+        let (d4, d6) = (synced.desired, synced.desired6);
+        m.frontends
+            .set((d4.frontends.len() + d6.frontends.len()) as i64);
+        m.backend_sets.set((d4.sets.len() + d6.sets.len()) as i64);
         // From the maps, not by collecting the desired sets' backends: at 50,000 services that
         // was half a million entries to sort per change.
-        m.backends.set(programmed.backends.len() as i64);
+        let backends = synced.programmed.backends.len() + synced.programmed6.backends.len();
+        m.backends.set(backends as i64);
         m.invalid_objects.set(problems.len() as i64);
         for map in &FILLED_MAPS {
-            let n = (map.entries)(programmed);
+            let n = (map.entries)(synced);
             m.map_entries
                 .get_or_create(&[("map", map.name)])
                 .set(n as i64);
@@ -367,7 +393,9 @@ impl Metrics {
         // backends only): rebuilding them is a string per frontend, 50,000 of them at most.
         let frontends_changed = report.frontends_written + report.frontends_removed > 0;
         if state.frontends.is_none() || frontends_changed || !report.errors.is_empty() {
-            state.frontends = Some(Arc::new(frontend_series(programmed)));
+            let mut series = frontend_series(synced.programmed);
+            series.extend(frontend_series(synced.programmed6));
+            state.frontends = Some(Arc::new(series));
         }
         drop(state);
         if report.errors.is_empty() {

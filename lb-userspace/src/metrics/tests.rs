@@ -7,7 +7,8 @@ use std::{
 };
 
 use lb_common::{
-    Backend4, Counters, Frontend4, Frontend4Key, Service, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    Backend4, Backend6, Counters, Frontend4, Frontend4Key, Frontend6Key, Service, SCOPE_EXTERNAL,
+    SCOPE_INTERNAL,
 };
 
 use axum::http::StatusCode;
@@ -72,6 +73,19 @@ fn desired() -> Desired {
         d.frontends.insert(key, fe);
     }
     d
+}
+
+/// Records a sync of [`desired`] and [`programmed`] (IPv4 only).
+fn record(m: &Metrics, report: &Report, latency: Duration, problems: &BTreeSet<Problem>) {
+    let (d, p) = (desired(), programmed());
+    let (d6, p6) = (Desired::default(), Programmed::default());
+    let synced = Synced {
+        desired: &d,
+        desired6: &d6,
+        programmed: &p,
+        programmed6: &p6,
+    };
+    m.record_sync(report, latency, &synced, problems);
 }
 
 fn programmed() -> Programmed {
@@ -180,11 +194,10 @@ fn renders_sync_metrics() {
         ..Default::default()
     };
     let problems = BTreeSet::from([problem("a"), problem("b")]);
-    let (d, p) = (desired(), programmed());
-    m.record_sync(&report, Duration::from_millis(3), &d, &p, &problems);
+    record(&m, &report, Duration::from_millis(3), &problems);
     // The same problems again count once; one new one counts.
     let problems = BTreeSet::from([problem("a"), problem("b"), problem("c")]);
-    m.record_sync(&Report::default(), Duration::ZERO, &d, &p, &problems);
+    record(&m, &Report::default(), Duration::ZERO, &problems);
     let text = m.render();
     for (prefix, want) in [
         ("lb_syncs_total ", 2.0),
@@ -225,6 +238,62 @@ fn renders_sync_metrics() {
     ] {
         assert_eq!(sample(&text, prefix), Some(want), "{prefix}\n{text}");
     }
+}
+
+/// IPv6 frontends count in the gauges beside IPv4 ones, fill their own maps' series, and get
+/// their own per-frontend series (the address in brackets).
+#[test]
+fn ipv6_frontends_are_counted_beside_ipv4() {
+    let m = Metrics::new(None, CAPS, Duration::from_secs(20));
+    let (d, p) = (desired(), programmed());
+    let mut p6 = Programmed::<std::net::Ipv6Addr>::default();
+    let key = Frontend6Key {
+        addr: "fd00::10".parse::<std::net::Ipv6Addr>().unwrap().kernel(),
+        port: 80u16.to_be(),
+        proto: lb_common::PROTO_TCP,
+        scope: SCOPE_EXTERNAL,
+    };
+    let fe = Frontend4 {
+        service_id: 1 << 30,
+        stats_id: 3,
+        kind: lb_common::KIND_CLUSTER_IP,
+        flags: 0,
+        _pad: [0; 2],
+    };
+    p6.frontends.insert(key, fe);
+    let set = p.sets[&7].clone();
+    p6.sets.insert(1 << 30, set);
+    p6.backends.insert((1 << 30) + 1, Backend6::default());
+    let synced = Synced {
+        desired: &d,
+        desired6: &Desired::default(),
+        programmed: &p,
+        programmed6: &p6,
+    };
+    m.record_sync(
+        &Report::default(),
+        Duration::ZERO,
+        &synced,
+        &BTreeSet::new(),
+    );
+    let text = m.render();
+    for (prefix, want) in [
+        ("lb_backends ", 3.0),
+        ("lb_map_entries{map=\"LB4_FRONTENDS\"} ", 2.0),
+        ("lb_map_entries{map=\"LB6_FRONTENDS\"} ", 1.0),
+        ("lb_map_entries{map=\"LB_SERVICES\"} ", 2.0),
+        ("lb_map_entries{map=\"LB_SLOTS\"} ", 4.0),
+        ("lb_map_entries{map=\"LB6_BACKENDS\"} ", 1.0),
+        ("lb_map_capacity{map=\"LB6_FRONTENDS\"} ", 16.0),
+    ] {
+        assert_eq!(sample(&text, prefix), Some(want), "{prefix}\n{text}");
+    }
+    let series = frontend_series(&p6);
+    assert_eq!(
+        series[0].labels[2],
+        ("frontend", "[fd00::10]:80/TCP".into())
+    );
+    assert_eq!(series[0].stats_id, 3);
 }
 
 #[test]
@@ -369,30 +438,18 @@ fn healthz_follows_syncs() {
         ..Default::default()
     };
     let none = BTreeSet::new();
-    m.record_sync(&failed, Duration::ZERO, &desired(), &programmed(), &none);
+    record(&m, &failed, Duration::ZERO, &none);
     assert!(
         !m.proxy_health().is_healthy(),
         "a failed sync is not an update"
     );
-    m.record_sync(
-        &Report::default(),
-        Duration::ZERO,
-        &desired(),
-        &programmed(),
-        &none,
-    );
+    record(&m, &Report::default(), Duration::ZERO, &none);
     assert_eq!(
         healthz_reply(m.proxy_health().status()),
         (StatusCode::OK, "ok".to_string())
     );
     let stale = Metrics::new(None, CAPS, Duration::ZERO);
-    stale.record_sync(
-        &Report::default(),
-        Duration::ZERO,
-        &desired(),
-        &programmed(),
-        &none,
-    );
+    record(&stale, &Report::default(), Duration::ZERO, &none);
     assert_eq!(
         healthz_reply(stale.proxy_health().status()).0,
         StatusCode::SERVICE_UNAVAILABLE
@@ -422,13 +479,7 @@ async fn serves_metrics_healthz_and_livez() {
     assert_eq!(status(&get("/livez").await.unwrap()), "200");
     assert_eq!(status(&get("/healthz").await.unwrap()), "503");
     let none = BTreeSet::new();
-    m.record_sync(
-        &Report::default(),
-        Duration::ZERO,
-        &desired(),
-        &programmed(),
-        &none,
-    );
+    record(&m, &Report::default(), Duration::ZERO, &none);
     let healthz = get("/healthz").await.unwrap();
     assert_eq!(status(&healthz), "200");
     assert!(healthz.ends_with("\r\n\r\nok"), "{healthz}");

@@ -8,13 +8,17 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+/// What a Service lb serves in IPv6 only gets said (once, by the IPv4 model, which leaves it out).
+pub const IPV6_SOCKETS_ONLY: &str = "IPv6-only Service: only sockets reach it (socket hooks at \
+     connect time); IPv6 packets are not translated until lb's IPv6 packet path lands";
+
 pub trait Family:
     Copy + Ord + Hash + Debug + Display + Into<IpAddr> + Send + Sync + 'static
 {
     /// The name the API gives the family: `spec.ipFamilies` entries, EndpointSlice addressType.
     const NAME: &'static str;
     /// What this family's model says of a Service with addresses of the other family only,
-    /// while lb has no datapath for that family (`None`: the other family's model serves it).
+    /// while lb serves that family in part (`None`: the other family's model serves it whole).
     const OTHER_FAMILY_ONLY: Option<&'static str>;
 
     fn of(ip: IpAddr) -> Option<Self>;
@@ -22,8 +26,7 @@ pub trait Family:
 
 impl Family for Ipv4Addr {
     const NAME: &'static str = "IPv4";
-    const OTHER_FAMILY_ONLY: Option<&'static str> =
-        Some("IPv6-only Service: not proxied until IPv6 support lands");
+    const OTHER_FAMILY_ONLY: Option<&'static str> = Some(IPV6_SOCKETS_ONLY);
 
     fn of(ip: IpAddr) -> Option<Self> {
         match ip {

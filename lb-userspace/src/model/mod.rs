@@ -28,7 +28,7 @@ use k8s_openapi::api::{
 
 pub use categorize::{categorize_endpoints, Categorized, PortPolicy};
 pub use endpoints::{Endpoint, EndpointsByPort, PortKey};
-pub use family::Family;
+pub use family::{Family, IPV6_SOCKETS_ONLY};
 pub use service::{Listed, ServicePortSpec, ServiceSpec, MAX_PORT_NAME};
 pub use tracker::{Changes, Tracker};
 

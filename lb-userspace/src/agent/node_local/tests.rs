@@ -38,34 +38,35 @@ fn node(addrs: &[(&str, &str)]) -> Node {
     }
 }
 
-/// lo; eth0 (default route, 10.0.0.5); eth1 (192.0.2.1); veth, cali and lxc pod links; tap0 on
-/// bridge cni0; eth2 on bridge br0 (198.51.100.1); unrelated dummy0; flannel.1, a vxlan device
-/// (10.244.0.0); tunl0, Calico's ipip device (10.244.0.64).
+/// lo; eth0 (default route, 10.0.0.5, 2001:db8:1::5); eth1 (192.0.2.1, 2001:db8:2::1); veth,
+/// cali and lxc pod links; tap0 on bridge cni0 (10.244.0.1, fd00:244::1); eth2 on bridge br0
+/// (198.51.100.1); unrelated dummy0; flannel.1, a vxlan device (10.244.0.0); tunl0, Calico's
+/// ipip device (10.244.0.64).
 fn host() -> BTreeMap<u32, Link> {
     use LinkKind::{Bridge, L3Tunnel, Other, Tunnel};
     let links = [
-        (1, "lo", "127.0.0.1", None, Other),
-        (2, "eth0", "10.0.0.5", None, Other),
-        (3, "eth1", "192.0.2.1", None, Other),
-        (4, "veth1a2b", "", None, Other),
-        (5, "cali123", "", None, Other),
-        (6, "lxc9", "", None, Other),
-        (7, "cni0", "10.244.0.1", None, Bridge),
-        (8, "tap0", "", Some(7), Other),
-        (9, "br0", "198.51.100.1", None, Bridge),
-        (10, "eth2", "", Some(9), Other),
-        (11, "dummy0", "", None, Other),
-        (12, "flannel.1", "10.244.0.0", None, Tunnel),
-        (13, "tunl0", "10.244.0.64", None, L3Tunnel),
+        (1, "lo", "127.0.0.1", "", None, Other),
+        (2, "eth0", "10.0.0.5", "2001:db8:1::5", None, Other),
+        (3, "eth1", "192.0.2.1", "2001:db8:2::1", None, Other),
+        (4, "veth1a2b", "", "", None, Other),
+        (5, "cali123", "", "", None, Other),
+        (6, "lxc9", "", "", None, Other),
+        (7, "cni0", "10.244.0.1", "fd00:244::1", None, Bridge),
+        (8, "tap0", "", "", Some(7), Other),
+        (9, "br0", "198.51.100.1", "", None, Bridge),
+        (10, "eth2", "", "", Some(9), Other),
+        (11, "dummy0", "", "", None, Other),
+        (12, "flannel.1", "10.244.0.0", "", None, Tunnel),
+        (13, "tunl0", "10.244.0.64", "", None, L3Tunnel),
     ];
     links
         .into_iter()
-        .map(|(index, name, addr, controller, kind)| {
-            let addrs = addr.parse().into_iter().collect();
+        .map(|(index, name, addr, addr6, controller, kind)| {
             let link = Link {
                 index,
                 name: name.into(),
-                addrs,
+                addrs: addr.parse().into_iter().collect(),
+                addrs6: addr6.parse().into_iter().collect(),
                 controller,
                 kind,
             };
@@ -240,20 +241,25 @@ fn nodeport_addresses() {
         names: ["eth1".to_string()].into(),
         how: String::new(),
     };
-    // InternalIP on eth0 (not external), ExternalIP held by no link.
-    let n = node(&[("InternalIP", "10.0.0.5"), ("ExternalIP", "203.0.113.9")]);
-    let cases: [Case<Option<&Node>, &[&str]>; 6] = [
+    // InternalIP on eth0 (not external, both families), ExternalIP held by no link.
+    let n = node(&[
+        ("InternalIP", "10.0.0.5"),
+        ("InternalIP", "2001:db8:1::5"),
+        ("ExternalIP", "203.0.113.9"),
+    ]);
+    // want: both families' addresses, IPv4 first.
+    let cases: [Case<Option<&Node>, &[&str]>; 8] = [
         Case {
             name: "external interfaces without a Node",
             flags: &[],
             node: None,
-            want: &["192.0.2.1"],
+            want: &["192.0.2.1", "2001:db8:2::1"],
         },
         Case {
             name: "and the Node's addresses held here",
             flags: &[],
             node: Some(&n),
-            want: &["10.0.0.5", "192.0.2.1"],
+            want: &["10.0.0.5", "192.0.2.1", "2001:db8:1::5", "2001:db8:2::1"],
         },
         Case {
             name: "--nodeport-addresses picks among all local addresses",
@@ -270,16 +276,18 @@ fn nodeport_addresses() {
                 "10.244.0.1",
                 "10.244.0.64",
                 "198.51.100.1",
+                "2001:db8:1::5",
+                "2001:db8:2::1",
             ],
         },
         Case {
-            name: "a CIDR matching nothing serves nothing",
+            name: "a CIDR matching nothing serves nothing in its family",
             flags: &["--nodeport-addresses", "203.0.113.0/24"],
             node: Some(&n),
-            want: &[],
+            want: &["2001:db8:1::5", "2001:db8:2::1"],
         },
         Case {
-            name: "IPv6 CIDRs beside IPv4 ones leave the IPv4 choice to the IPv4 ones",
+            name: "each family picks by its own CIDRs",
             flags: &[
                 "--nodeport-addresses",
                 "::/0",
@@ -287,13 +295,36 @@ fn nodeport_addresses() {
                 "198.51.100.0/24",
             ],
             node: Some(&n),
-            want: &["198.51.100.1"],
+            want: &[
+                "198.51.100.1",
+                "2001:db8:1::5",
+                "2001:db8:2::1",
+                "fd00:244::1",
+            ],
         },
         Case {
             name: "IPv6 CIDRs only: IPv4 gets its default (kube-proxy's per-family rule)",
-            flags: &["--nodeport-addresses", "2001:db8::/64"],
+            flags: &["--nodeport-addresses", "2001:db8:2::/64"],
             node: Some(&n),
-            want: &["10.0.0.5", "192.0.2.1"],
+            want: &["10.0.0.5", "192.0.2.1", "2001:db8:2::1"],
+        },
+        Case {
+            name: "IPv4 CIDRs only: IPv6 gets its default",
+            flags: &["--nodeport-addresses", "10.244.0.0/24"],
+            node: Some(&n),
+            want: &[
+                "10.244.0.0",
+                "10.244.0.1",
+                "10.244.0.64",
+                "2001:db8:1::5",
+                "2001:db8:2::1",
+            ],
+        },
+        Case {
+            name: "an IPv6 CIDR matching nothing serves no IPv6 NodePort",
+            flags: &["--nodeport-addresses", "2001:db8:ff::/64"],
+            node: None,
+            want: &["192.0.2.1"],
         },
     ];
     for Case {
@@ -303,8 +334,14 @@ fn nodeport_addresses() {
         want,
     } in cases
     {
-        let got = placement(flags).nodeport_addrs(node, &links, &ext);
-        let want: Vec<Ipv4Addr> = want.iter().map(|a| a.parse().expect("ip")).collect();
+        let p = placement(flags);
+        let v4: Vec<std::net::Ipv4Addr> = p.nodeport_addrs(node, &links, &ext);
+        let v6: Vec<std::net::Ipv6Addr> = p.nodeport_addrs(node, &links, &ext);
+        let got: Vec<String> = v4
+            .iter()
+            .map(ToString::to_string)
+            .chain(v6.iter().map(ToString::to_string))
+            .collect();
         assert_eq!(got, want, "{name}");
     }
 }

@@ -360,7 +360,7 @@ static CASES: &[Case] = &[
             "externalIPs": ["198.51.100.1"],
             "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
         }}),
-        problems: &[("spec.ipFamilies", "IPv6-only Service: not proxied until IPv6 support lands")],
+        problems: &[("spec.ipFamilies", crate::model::IPV6_SOCKETS_ONLY)],
         frontends6: &["[2001:db8::10]:30080/TCP NodePort http", "[fd00::10]:80/TCP ClusterIP http"],
         sets6: &["http/TCP Cluster", "http/TCP Local ext_local"],
         health_checks6: &[32000],
