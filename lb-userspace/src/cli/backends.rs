@@ -1,4 +1,5 @@
-//! `lbctl backends`: every backend (`LB4_BACKENDS`) and the service ports whose sets use it.
+//! `lbctl backends`: every backend of both families (`LB4_BACKENDS`, `LB6_BACKENDS`) and the
+//! service ports whose sets use it.
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

@@ -334,7 +334,7 @@ impl<A: KernelFamily> FamilyMaps<A> {
     fn source_ranges_mut(&mut self) -> Result<&mut LpmTrie<MapData, A::RangeKey, u8>> {
         self.source_ranges
             .as_mut()
-            .context("the source ranges map is missing (an older agent's pins)")
+            .with_context(|| format!("map {} missing", A::SOURCE_RANGES))
     }
 
     pub(super) fn set_source_range(&mut self, stats_id: u32, range: KernelRange<A>) -> Result<()> {

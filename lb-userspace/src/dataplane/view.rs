@@ -8,12 +8,8 @@ use anyhow::Result;
 use lb_common::{BE_F_LOCAL, BE_F_TERMINATING, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, SVC_F_INT_LOCAL};
 use serde::Serialize;
 
-use super::reconcile::{KernelFamily, Programmed, ServiceMaps};
+use super::reconcile::{DualMaps, KernelFamily, Programmed};
 use crate::model::{Kind, Protocol};
-
-/// Maps that hold both families (the pinned maps, the fake).
-pub trait DualMaps: ServiceMaps<Ipv4Addr> + ServiceMaps<Ipv6Addr> {}
-impl<M: ServiceMaps<Ipv4Addr> + ServiceMaps<Ipv6Addr>> DualMaps for M {}
 
 /// Addresses as JSON shows them: canonical strings, IPv4 before IPv6.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

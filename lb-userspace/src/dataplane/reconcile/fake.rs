@@ -107,7 +107,12 @@ impl MemoryMaps {
                     fe.service_id
                 ));
             }
-            let has_ranges = f.ranges.iter().any(|(id, _)| *id == fe.stats_id);
+            // Every range of this stats id: the address's default is its lowest value.
+            let lowest = (A::Addr::default(), 0);
+            let ranges = f
+                .ranges
+                .range((fe.stats_id, lowest)..(fe.stats_id + 1, lowest));
+            let has_ranges = ranges.count() > 0;
             if fe.flags & FE_F_SOURCE_RANGES != 0 && !has_ranges {
                 out.push(format!(
                     "frontend {key:?} filters on source ranges it lacks"

@@ -34,6 +34,7 @@ pub trait KernelFamily: Family {
     /// The family's maps, by name (refusals name the map that is full).
     const FRONTENDS: &'static str;
     const BACKENDS: &'static str;
+    const SOURCE_RANGES: &'static str;
 
     fn kernel(self) -> Self::Addr;
     fn model(addr: Self::Addr) -> Self;
@@ -105,6 +106,7 @@ impl KernelFamily for Ipv4Addr {
     const IDS: Range<u32> = lb_common::ids::IPV4;
     const FRONTENDS: &'static str = lb_common::map_names::FRONTENDS4;
     const BACKENDS: &'static str = lb_common::map_names::BACKENDS4;
+    const SOURCE_RANGES: &'static str = lb_common::map_names::SOURCE_RANGES4;
 
     fn kernel(self) -> u32 {
         u32::from_ne_bytes(self.octets())
@@ -127,6 +129,7 @@ impl KernelFamily for Ipv6Addr {
     const IDS: Range<u32> = lb_common::ids::IPV6;
     const FRONTENDS: &'static str = lb_common::map_names::FRONTENDS6;
     const BACKENDS: &'static str = lb_common::map_names::BACKENDS6;
+    const SOURCE_RANGES: &'static str = lb_common::map_names::SOURCE_RANGES6;
 
     fn kernel(self) -> Addr6 {
         let o = self.octets();

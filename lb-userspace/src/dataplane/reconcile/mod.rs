@@ -40,7 +40,7 @@ use ids::Cursors;
 use index::Index;
 use plan::{Planner, Room};
 pub use programmed::{Programmed, ProgrammedSet};
-pub use service_maps::{ServiceMaps, Write};
+pub use service_maps::{DualMaps, ServiceMaps, Write};
 use write::{write_diff, Affinities};
 
 use super::maps::Capacities;
@@ -170,10 +170,7 @@ impl<A: KernelFamily> Half<A> {
 
 impl Reconciler {
     /// Start from what the maps hold (a previous agent's work is adopted, not redone).
-    pub fn adopt<M: ServiceMaps<Ipv4Addr> + ServiceMaps<Ipv6Addr>>(
-        maps: &M,
-        caps: Capacities,
-    ) -> Result<Self> {
+    pub fn adopt(maps: &impl DualMaps, caps: Capacities) -> Result<Self> {
         let v4 = Half::adopt(Programmed::read(maps)?);
         let v6 = Half::adopt(Programmed::read(maps)?);
         let used: HashSet<u32> = v4.stats_ids().chain(v6.stats_ids()).collect();
@@ -196,10 +193,7 @@ impl Reconciler {
     /// Re-read the maps: true when they differ from what this reconciler wrote (changed behind
     /// its back), and the next apply must then be whole to repair them. Without drift nothing
     /// is rebuilt, so the periodic check costs a read of the maps, not a plan of every service.
-    pub fn resync<M: ServiceMaps<Ipv4Addr> + ServiceMaps<Ipv6Addr>>(
-        &mut self,
-        maps: &M,
-    ) -> Result<bool> {
+    pub fn resync(&mut self, maps: &impl DualMaps) -> Result<bool> {
         let v4 = self.resync_half::<Ipv4Addr>(maps)?;
         let v6 = self.resync_half::<Ipv6Addr>(maps)?;
         Ok(v4 || v6)

@@ -6,6 +6,7 @@
 //! the fake check after each of them that no packet could meet a dangling reference.
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
 use aya::maps::PerCpuValues;
@@ -141,6 +142,11 @@ pub trait ServiceMaps<A: KernelFamily> {
         self.write(&Write::RemoveName(id))
     }
 }
+
+/// Maps that hold both families (the pinned maps, the fake): what the reconciler adopts and
+/// re-reads, and what lbctl shows.
+pub trait DualMaps: ServiceMaps<Ipv4Addr> + ServiceMaps<Ipv6Addr> {}
+impl<M: ServiceMaps<Ipv4Addr> + ServiceMaps<Ipv6Addr>> DualMaps for M {}
 
 impl<A: KernelFamily> ServiceMaps<A> for Maps
 where

@@ -23,7 +23,7 @@ use lb_common::{capacity, map_names, Affinity, Affinity6, AffinityKey4, Affinity
 
 use super::{
     fake::{Faulty, MemoryMaps},
-    KernelFamily, Programmed, Reconciler, Report, Served, ServiceMaps,
+    DualMaps, KernelFamily, Programmed, Reconciler, Report, Served, ServiceMaps,
 };
 use crate::{
     dataplane::{
@@ -69,11 +69,7 @@ fn step<A: Served, M: ServiceMaps<A>>(
 }
 
 /// The agent's next turn with nothing new from the source, in both families.
-fn retry<M: ServiceMaps<Ipv4Addr> + ServiceMaps<Ipv6Addr>>(
-    rec: &mut Reconciler,
-    maps: &mut M,
-    trackers: &Trackers,
-) -> Report {
+fn retry(rec: &mut Reconciler, maps: &mut impl DualMaps, trackers: &Trackers) -> Report {
     let v4 = rec.apply_changes(maps, trackers.v4.desired(), &Changes::default());
     v4.and(rec.apply_changes(maps, trackers.v6.desired(), &Changes::default()))
 }
