@@ -245,6 +245,7 @@ fn report(
     if let Some(problem) = &problem {
         println!("  {problem}; the console's last lines ({}):", log.display());
         print_tail(log, 20);
+        print_kernel_report(log, 100);
     }
     let passed = failed == 0 && problem.is_none();
     let secs = console.elapsed.as_secs();
@@ -288,10 +289,29 @@ fn print_tail(log: &Path, n: usize) {
     }
 }
 
+/// The kernel's last report of a bug (`BUG: soft lockup`, an oops) with its backtraces, at most
+/// `n` lines: the last, since the first is printed live on the quiet console without them, and
+/// replayed whole by the panic that follows.
+fn print_kernel_report(log: &Path, n: usize) {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = lines
+        .iter()
+        .rposition(|l| l.contains("] BUG: ") || l.contains("] Oops: "))
+    else {
+        return;
+    };
+    println!("  the kernel's report:");
+    for line in lines[start..].iter().take(n) {
+        println!("  | {line}");
+    }
+}
+
 /// What went wrong with the VM itself, if anything: results are only trusted from the kernel
 /// that was asked for and from a script that ran to its end.
 fn vm_problem(kernel: &Kernel, console: &Console) -> Option<String> {
     Some(match &console.release {
+        _ if console.panicked => "the guest kernel panicked (a hang or a crash)".to_owned(),
         _ if console.timed_out => "the VM timed out (--timeout-minutes)".to_owned(),
         None => "the guest script never started".to_owned(),
         Some(r) if *r != kernel.release => format!("the guest ran {r}, not {}", kernel.release),

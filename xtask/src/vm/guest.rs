@@ -34,6 +34,12 @@ const PROLOGUE: &str = r#"#!/bin/sh
 # Written by `cargo xtask vm-test`; runs as root inside the VM.
 # Kernel messages on the console would break up the result lines the host parses.
 dmesg -n 1
+# A hung kernel (a CPU stuck in the kernel: soft lockup) panics after 120 s (60, the maximum
+# threshold, doubled: emulation stalls a CPU for seconds, not minutes) instead of using up the
+# whole --timeout-minutes, and the panic replays the kernel log with every CPU's backtrace on the
+# console, which the line above keeps quiet otherwise.
+sysctl -qw kernel.watchdog_thresh=60 kernel.softlockup_panic=1 \
+  kernel.softlockup_all_cpu_backtrace=1 kernel.panic_print=32
 echo "LBVM kernel $(uname -r)"
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 # Debian builds these as modules: the lab's veths, and clsact + cls_bpf for kernels without tcx.
@@ -87,6 +93,8 @@ pub struct Console {
     pub results: Vec<(String, i32, u64)>,
     /// The script got to its end.
     pub done: bool,
+    /// The guest kernel panicked (a soft lockup makes it: see PROLOGUE).
+    pub panicked: bool,
     pub timed_out: bool,
     pub elapsed: Duration,
 }
@@ -96,6 +104,7 @@ impl Console {
     /// user; the boot log only goes to the log file).
     fn read(&mut self, line: &str) -> bool {
         let started = self.release.is_some() && !self.done;
+        self.panicked |= line.contains("Kernel panic - not syncing");
         let Some((_, event)) = line.split_once(MARKER) else {
             return started;
         };
