@@ -73,6 +73,10 @@ pub mod map_names {
     /// The node's own IPv4 addresses: externalIPs and LoadBalancer IPs are translated at the
     /// socket only when the node holds them (the CVE-2020-8554 mitigation).
     pub const HOST_ADDRS4: &str = "LB4_HOST_ADDRS";
+    /// The node's own IPv6 addresses, for the same.
+    pub const HOST_ADDRS6: &str = "LB6_HOST_ADDRS";
+    /// The IPv6 socket hooks' settings beside `LB_SOCK_CONFIG` ([`super::SockConfig6`]).
+    pub const SOCK_CONFIG6: &str = "LB6_SOCK_CONFIG";
     /// SNAT ports being taken over from a flow that is over, held for the length of one
     /// program run (kernel only: the lock that lets one CPU at a time reclaim a port).
     pub const SNAT_CLAIMS4: &str = "LB4_SNAT_CLAIMS";
@@ -308,6 +312,16 @@ pub struct SockConfig {
     pub _pad: [u8; 3],
     /// Where the hooks are attached (the cgroup's path as the agent saw it), NUL-padded; lbctl only.
     pub cgroup_path: [u8; 128],
+}
+
+/// Value of `LB6_SOCK_CONFIG[0]`: what the IPv6 socket hooks need beside [`SockConfig`] (whose
+/// size is part of the pinned ABI).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockConfig6 {
+    /// The node's IPv6 address (zero: none): the client session affinity and
+    /// loadBalancerSourceRanges see for the node's own IPv6 sockets.
+    pub node_addr: Addr6,
 }
 
 impl Default for SockConfig {
@@ -814,13 +828,22 @@ pub struct Affinity {
     pub _pad: [u8; 6],
 }
 
-/// Key of `LB6_AFFINITY`: a client is one /128.
+/// Key of `LB6_AFFINITY`: a client is one /128, or one network namespace (`by`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AffinityKey6 {
     pub service_id: u32,
     pub client: Addr6,
+    /// `AFFINITY_BY_*`: what `client` holds.
+    pub by: u32,
 }
+
+/// [`AffinityKey6::by`]: `client` is the client's address (the node's own sockets).
+pub const AFFINITY_BY_ADDR: u32 = 0;
+/// [`AffinityKey6::by`]: `client` holds a network namespace's cookie in its first two words: a
+/// pod's socket, whose address the socket hooks cannot know before the route is chosen (Cilium's
+/// socket LB keys affinity by netns cookie alike). A pod is one client either way.
+pub const AFFINITY_BY_NETNS: u32 = 1;
 
 /// Value of `LB6_AFFINITY`.
 #[repr(C)]
@@ -928,7 +951,8 @@ const _: () = {
     assert!(size_of::<Frontend6Key>() == 20);
     assert!(size_of::<SourceRange6>() == 20);
     assert!(size_of::<Backend6>() == 20);
-    assert!(size_of::<AffinityKey6>() == 20);
+    assert!(size_of::<AffinityKey6>() == 24);
+    assert!(size_of::<SockConfig6>() == 16);
     assert!(size_of::<Affinity6>() == 32);
     assert!(size_of::<SockRev6>() == 36);
     assert!(size_of::<SockRevNat6>() == 152);
@@ -960,4 +984,5 @@ mod pod {
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for SockConfig {}
+    unsafe impl aya::Pod for SockConfig6 {}
 }

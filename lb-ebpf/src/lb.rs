@@ -4,18 +4,18 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated as gen};
 pub use lb_common::action::{action_for, reply_action, Action, Verdict};
 use lb_common::{
     flow_state::{after_client, after_reply, reopens},
-    stat, timeout, Affinity, AffinityKey4, Backend4, Backend6, Ct4, Frontend4, Frontend4Key,
-    RevNat4, Service, SlotKey, Tuple4, BE_F_LOCAL, BE_F_TERMINATING, CT_F_EXTERNAL, CT_F_HAIRPIN,
-    CT_F_SNAT, FE_F_SOURCE_RANGES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
-    SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, VERDICT_DROP,
+    stat, timeout, Affinity, Affinity6, AffinityKey4, AffinityKey6, Backend4, Backend6, Ct4,
+    Frontend4, Frontend4Key, RevNat4, Service, SlotKey, Tuple4, BE_F_LOCAL, BE_F_TERMINATING,
+    CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, FE_F_SOURCE_RANGES, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, VERDICT_DROP,
 };
 
 use crate::{
     fib, frag, icmp,
     maps::{
         count, count_frontend, ct_map, rnat_map, source_allowed, LB4_AFFINITY, LB4_BACKENDS,
-        LB4_FRONTENDS, LB4_NODE_ADDRS, LB4_SNAT_CLAIMS, LB6_BACKENDS, LB_CONFIG, LB_SERVICES,
-        LB_SLOTS,
+        LB4_FRONTENDS, LB4_NODE_ADDRS, LB4_SNAT_CLAIMS, LB6_AFFINITY, LB6_BACKENDS, LB_CONFIG,
+        LB_SERVICES, LB_SLOTS,
     },
     nat::rewrite,
     packet::Packet,
@@ -193,7 +193,11 @@ fn new_flow<P: Packet>(
     }
     // SAFETY: helper without arguments.
     let pick = unsafe { gen::bpf_get_prandom_u32() };
-    let Some((backend_id, be)) = select(fe.service_id, svc, f.saddr, now, pick) else {
+    let client = AffinityKey4 {
+        service_id: fe.service_id,
+        client: f.saddr,
+    };
+    let Some((backend_id, be)) = select::<V4>(&client, svc, now, pick) else {
         count(stat::DROP_MAP_FULL);
         return Action::DROP;
     };
@@ -292,67 +296,118 @@ fn no_backend<P: Packet>(p: &mut P, f: &Flow, verdict: u8) -> Action {
 /// The backend for a new flow: the client's affinity entry while it lasts and its backend can
 /// take new connections, else slot `pick` modulo the backend count (a random number, or for the
 /// socket hooks' UDP a hash of the socket). Shared by the packet path and the socket hooks, so
-/// both choose alike and share affinity.
+/// both choose alike and share affinity. `client` names the service and the client.
 #[inline(always)]
-pub fn select(
-    service_id: u32,
+pub fn select<F: Family>(
+    client: &F::AffinityKey,
     svc: &Service,
-    client: u32,
     now: u64,
     pick: u32,
-) -> Option<(u32, Backend4)> {
-    let aff_key = AffinityKey4 { service_id, client };
+) -> Option<(u32, F::Backend)> {
     let affinity = svc.flags & SVC_F_AFFINITY != 0;
     if affinity {
-        if let Some(found) = sticky(&aff_key, svc, now) {
+        let timeout = u64::from(svc.affinity_timeout) * NS;
+        if let Some(found) = F::sticky(client, timeout, now) {
             return Some(found);
         }
     }
     let slot = pick.checked_rem(svc.backend_count)?;
     // SAFETY: read-only use of map values within this run.
-    let id = *unsafe { LB_SLOTS.get(SlotKey { service_id, slot }) }?;
-    let be = *unsafe { LB4_BACKENDS.get(id) }?;
+    let id = *unsafe {
+        LB_SLOTS.get(SlotKey {
+            service_id: F::service_id(client),
+            slot,
+        })
+    }?;
+    let be = F::backend(id)?;
     if affinity {
-        let entry = Affinity {
-            backend_id: id,
-            backend_addr: be.addr,
-            last_used_ns: now,
-            backend_port: be.port,
-            _pad: [0; 6],
-        };
         // Failing to record affinity only loses stickiness, never the flow.
-        let _ = LB4_AFFINITY.insert(&aff_key, &entry, 0);
+        F::remember(client, id, &be, now);
     }
     Some((id, be))
 }
 
-/// The backend for a new IPv6 flow: slot `pick` modulo the backend count (no affinity yet).
-#[inline(always)]
-pub fn select6(service_id: u32, svc: &Service, pick: u32) -> Option<(u32, Backend6)> {
-    let slot = pick.checked_rem(svc.backend_count)?;
-    // SAFETY: read-only use of map values within this run.
-    let id = *unsafe { LB_SLOTS.get(SlotKey { service_id, slot }) }?;
-    let be = *unsafe { LB6_BACKENDS.get(id) }?;
-    Some((id, be))
+/// An address family's backends and session affinity, as [`select`] uses them.
+pub trait Family {
+    type Backend: Copy;
+    type AffinityKey;
+    fn service_id(key: &Self::AffinityKey) -> u32;
+    fn backend(id: u32) -> Option<Self::Backend>;
+    /// The backend of the client's affinity entry, if used within `timeout_ns` and still the
+    /// endpoint it was chosen as (an id reused for another is not followed), not terminating.
+    fn sticky(key: &Self::AffinityKey, timeout_ns: u64, now: u64) -> Option<(u32, Self::Backend)>;
+    fn remember(key: &Self::AffinityKey, id: u32, be: &Self::Backend, now: u64);
 }
 
-#[inline(always)]
-fn sticky(key: &AffinityKey4, svc: &Service, now: u64) -> Option<(u32, Backend4)> {
-    let entry = LB4_AFFINITY.get_ptr_mut(key)?;
-    // SAFETY: map value valid for this run; racing writers only move last_used_ns.
-    let entry = unsafe { &mut *entry };
-    if now.saturating_sub(entry.last_used_ns) >= u64::from(svc.affinity_timeout) * NS {
-        return None;
-    }
-    // SAFETY: read-only use of the map value within this run.
-    let be = *unsafe { LB4_BACKENDS.get(entry.backend_id) }?;
-    let same = be.addr == entry.backend_addr && be.port == entry.backend_port;
-    if !same || be.flags & BE_F_TERMINATING != 0 {
-        return None;
-    }
-    entry.last_used_ns = now;
-    Some((entry.backend_id, be))
+pub struct V4;
+pub struct V6;
+
+/// [`Family`] for both: their maps' types differ, not their fields.
+macro_rules! family {
+    ($fam:ident, $backend:ident, $key:ident, $affinity:ident, $backends:ident, $affinities:ident) => {
+        impl Family for $fam {
+            type Backend = $backend;
+            type AffinityKey = $key;
+
+            #[inline(always)]
+            fn service_id(key: &$key) -> u32 {
+                key.service_id
+            }
+
+            #[inline(always)]
+            fn backend(id: u32) -> Option<$backend> {
+                // SAFETY: read-only copy of a map value.
+                unsafe { $backends.get(id) }.copied()
+            }
+
+            #[inline(always)]
+            fn sticky(key: &$key, timeout_ns: u64, now: u64) -> Option<(u32, $backend)> {
+                let entry = $affinities.get_ptr_mut(key)?;
+                // SAFETY: map value valid for this run; racing writers only move last_used_ns.
+                let entry = unsafe { &mut *entry };
+                if now.saturating_sub(entry.last_used_ns) >= timeout_ns {
+                    return None;
+                }
+                let be = Self::backend(entry.backend_id)?;
+                let same = be.addr == entry.backend_addr && be.port == entry.backend_port;
+                if !same || be.flags & BE_F_TERMINATING != 0 {
+                    return None;
+                }
+                entry.last_used_ns = now;
+                Some((entry.backend_id, be))
+            }
+
+            #[inline(always)]
+            fn remember(key: &$key, id: u32, be: &$backend, now: u64) {
+                let entry = $affinity {
+                    backend_id: id,
+                    backend_addr: be.addr,
+                    backend_port: be.port,
+                    last_used_ns: now,
+                    ..Default::default()
+                };
+                let _ = $affinities.insert(key, &entry, 0);
+            }
+        }
+    };
 }
+
+family!(
+    V4,
+    Backend4,
+    AffinityKey4,
+    Affinity,
+    LB4_BACKENDS,
+    LB4_AFFINITY
+);
+family!(
+    V6,
+    Backend6,
+    AffinityKey6,
+    Affinity6,
+    LB6_BACKENDS,
+    LB6_AFFINITY
+);
 
 /// The node address a flow to `backend` leaves from, or the hairpin address.
 #[inline(always)]

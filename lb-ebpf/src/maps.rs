@@ -8,9 +8,9 @@ use aya_ebpf::{
     },
 };
 use lb_common::{
-    capacity, Affinity, Affinity6, AffinityKey4, AffinityKey6, Backend4, Backend6, Config,
+    capacity, Addr6, Affinity, Affinity6, AffinityKey4, AffinityKey6, Backend4, Backend6, Config,
     Counters, Ct4, Frontend4, Frontend4Key, Frontend6Key, IfaceInfo, NodeAddr4, RevNat4, Service,
-    ServiceName, SlotKey, SockConfig, SourceRange4, SourceRange6, Tuple4, PROTO_TCP,
+    ServiceName, SlotKey, SockConfig, SockConfig6, SourceRange4, SourceRange6, Tuple4, PROTO_TCP,
 };
 
 #[map]
@@ -162,16 +162,46 @@ pub fn source_allowed(stats_id: u32, saddr: u32) -> bool {
     if LB4_SRC_RANGES.get(&key).is_some() {
         return true;
     }
+    count_source_drop(stats_id);
+    false
+}
+
+/// The same for an IPv6 source (the socket hooks only, which have stack to spare).
+#[inline(always)]
+pub fn source_allowed6(stats_id: u32, saddr: Addr6) -> bool {
+    let key = LpmKey::new(
+        32 + 128,
+        SourceRange6 {
+            stats_id,
+            addr: saddr,
+        },
+    );
+    if LB6_SRC_RANGES.get(&key).is_some() {
+        return true;
+    }
+    count_source_drop(stats_id);
+    false
+}
+
+#[inline(always)]
+fn count_source_drop(stats_id: u32) {
     if let Some(c) = LB_SRC_DROPS.get_ptr_mut(stats_id) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *c += 1 };
     }
-    false
 }
 
 /// The node's own IPv4 addresses (value unused), kept by the agent.
 #[map]
 pub static LB4_HOST_ADDRS: HashMap<u32, u8> = HashMap::pinned(capacity::HOST_ADDRS, 0);
+
+/// The node's own IPv6 addresses (value unused), kept by the agent.
+#[map]
+pub static LB6_HOST_ADDRS: HashMap<Addr6, u8> = HashMap::pinned(capacity::HOST_ADDRS, 0);
+
+/// The IPv6 socket hooks' settings beside `LB_SOCK_CONFIG`.
+#[map]
+pub static LB6_SOCK_CONFIG: Array<SockConfig6> = Array::pinned(1, 0);
 
 #[inline(always)]
 pub fn count(stat: u32) {

@@ -12,9 +12,10 @@
 //!   listening or dialing on `::`) reach IPv4 Services through them, and the kernel hands such a
 //!   connect() to IPv4 without running `connect4`. (A mapped address's unconnected sendmsg() is
 //!   handed to IPv4 with an IPv4 address, so `sendmsg4` sees it.)
-//! - the same four hooks for IPv6 serve native IPv6 ClusterIPs and NodePorts (on the node's
-//!   IPv6 addresses) from `LB6_FRONTENDS`. Until lb's IPv6 packet path exists, IPv6 Services
-//!   with session affinity, and IPv6 externalIPs and LoadBalancer IPs, are left untouched here.
+//! - the same four hooks for IPv6 serve native IPv6 Services from `LB6_FRONTENDS` as the IPv4
+//!   ones: ClusterIPs, NodePorts on the node's IPv6 addresses, externalIPs and LoadBalancer IPs
+//!   the node holds (`LB6_HOST_ADDRS`), session affinity. Not `[::1]:NODEPORT`: kube-proxy
+//!   serves localhost NodePorts on IPv4 only (route_localnet has no IPv6 twin).
 //!
 //! The storage is socket-local (`BPF_MAP_TYPE_SK_STORAGE`), freed by the kernel with the socket:
 //! nothing to delete on close, and nothing evicted from a live socket (an LRU keyed by cookie, as
@@ -24,17 +25,17 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    Addr6, Frontend4, Frontend4Key, Frontend6Key, Service, SockConfig, SockRev4, SockRev6,
-    SockRevNat4, SockRevNat6, FE_F_SOURCE_RANGES, KIND_CLUSTER_IP, KIND_EXTERNAL_IP,
-    KIND_LOAD_BALANCER, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL, SOCK_LB_ALL,
-    SOCK_LB_HOST, SOCK_REV_SLOTS, SVC_F_AFFINITY, VERDICT_DROP,
+    Addr6, AffinityKey4, AffinityKey6, Frontend4, Frontend4Key, Frontend6Key, Service, SockConfig,
+    SockConfig6, SockRev4, SockRev6, SockRevNat4, SockRevNat6, AFFINITY_BY_ADDR, AFFINITY_BY_NETNS,
+    FE_F_SOURCE_RANGES, KIND_EXTERNAL_IP, KIND_LOAD_BALANCER, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP,
+    SCOPE_INTERNAL, SOCK_LB_ALL, SOCK_LB_HOST, SOCK_REV_SLOTS, SVC_F_AFFINITY, VERDICT_DROP,
 };
 
 use crate::{
-    lb,
+    lb::{self, V4, V6},
     maps::{
-        source_allowed, LB4_FRONTENDS, LB4_HOST_ADDRS, LB6_FRONTENDS, LB_SERVICES, LB_SOCK_CONFIG,
-        LB_SOCK_STATS,
+        source_allowed, source_allowed6, LB4_FRONTENDS, LB4_HOST_ADDRS, LB6_FRONTENDS,
+        LB6_HOST_ADDRS, LB6_SOCK_CONFIG, LB_SERVICES, LB_SOCK_CONFIG, LB_SOCK_STATS,
     },
 };
 
@@ -183,7 +184,11 @@ fn forward(
     // SAFETY: coarse clock read, no arguments.
     let now = unsafe { gen::bpf_ktime_get_coarse_ns() };
     let pick = pick(ctx, proto);
-    let Some((_, be)) = lb::select(fe.service_id, svc, cfg.node_addr, now, pick) else {
+    let client = AffinityKey4 {
+        service_id: fe.service_id,
+        client: cfg.node_addr,
+    };
+    let Some((_, be)) = lb::select::<V4>(&client, svc, now, pick) else {
         return Ok(None);
     };
     let entry = SockRev4 {
@@ -197,9 +202,9 @@ fn forward(
     Ok(Some((be.addr, be.port)))
 }
 
-/// The native IPv6 backend a connect() or sendmsg() to `addr:port` goes to instead: ClusterIPs
-/// and NodePorts on the node's addresses, without session affinity (its entries are the packet
-/// path's, which IPv6 does not have yet).
+/// The native IPv6 backend a connect() or sendmsg() to `addr:port` goes to instead, as
+/// [`forward`] chooses for IPv4, but with session affinity per network namespace for pods
+/// ([`AFFINITY_BY_NETNS`]; the node's sockets are its IPv6 address).
 #[inline(always)]
 fn forward_native6(
     ctx: &SockAddrContext,
@@ -210,10 +215,11 @@ fn forward_native6(
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(None);
     }
-    let Some(cfg) = LB_SOCK_CONFIG.get(0) else {
+    let (Some(cfg), Some(cfg6)) = (LB_SOCK_CONFIG.get(0), LB6_SOCK_CONFIG.get(0)) else {
         return Ok(None);
     };
-    if !is_host(ctx, cfg) && cfg.mode != SOCK_LB_ALL {
+    let host = is_host(ctx, cfg);
+    if !host && cfg.mode != SOCK_LB_ALL {
         return Ok(None);
     }
     let key = Frontend6Key {
@@ -226,16 +232,24 @@ fn forward_native6(
     let Some(fe) = (unsafe { LB6_FRONTENDS.get(&key) }) else {
         return Ok(None);
     };
-    if fe.kind != KIND_CLUSTER_IP && fe.kind != KIND_NODE_PORT {
+    // CVE-2020-8554, as for IPv4.
+    let external = fe.kind == KIND_EXTERNAL_IP || fe.kind == KIND_LOAD_BALANCER;
+    // SAFETY: existence check only.
+    if external && unsafe { LB6_HOST_ADDRS.get(&addr) }.is_none() {
         return Ok(None);
+    }
+    if fe.flags & FE_F_SOURCE_RANGES != 0 && !source_allowed6(fe.stats_id, cfg6.node_addr) {
+        // SAFETY: plain helper call.
+        unsafe { gen::bpf_set_retval(-ETIMEDOUT) };
+        return Err(());
     }
     let Some(svc) = service(fe)? else {
         return Ok(None);
     };
-    if svc.flags & SVC_F_AFFINITY != 0 {
-        return Ok(None);
-    }
-    let Some((_, be)) = lb::select6(fe.service_id, svc, pick(ctx, proto)) else {
+    let client = client6(ctx, fe.service_id, host, cfg6);
+    // SAFETY: coarse clock read, no arguments.
+    let now = unsafe { gen::bpf_ktime_get_coarse_ns() };
+    let Some((_, be)) = lb::select::<V6>(&client, svc, now, pick(ctx, proto)) else {
         return Ok(None);
     };
     let entry = SockRev6 {
@@ -247,6 +261,26 @@ fn forward_native6(
     remember(ctx, &LB6_SOCK_RNAT, entry);
     count(fe);
     Ok(Some((be.addr, be.port)))
+}
+
+/// Who session affinity sees connecting over IPv6: the node's address for its own sockets (what
+/// the packet path will see of them), a pod's network namespace for a pod's.
+#[inline(always)]
+fn client6(ctx: &SockAddrContext, service_id: u32, host: bool, cfg6: &SockConfig6) -> AffinityKey6 {
+    if host && cfg6.node_addr != [0; 4] {
+        return AffinityKey6 {
+            service_id,
+            client: cfg6.node_addr,
+            by: AFFINITY_BY_ADDR,
+        };
+    }
+    // SAFETY: plain helper call on the program's context.
+    let cookie = unsafe { gen::bpf_get_netns_cookie(ctx.as_ptr()) };
+    AffinityKey6 {
+        service_id,
+        client: [cookie as u32, (cookie >> 32) as u32, 0, 0],
+        by: AFFINITY_BY_NETNS,
+    }
 }
 
 /// The backend set a frontend leads to; `Err` (the errno set) when it is empty: refused, or

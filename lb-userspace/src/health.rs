@@ -7,7 +7,8 @@
 //!   (pkg/proxy/healthcheck/service_health.go). Any path and method get the same answer.
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -97,7 +98,7 @@ impl Liveness {
 /// The healthCheckNodePort servers, kept equal to the model's `health_checks` by [`Self::sync`].
 pub struct HealthServers {
     proxy: ProxyHealth,
-    bind: Ipv4Addr,
+    bind: IpAddr,
     servers: BTreeMap<u16, Server>,
     /// The last bind error logged per port, so a port that stays taken is logged once.
     failed: BTreeMap<u16, String>,
@@ -116,12 +117,13 @@ struct Shared {
 }
 
 impl HealthServers {
-    /// Servers listen on all addresses (0.0.0.0), as kube-proxy's do by default.
+    /// Servers listen on all addresses of both families, as kube-proxy's do by default (Go's
+    /// `:port`): a load balancer may probe the node's IPv4 or its IPv6 address.
     pub fn new(proxy: ProxyHealth) -> Self {
-        Self::bound_to(Ipv4Addr::UNSPECIFIED, proxy)
+        Self::bound_to(IpAddr::V6(Ipv6Addr::UNSPECIFIED), proxy)
     }
 
-    pub fn bound_to(bind: Ipv4Addr, proxy: ProxyHealth) -> Self {
+    pub fn bound_to(bind: IpAddr, proxy: ProxyHealth) -> Self {
         HealthServers {
             proxy,
             bind,
@@ -176,7 +178,7 @@ impl HealthServers {
 
     fn open(&self, port: u16, check: &HealthCheck) -> std::io::Result<Server> {
         // Bound here, synchronously, so a taken port is known (and logged) in this sync.
-        let std_listener = std::net::TcpListener::bind(SocketAddr::from((self.bind, port)))?;
+        let std_listener = listen(SocketAddr::new(self.bind, port))?;
         std_listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let shared = Arc::new(Shared {
@@ -237,6 +239,26 @@ pub fn body(check: &HealthCheck, proxy_healthy: bool) -> String {
         check.local_endpoints,
         proxy_healthy
     )
+}
+
+/// A listener on `addr`. `[::]` takes IPv4 too, whatever `net.ipv6.bindv6only` says; on a node
+/// without IPv6 (`ipv6.disable=1`) it falls back to 0.0.0.0.
+fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)) {
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) && addr.ip().is_unspecified() => {
+            return listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port())));
+        }
+        socket => socket?,
+    };
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    // As std's bind: a port whose old connections linger in TIME_WAIT can be opened again.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 #[cfg(test)]
@@ -354,7 +376,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn servers_open_update_and_close() {
-        let mut servers = HealthServers::bound_to(Ipv4Addr::LOCALHOST, healthy());
+        let mut servers = HealthServers::bound_to(Ipv4Addr::LOCALHOST.into(), healthy());
         let port = free_port();
         let mut checks = BTreeMap::from([(port, check(1))]);
         servers.sync(&checks);
@@ -388,7 +410,7 @@ mod tests {
     async fn a_taken_port_is_retried_on_the_next_sync() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
-        let mut servers = HealthServers::bound_to(Ipv4Addr::LOCALHOST, healthy());
+        let mut servers = HealthServers::bound_to(Ipv4Addr::LOCALHOST.into(), healthy());
         let checks = BTreeMap::from([(port, check(2))]);
         servers.sync(&checks);
         assert!(servers.ports().is_empty(), "the port is taken");

@@ -151,6 +151,12 @@ fn agent_serves_metrics_and_health_check_node_ports() {
     assert_eq!(up.header("x-load-balancing-endpoint-weight"), Some("1"));
     let outside = http_get(&s.client, &hc, "/").expect("probe from the client");
     assert_eq!(outside.status, 200, "{outside:?}");
+    // On IPv6 as well (a dual-stack load balancer probes either address): the server listens
+    // on [::] like kube-proxy's, not on 0.0.0.0 only.
+    let v6 = until_reply(&s.node, &format!("[::1]:{HC_PORT}"), "/", t, |r| {
+        r.status == 200
+    });
+    assert!(v6.body.contains("\"localEndpoints\": 1"), "{v6:?}");
 
     // The only endpoint moves to another node: 503, no local endpoints.
     let edited = Instant::now();

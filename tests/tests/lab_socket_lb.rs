@@ -31,6 +31,11 @@ const FOREIGN_IP: &str = "192.0.2.60";
 /// whose ranges do not.
 const LB_OPEN_IP: &str = "192.0.2.51";
 const LB_CLOSED_IP: &str = "192.0.2.52";
+/// The same for IPv6.
+const HELD_IP6: &str = "2001:db8::50";
+const FOREIGN_IP6: &str = "2001:db8::60";
+const LB_OPEN_IP6: &str = "2001:db8::51";
+const LB_CLOSED_IP6: &str = "2001:db8::52";
 
 fn cluster(test: &str, objects: &[(&str, &str)], flags: &[&str]) -> Option<Cluster> {
     if !require_privileged("lab_socket_lb") {
@@ -412,10 +417,13 @@ fn dual_stack_objects() -> Vec<(&'static str, String)> {
     let web6 = service(
         "web6",
         "",
-        "  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6, IPv4]\n  \
-         clusterIP: fd00:96::20\n  clusterIPs: [\"fd00:96::20\", 10.96.0.20]\n  ports:\n  \
-         - {name: http, port: 80, targetPort: 8080, nodePort: 30090}\n  \
-         - {name: dns, port: 53, targetPort: 8080, protocol: UDP, nodePort: 30090}\n",
+        &format!(
+            "  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6, IPv4]\n  \
+             clusterIP: fd00:96::20\n  clusterIPs: [\"fd00:96::20\", 10.96.0.20]\n  \
+             externalIPs: [\"{HELD_IP6}\", \"{FOREIGN_IP6}\"]\n  ports:\n  \
+             - {{name: http, port: 80, targetPort: 8080, nodePort: 30090}}\n  \
+             - {{name: dns, port: 53, targetPort: 8080, protocol: UDP, nodePort: 30090}}\n"
+        ),
     );
     let ports = "[{name: http, port: 8080}, {name: dns, port: 8080, protocol: UDP}]";
     let web6 =
@@ -431,10 +439,37 @@ fn dual_stack_objects() -> Vec<(&'static str, String)> {
         "  ipFamilies: [IPv6]\n  clusterIP: fd00:96::21\n  clusterIPs: [\"fd00:96::21\"]\n  \
          ports:\n  - {port: 80, targetPort: 8080}\n",
     ) + &slice6("empty6", "empty6-1", "[{port: 8080}]", "");
+    let both6 = || ready(A1_6, A) + &ready(B1_6, B);
+    let sticky6 = service(
+        "sticky6",
+        "",
+        "  ipFamilies: [IPv6]\n  clusterIP: fd00:96::22\n  clusterIPs: [\"fd00:96::22\"]\n  \
+         sessionAffinity: ClientIP\n  ports:\n  - {port: 80, targetPort: 8080}\n",
+    ) + &slice6("sticky6", "sticky6-1", "[{port: 8080}]", &both6());
+    let ranged6 = |name: &str, n: u16, ip: &str, range: &str| {
+        let spec = format!(
+            "  type: LoadBalancer\n  ipFamilies: [IPv6]\n  clusterIP: fd00:96::{n}\n  \
+             clusterIPs: [\"fd00:96::{n}\"]\n  loadBalancerSourceRanges: [\"{range}\"]\n  \
+             ports:\n  - {{port: 80, targetPort: 8080, nodePort: {}}}\nstatus:\n  \
+             loadBalancer: {{ingress: [{{ip: \"{ip}\"}}]}}\n",
+            30000 + n,
+        );
+        service(name, "", &spec) + &slice6(name, &format!("{name}-1"), "[{port: 8080}]", &both6())
+    };
     vec![
         ("web.yaml", web(&(ready(A1, A) + &ready(B1, B)))),
         ("web6.yaml", web6),
         ("empty6.yaml", empty6),
+        ("sticky6.yaml", sticky6),
+        // The node's connections pass only where a range holds its IPv6 address (2001:db8::10).
+        (
+            "open6.yaml",
+            ranged6("open6", 23, LB_OPEN_IP6, "2001:db8::/64"),
+        ),
+        (
+            "closed6.yaml",
+            ranged6("closed6", 24, LB_CLOSED_IP6, "2001:db8:ffff::/48"),
+        ),
     ]
 }
 
@@ -442,7 +477,8 @@ fn dual_stack_objects() -> Vec<(&'static str, String)> {
 /// `--socket-lb all`) pods' reach an IPv6 ClusterIP over TCP and both kinds of UDP, and a
 /// NodePort on the node's IPv6 address, with the Service as the peer they see; the dual-stack
 /// Service answers on its IPv4 ClusterIP too; an IPv6 Service without endpoints is refused at
-/// once. lb has no IPv6 packet path yet: this is what serves IPv6 Services.
+/// once; session affinity, externalIPs and LoadBalancer IPs (with source ranges) as for IPv4.
+/// lb has no IPv6 packet path yet: this is what serves IPv6 Services.
 #[test]
 fn ipv6_services_are_served_at_connect_time() {
     let objects = dual_stack_objects();
@@ -487,4 +523,80 @@ fn ipv6_services_are_served_at_connect_time() {
         ["request", "--addr", cluster_ip, "--timeout-ms", "300"],
     );
     assert!(!outside.expect("lb-echo").status.success());
+
+    // Session affinity: the node's sockets (one client: its IPv6 address) and a pod's (one
+    // client: its network namespace) each stay with one backend; 30 random picks of two would
+    // all agree once in 2^29.
+    let sticky = "[fd00:96::22]:80";
+    for ns in [node, pod] {
+        let answers = ask(ns, &["--addr", sticky, "--count", "30"]);
+        assert_eq!(pods(&answers, sticky).len(), 1, "{answers:?}");
+    }
+    // lbctl shows the entries, with IPv6 backends: one per client. (Both agents' hooks act in
+    // the lab's one cgroup, whichever runs first translates: an entry may be in either's maps,
+    // and to node-b's agent node-a's sockets are a pod's.)
+    let rows: Vec<serde_json::Value> = [A, B]
+        .iter()
+        .flat_map(|n| {
+            let rows = c.node(n).lbctl_json(&["affinity"]).expect("lbctl affinity");
+            rows.as_array().expect("rows").clone()
+        })
+        .filter(|r| {
+            r["service"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("/sticky6"))
+        })
+        .collect();
+    assert!(rows.len() >= 2, "{rows:#?}");
+    assert!(
+        rows.iter()
+            .any(|r| r["client"].is_null() && r["client_netns"].is_u64()),
+        "{rows:#?}"
+    );
+    for r in &rows {
+        let ip = r["backend"]["ip"].as_str().unwrap_or_default();
+        assert!([A1_6, B1_6].contains(&ip), "{r:#}");
+    }
+    // externalIPs and LoadBalancer IPs: served where node-a holds them (addresses added after
+    // the agent started), not where it does not
+    // (CVE-2020-8554); the node's own connections to a LoadBalancer IP pass only where a source
+    // range holds its IPv6 address.
+    for ip in [HELD_IP6, LB_OPEN_IP6, LB_CLOSED_IP6] {
+        node.sh(&format!("ip -6 addr add {ip}/128 dev lo"))
+            .expect("held address");
+    }
+    let held = format!("[{HELD_IP6}]:80");
+    until_pods(
+        node,
+        &["--addr", &held, "--count", "20"],
+        &held,
+        &["a1", "b1"],
+    );
+    let foreign = ask(
+        node,
+        &[
+            "--addr",
+            &format!("[{FOREIGN_IP6}]:80"),
+            "--timeout-ms",
+            "300",
+        ],
+    );
+    assert!(matches!(foreign[..], [Answer::Error(_)]), "{foreign:?}");
+    let open = format!("[{LB_OPEN_IP6}]:80");
+    until_pods(
+        node,
+        &["--addr", &open, "--count", "20"],
+        &open,
+        &["a1", "b1"],
+    );
+    let closed = ask(
+        node,
+        &[
+            "--addr",
+            &format!("[{LB_CLOSED_IP6}]:80"),
+            "--timeout-ms",
+            "300",
+        ],
+    );
+    assert_eq!(closed, [Answer::Error("timeout".into())], "{closed:?}");
 }

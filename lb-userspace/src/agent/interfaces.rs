@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
-    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK},
+    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_LINK},
     packet_route::{
         address::{AddressAttribute, AddressScope},
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
@@ -75,7 +75,9 @@ pub fn watch() -> Result<(Handle, mpsc::Receiver<()>)> {
         .socket_mut()
         .bind(&SocketAddr::new(
             0,
-            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE,
+            // IPv6 addresses too: SLAAC or DHCPv6 may give a node its IPv6 address (a NodePort
+            // address) after the agent started.
+            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE,
         ))
         .context("subscribing to link, address and route notifications")?;
     tokio::spawn(conn);

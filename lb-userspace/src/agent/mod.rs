@@ -298,7 +298,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         (node.nodeport_addrs, node6.nodeport_addrs) =
             attachments.sync(&mut dp, &host, node_obj, first);
         first = false;
-        sync_host_addrs(&mut dp, &host, &node.nodeport_addrs);
+        sync_host_addrs(&mut dp, &host, &node.nodeport_addrs, &node6.nodeport_addrs);
         let changes = tracker.update(&seen.objects, &snap.objects, &node);
         let changes6 = tracker6.update(&seen.objects, &snap.objects, &node6);
         seen = snap.clone();
@@ -413,22 +413,27 @@ fn set_socket_lb(dp: &mut Dataplane, args: &RunArgs) {
     }
 }
 
-/// What the socket hooks need of the node's addresses: which ones it holds (externalIPs and
-/// LoadBalancer IPs are only translated then) and the one affinity is keyed by.
-fn sync_host_addrs(dp: &mut Dataplane, host: &interfaces::Host, nodeport_addrs: &[Ipv4Addr]) {
-    let held: BTreeSet<u32> = host
-        .links
-        .values()
-        .flat_map(|l| &l.addrs)
-        .map(|a| u32::from_ne_bytes(a.octets()))
-        .collect();
-    if let Err(e) = dp.maps.set_host_addrs(&held) {
+/// What the socket hooks need of the node's addresses, of both families: which ones it holds
+/// (externalIPs and LoadBalancer IPs are only translated then) and the one affinity is keyed by.
+fn sync_host_addrs(
+    dp: &mut Dataplane,
+    host: &interfaces::Host,
+    nodeport_addrs: &[Ipv4Addr],
+    nodeport_addrs6: &[Ipv6Addr],
+) {
+    let held: BTreeSet<Ipv4Addr> = host.links.values().flat_map(|l| l.addrs.clone()).collect();
+    let held6: BTreeSet<Ipv6Addr> = host.links.values().flat_map(|l| l.addrs6.clone()).collect();
+    let result = dp.maps.set_host_addrs(&held);
+    if let Err(e) = result.and_then(|()| dp.maps.set_host_addrs6(&held6)) {
         tracing::warn!("recording the node's addresses for the socket hooks: {e:#}");
     }
-    if let Some(addr) = nodeport_addrs.first() {
-        if let Err(e) = dp.set_socket_node_addr(*addr) {
-            tracing::warn!("setting the socket hooks' affinity address: {e:#}");
-        }
+    let result = match nodeport_addrs.first() {
+        Some(addr) => dp.set_socket_node_addr(*addr),
+        None => Ok(()),
+    };
+    let result = result.and_then(|()| dp.set_socket_node_addr6(nodeport_addrs6.first().copied()));
+    if let Err(e) = result {
+        tracing::warn!("setting the socket hooks' affinity address: {e:#}");
     }
 }
 

@@ -1,7 +1,7 @@
 //! Typed access to lb's kernel maps, for the agent (writes) and lbctl (reads). The maps the
 //! reconciler owns are written through `reconcile::ServiceMaps`, whose module `write` holds the
 //! order of the writes.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
@@ -12,8 +12,8 @@ use aya::{
     Ebpf, Pod,
 };
 use lb_common::{
-    map_names as names, stat, Config, Counters, Ct4, Frontend4, IfaceInfo, NodeAddr4, RevNat4,
-    Service, ServiceName, SlotKey, SockConfig, Tuple4,
+    map_names as names, stat, Addr6, Config, Counters, Ct4, Frontend4, IfaceInfo, NodeAddr4,
+    RevNat4, Service, ServiceName, SlotKey, SockConfig, SockConfig6, Tuple4,
 };
 
 use super::pins::PinLayout;
@@ -40,6 +40,10 @@ pub struct Maps {
     pub sock_config: Array<MapData, SockConfig>,
     pub sock_stats: PerCpuArray<MapData, u64>,
     pub host_addrs: HashMap<MapData, u32, u8>,
+    /// The node's own IPv6 addresses, and the IPv6 socket hooks' settings: None in the pins of
+    /// an agent older than them, as `v6`.
+    pub host_addrs6: Option<HashMap<MapData, Addr6, u8>>,
+    pub sock_config6: Option<Array<MapData, SockConfig6>>,
     /// New flows the source ranges dropped, by frontend stats id. Optional so that lbctl still
     /// reads the pins of an agent older than them.
     pub source_range_drops: Option<PerCpuArray<MapData, u64>>,
@@ -189,6 +193,8 @@ impl Maps {
             sock_config: typed(src, names::SOCK_CONFIG)?,
             sock_stats: typed(src, names::SOCK_STATS)?,
             host_addrs: typed(src, names::HOST_ADDRS4)?,
+            host_addrs6: typed(src, names::HOST_ADDRS6).ok(),
+            sock_config6: typed(src, names::SOCK_CONFIG6).ok(),
             source_range_drops: typed(src, names::SOURCE_RANGE_DROPS).ok(),
         })
     }
@@ -286,17 +292,31 @@ impl Maps {
     }
 
     /// Make `LB4_HOST_ADDRS` hold exactly `addrs` (the node's own IPv4 addresses).
-    pub fn set_host_addrs(&mut self, addrs: &std::collections::BTreeSet<u32>) -> Result<()> {
-        let held: Vec<u32> = self.host_addrs.keys().filter_map(|k| k.ok()).collect();
-        for addr in held.iter().filter(|a| !addrs.contains(a)) {
-            ignore_missing(self.host_addrs.remove(addr))?;
-        }
-        for addr in addrs.iter().filter(|a| !held.contains(a)) {
-            self.host_addrs
-                .insert(addr, 1, 0)
-                .with_context(|| format!("{} {addr:#x}", names::HOST_ADDRS4))?;
-        }
-        Ok(())
+    pub fn set_host_addrs(&mut self, addrs: &BTreeSet<Ipv4Addr>) -> Result<()> {
+        let keys = addrs.iter().map(|a| a.kernel()).collect();
+        hold_exactly(&mut self.host_addrs, &keys, names::HOST_ADDRS4)
+    }
+
+    /// The same for `LB6_HOST_ADDRS` (an older agent's pins have none: nothing to keep).
+    pub fn set_host_addrs6(&mut self, addrs: &BTreeSet<Ipv6Addr>) -> Result<()> {
+        let Some(map) = &mut self.host_addrs6 else {
+            return Ok(());
+        };
+        let keys = addrs.iter().map(|a| a.kernel()).collect();
+        hold_exactly(map, &keys, names::HOST_ADDRS6)
+    }
+
+    /// The IPv6 socket hooks' settings (None: the pins have no such map).
+    pub fn sock_config6(&self) -> Option<SockConfig6> {
+        self.sock_config6.as_ref()?.get(&0, 0).ok()
+    }
+
+    pub fn set_sock_config6(&mut self, config: &SockConfig6) -> Result<()> {
+        let map = self
+            .sock_config6
+            .as_mut()
+            .with_context(|| format!("map {} missing", names::SOCK_CONFIG6))?;
+        Ok(map.set(0, config, 0)?)
     }
 
     /// Summed per-CPU counters of one frontend.
@@ -319,6 +339,23 @@ impl Maps {
             })
             .collect()
     }
+}
+
+/// Make a set-like map (value unused) hold exactly `want`.
+fn hold_exactly<K: Pod + Ord + std::fmt::Debug>(
+    map: &mut HashMap<MapData, K, u8>,
+    want: &BTreeSet<K>,
+    name: &str,
+) -> Result<()> {
+    let held: BTreeSet<K> = map.keys().filter_map(|k| k.ok()).collect();
+    for key in held.difference(want) {
+        ignore_missing(map.remove(key))?;
+    }
+    for key in want.difference(&held) {
+        map.insert(key, 1, 0)
+            .with_context(|| format!("{name} {key:?}"))?;
+    }
+    Ok(())
 }
 
 fn family6(src: &mut impl Source) -> Result<FamilyMaps<Ipv6Addr>> {

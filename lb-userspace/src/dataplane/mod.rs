@@ -371,6 +371,17 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The node's IPv6 address for the IPv6 socket hooks (None: the node has none).
+    pub fn set_socket_node_addr6(&mut self, addr: Option<std::net::Ipv6Addr>) -> Result<()> {
+        let want = lb_common::SockConfig6 {
+            node_addr: addr.map_or([0; 4], reconcile::KernelFamily::kernel),
+        };
+        if self.maps.sock_config6() != Some(want) {
+            self.maps.set_sock_config6(&want)?;
+        }
+        Ok(())
+    }
+
     /// Attach the transmit-drop tracepoints, pinned so that they outlive the agent (each one
     /// replaces the previous agent's). A failure (no tracefs, say) only loses the counts.
     fn count_xmit(&mut self) {

@@ -6,7 +6,7 @@
 use std::{
     fmt::Debug,
     hash::Hash,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::Range,
 };
 
@@ -49,6 +49,18 @@ pub trait KernelFamily: Family {
     fn range_of(key: &LpmKey<Self::RangeKey>) -> (u32, KernelRange<Self>);
     /// (set id, backend id) of a session-affinity entry.
     fn affinity_pair(key: &Self::AffinityKey, value: &Self::Affinity) -> (u32, u32);
+    /// Who a session-affinity entry is for.
+    fn affinity_client(key: &Self::AffinityKey) -> AffinityClient;
+    /// When the entry was last used (`bpf_ktime_get_coarse_ns`).
+    fn affinity_used(value: &Self::Affinity) -> u64;
+}
+
+/// The client of a session-affinity entry: an address, or a network namespace (the IPv6 socket
+/// hooks' entries for pods, `lb_common::AFFINITY_BY_NETNS`), by its cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AffinityClient {
+    Addr(IpAddr),
+    Netns(u64),
 }
 
 /// The methods both families write alike (their key and value types differ, not their fields).
@@ -93,6 +105,10 @@ macro_rules! same_in_both_families {
         fn affinity_pair(key: &$affinity_key, value: &$affinity) -> (u32, u32) {
             (key.service_id, value.backend_id)
         }
+
+        fn affinity_used(value: &$affinity) -> u64 {
+            value.last_used_ns
+        }
     };
 }
 
@@ -114,6 +130,10 @@ impl KernelFamily for Ipv4Addr {
 
     fn model(addr: u32) -> Self {
         Ipv4Addr::from(addr.to_ne_bytes())
+    }
+
+    fn affinity_client(key: &AffinityKey4) -> AffinityClient {
+        AffinityClient::Addr(Self::model(key.client).into())
     }
 
     same_in_both_families!(Frontend4Key, Backend4, SourceRange4, AffinityKey4, Affinity);
@@ -143,6 +163,15 @@ impl KernelFamily for Ipv6Addr {
             chunk.copy_from_slice(&word.to_ne_bytes());
         }
         Ipv6Addr::from(octets)
+    }
+
+    fn affinity_client(key: &AffinityKey6) -> AffinityClient {
+        match key.by {
+            lb_common::AFFINITY_BY_NETNS => {
+                AffinityClient::Netns(u64::from(key.client[0]) | u64::from(key.client[1]) << 32)
+            }
+            _ => AffinityClient::Addr(Self::model(key.client).into()),
+        }
     }
 
     same_in_both_families!(

@@ -35,7 +35,7 @@ use anyhow::Result;
 pub(super) use encode::copy_padded;
 use encode::kernel_addr;
 pub use encode::{frontend_key, service_name_of, set_key_of, Code};
-pub use family::{KernelFamily, KernelRange};
+pub use family::{AffinityClient, KernelFamily, KernelRange};
 use ids::Cursors;
 use index::Index;
 use plan::{Planner, Room};

@@ -165,6 +165,7 @@ fn clients_everywhere(maps: &mut MemoryMaps) {
                 let key = AffinityKey6 {
                     service_id: set,
                     client: [backend, 0, 0, 0],
+                    by: lb_common::AFFINITY_BY_ADDR,
                 };
                 let entry = Affinity6 {
                     backend_id: backend,
