@@ -197,7 +197,7 @@ impl Attachments {
     fn choose_external(&self, host: &Host, node: Option<&Node>) -> External {
         let ext = self
             .placement
-            .external(node, &host.links, host.default_route);
+            .external(node, &host.links, host.default_routes);
         if self.ext.as_ref() != Some(&ext) {
             let names: Vec<&str> = ext.names.iter().map(String::as_str).collect();
             tracing::info!(interfaces = %names.join(", "), how = %ext.how, "external interfaces");

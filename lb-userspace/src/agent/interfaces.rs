@@ -15,7 +15,7 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressScope},
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
-        route::{RouteAttribute, RouteHeader},
+        route::{RouteAttribute, RouteHeader, RouteMessage},
     },
     sys::{AsyncSocket, SocketAddr},
     Handle, RouteMessageBuilder,
@@ -62,8 +62,15 @@ pub enum LinkKind {
 #[derive(Clone, Debug, Default)]
 pub struct Host {
     pub links: BTreeMap<u32, Link>,
-    /// The ifindex of the main table's IPv4 default route.
-    pub default_route: Option<u32>,
+    pub default_routes: DefaultRoutes,
+}
+
+/// The output interfaces (ifindex) of the main table's default routes, per family (the first of
+/// each, if several).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DefaultRoutes {
+    pub v4: Option<u32>,
+    pub v6: Option<u32>,
 }
 
 /// A netlink handle for dumps, and a channel that gets a message on every link, address or
@@ -131,10 +138,13 @@ pub async fn scan(handle: &Handle) -> Result<Host> {
             }
         }
     }
-    let default_route = default_route(handle).await?;
+    let default_routes = DefaultRoutes {
+        v4: default_route(handle, RouteMessageBuilder::<Ipv4Addr>::new().build()).await?,
+        v6: default_route(handle, RouteMessageBuilder::<Ipv6Addr>::new().build()).await?,
+    };
     Ok(Host {
         links,
-        default_route,
+        default_routes,
     })
 }
 
@@ -172,12 +182,10 @@ fn link(msg: &LinkMessage) -> Option<Link> {
     (!link.name.is_empty()).then_some(link)
 }
 
-/// The output interface of the main table's IPv4 default route (the first, if several).
-async fn default_route(handle: &Handle) -> Result<Option<u32>> {
-    let mut dump = handle
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute();
+/// The output interface of the main table's default route of the family `query` dumps (the
+/// first, if several).
+async fn default_route(handle: &Handle, query: RouteMessage) -> Result<Option<u32>> {
+    let mut dump = handle.route().get(query).execute();
     while let Some(msg) = dump.try_next().await.context("listing routes")? {
         if msg.header.table != RouteHeader::RT_TABLE_MAIN
             || msg.header.destination_prefix_length != 0

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 
 use super::{
-    interfaces::{Link, LinkKind},
+    interfaces::{DefaultRoutes, Link, LinkKind},
     RunArgs,
 };
 use crate::model::Family;
@@ -83,12 +83,12 @@ impl Placement {
     }
 
     /// `--ext-iface` if given; else the link holding the Node's InternalIP (then ExternalIP);
-    /// else the link of the IPv4 default route; else none.
+    /// else the link of the IPv4 default route, else of the IPv6 one; else none.
     pub fn external(
         &self,
         node: Option<&Node>,
         links: &BTreeMap<u32, Link>,
-        default_route: Option<u32>,
+        routes: DefaultRoutes,
     ) -> External {
         if !self.ext.is_empty() {
             return External {
@@ -100,9 +100,12 @@ impl Placement {
             let link = links.values().find(|l| l.ips().any(|a| a == ip))?;
             Some((link, format!("holds the Node's {kind} {ip}")))
         });
-        let routed = || {
-            let link = links.get(&default_route?)?;
-            Some((link, "carries the IPv4 default route".to_string()))
+        // IPv4's first: on a dual-stack node both routes usually leave by the same link. An
+        // IPv6-only node has only the IPv6 one.
+        let routed = || match (routes.v4, routes.v6) {
+            (Some(v4), _) => Some((links.get(&v4)?, "carries the IPv4 default route".into())),
+            (None, Some(v6)) => Some((links.get(&v6)?, "carries the IPv6 default route".into())),
+            (None, None) => None,
         };
         match held.or_else(routed) {
             Some((link, how)) => External {

@@ -75,7 +75,11 @@ fn host() -> BTreeMap<u32, Link> {
         .collect()
 }
 
-const DEFAULT_ROUTE: Option<u32> = Some(2);
+/// An IPv4 default route via eth0 (ifindex 2).
+const DEFAULT_ROUTE: DefaultRoutes = DefaultRoutes {
+    v4: Some(2),
+    v6: None,
+};
 
 /// One placement case: a name, the agent's flags, the Node object, what is expected.
 struct Case<'a, N, W> {
@@ -94,8 +98,18 @@ fn external_interface_choice() {
     ]);
     let elsewhere = node(&[("InternalIP", "203.0.113.9")]);
     // node: (Node object, default route); want: (external links, how).
-    type ExternalCase<'a> = Case<'a, (Option<&'a Node>, Option<u32>), (&'a [&'a str], &'a str)>;
-    let cases: [ExternalCase; 6] = [
+    type ExternalCase<'a> = Case<'a, (Option<&'a Node>, DefaultRoutes), (&'a [&'a str], &'a str)>;
+    // An IPv6-only node's default route leaves by eth1 (ifindex 3); a dual-stack one's IPv6
+    // default route by another link than its IPv4 one.
+    let v6_only = DefaultRoutes {
+        v4: None,
+        v6: Some(3),
+    };
+    let dual = DefaultRoutes {
+        v4: Some(2),
+        v6: Some(3),
+    };
+    let cases: [ExternalCase; 8] = [
         Case {
             name: "flag wins over the Node",
             flags: &["--ext-iface", "eth0", "--ext-iface", "dummy0"],
@@ -127,9 +141,21 @@ fn external_interface_choice() {
             want: (&["eth0"], "carries the IPv4 default route"),
         },
         Case {
+            name: "an IPv6-only node's default route",
+            flags: &[],
+            node: (None, v6_only),
+            want: (&["eth1"], "carries the IPv6 default route"),
+        },
+        Case {
+            name: "IPv4's default route first on a dual-stack node",
+            flags: &[],
+            node: (Some(&elsewhere), dual),
+            want: (&["eth0"], "carries the IPv4 default route"),
+        },
+        Case {
             name: "nothing to go by",
             flags: &[],
-            node: (Some(&elsewhere), None),
+            node: (Some(&elsewhere), DefaultRoutes::default()),
             want: (&[], "none found"),
         },
     ];
