@@ -32,6 +32,7 @@ const FOREIGN_IP: &str = "192.0.2.60";
 const LB_OPEN_IP: &str = "192.0.2.51";
 const LB_CLOSED_IP: &str = "192.0.2.52";
 /// The same for IPv6.
+const A_IP6: &str = "2001:db8::10";
 const HELD_IP6: &str = "2001:db8::50";
 const FOREIGN_IP6: &str = "2001:db8::60";
 const LB_OPEN_IP6: &str = "2001:db8::51";
@@ -446,6 +447,14 @@ fn dual_stack_objects() -> Vec<(&'static str, String)> {
         "  ipFamilies: [IPv6]\n  clusterIP: fd00:96::22\n  clusterIPs: [\"fd00:96::22\"]\n  \
          sessionAffinity: ClientIP\n  ports:\n  - {port: 80, targetPort: 8080}\n",
     ) + &slice6("sticky6", "sticky6-1", "[{port: 8080}]", &both6());
+    // Its only endpoint is node-a itself (a hostNetwork pod, the API server on a control-plane
+    // node), by its IPv6 address.
+    let host6 = service(
+        "host6",
+        "",
+        "  ipFamilies: [IPv6]\n  clusterIP: fd00:96::25\n  clusterIPs: [\"fd00:96::25\"]\n  \
+         ports:\n  - {port: 80, targetPort: 8082}\n",
+    ) + &slice6("host6", "host6-1", "[{port: 8082}]", &ready(A_IP6, A));
     let ranged6 = |name: &str, n: u16, ip: &str, range: &str| {
         let spec = format!(
             "  type: LoadBalancer\n  ipFamilies: [IPv6]\n  clusterIP: fd00:96::{n}\n  \
@@ -461,6 +470,7 @@ fn dual_stack_objects() -> Vec<(&'static str, String)> {
         ("web6.yaml", web6),
         ("empty6.yaml", empty6),
         ("sticky6.yaml", sticky6),
+        ("host6.yaml", host6),
         // The node's connections pass only where a range holds its IPv6 address (2001:db8::10).
         (
             "open6.yaml",
@@ -498,9 +508,9 @@ fn ipv6_services_are_served_at_connect_time() {
     until_pods(node, &udp, dns, &["a1", "b1"]);
     let unconnected = ask(node, &[&udp[..], &["--unconnected"]].concat());
     assert!(!pods(&unconnected, dns).is_empty(), "{unconnected:?}");
-    let nodeport = "[2001:db8::10]:30090";
-    let np = ["--addr", nodeport, "--count", "40"];
-    until_pods(node, &np, nodeport, &["a1", "b1"]);
+    let nodeport = format!("[{A_IP6}]:30090");
+    let np = ["--addr", &nodeport, "--count", "40"];
+    until_pods(node, &np, &nodeport, &["a1", "b1"]);
     // The same Service's IPv4 ClusterIP.
     let v4 = ["--addr", "10.96.0.20:80", "--count", "40"];
     until_pods(pod, &v4, "10.96.0.20:80", &["a1", "b1"]);
@@ -556,6 +566,17 @@ fn ipv6_services_are_served_at_connect_time() {
     for r in &rows {
         let ip = r["backend"]["ip"].as_str().unwrap_or_default();
         assert!([A1_6, B1_6].contains(&ip), "{r:#}");
+    }
+    // A Service whose endpoint is the node: from the node itself, from a pod on it and from a
+    // pod on the other node.
+    let _server = c
+        .node(A)
+        .ns
+        .serve_echo_on("node-a", format!("[{A_IP6}]:8082").parse().unwrap(), false)
+        .expect("node-a's own server");
+    let host = "[fd00:96::25]:80";
+    for ns in [node, pod, &c.pod("b1").ns] {
+        until_pods(ns, &["--addr", host, "--count", "5"], host, &["node-a"]);
     }
     // externalIPs and LoadBalancer IPs: served where node-a holds them (addresses added after
     // the agent started), not where it does not

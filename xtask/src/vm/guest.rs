@@ -57,6 +57,8 @@ lbrun() {
   start=$(date +%s)
   (cd "$dir" && exec "$@")
   echo "LBVM result $label $? $(($(date +%s) - start))"
+  # How close the guest came to running out: read it beside a failure.
+  echo "LBVM memory $(awk '/MemAvailable/ {print $2}' /proc/meminfo) kB available"
 }
 "#;
 
@@ -134,12 +136,16 @@ pub fn boot(
     limit: Duration,
 ) -> Result<Console> {
     // TCG unless asked: KVM guests hang on some hosts (nested virtualisation) and TCG works
-    // everywhere. 4G: with 2G the guest killed a reconcile test that opens two dataplanes at
-    // the default capacities (~230 MiB of preallocated maps each) beside other tests' maps.
+    // everywhere. 8G: of 4G the guest had 2.1G available after boot, and two cluster labs side
+    // by side run four agents (~230 MiB of preallocated maps each at the default capacities)
+    // and some 40 processes; at 4G, right after lab_mtu, a freshly started lb-echo died of
+    // SIGSEGV in one run and both CPUs hung in a soft lockup in another. With 2G the guest
+    // killed a reconcile test outright. TCG takes the guest's memory from the host as it is
+    // touched.
     if !kvm {
         vng.arg("--disable-kvm");
     }
-    vng.args(["--verbose", "--memory", "4G", "--run"])
+    vng.args(["--verbose", "--memory", "8G", "--run"])
         .arg(&kernel.vmlinuz)
         .arg("--")
         .arg(script)
