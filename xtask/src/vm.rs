@@ -289,21 +289,31 @@ fn print_tail(log: &Path, n: usize) {
     }
 }
 
-/// The kernel's last report of a bug (`BUG: soft lockup`, an oops) with its backtraces, at most
-/// `n` lines: the last, since the first is printed live on the quiet console without them, and
-/// replayed whole by the panic that follows.
+/// Prints the kernel's report of a hang or crash in the console log, if there is one.
 fn print_kernel_report(log: &Path, n: usize) {
     let text = fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let Some(start) = lines
-        .iter()
-        .rposition(|l| l.contains("] BUG: ") || l.contains("] Oops: "))
-    else {
-        return;
-    };
-    println!("  the kernel's report:");
-    for line in lines[start..].iter().take(n) {
+    let report = kernel_report(&text, n);
+    if !report.is_empty() {
+        println!("  the kernel's report:");
+    }
+    for line in report {
         println!("  | {line}");
+    }
+}
+
+/// The kernel's last report of a bug (`watchdog: BUG: soft lockup`, an oops; else the panic)
+/// with its backtraces, at most `n` lines: the last, since the first is printed live on the
+/// quiet console without them, and replayed whole by the panic that follows.
+fn kernel_report(text: &str, n: usize) -> Vec<&str> {
+    let lines: Vec<&str> = text.lines().collect();
+    let last = |pattern: &[&str]| {
+        lines
+            .iter()
+            .rposition(|l| pattern.iter().any(|p| l.contains(p)))
+    };
+    match last(&[" BUG: ", " Oops: "]).or_else(|| last(&["Kernel panic - "])) {
+        Some(start) => lines[start..].iter().take(n).copied().collect(),
+        None => Vec::new(),
     }
 }
 
@@ -318,4 +328,27 @@ fn vm_problem(kernel: &Kernel, console: &Console) -> Option<String> {
         Some(_) if !console.done => "the VM stopped before the script finished".to_owned(),
         Some(_) => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_report;
+
+    #[test]
+    fn the_replayed_report_with_its_trace_is_chosen() {
+        let console = "\
+[ 130.1] watchdog: BUG: soft lockup - CPU#0 stuck for 121s! [netns-node-a:2301]
+[ 130.2] Kernel panic - not syncing: softlockup: hung tasks
+[ 130.1] watchdog: BUG: soft lockup - CPU#0 stuck for 121s! [netns-node-a:2301]
+[ 130.1] Call Trace:
+[ 130.1]  <TASK>
+[ 130.2] Kernel panic - not syncing: softlockup: hung tasks";
+        let report = kernel_report(console, 3);
+        assert_eq!(report.len(), 3);
+        assert!(report[0].contains("BUG: soft lockup"));
+        assert!(report[1].contains("Call Trace"));
+        let crash = "[ 10.9] sysrq: Trigger a crash\n[ 10.9] Kernel panic - not syncing: sysrq\n[ 10.9] Call Trace:";
+        assert_eq!(kernel_report(crash, 9).len(), 2, "from the panic");
+        assert!(kernel_report("[ 1.0] all well", 9).is_empty());
+    }
 }
