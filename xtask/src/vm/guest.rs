@@ -51,14 +51,22 @@ export LB_TEST_TIME_SCALE=10
 # The parser fuzzing checks the same programs on the host; here a few hundred frames show that
 # 6.1 runs them alike, within the VM's budget.
 export LB_FUZZ_CASES=300
+# How close each executable brought the guest to running out of memory: the least MemAvailable,
+# sampled every 2 s (read it beside a failure).
+lbmem() { awk '/MemAvailable/ {print $2}' /proc/meminfo; }
+lbmem > /tmp/lbvm-low
+( while sleep 2; do
+    m=$(lbmem); low=$(cat /tmp/lbvm-low)
+    [ "$m" -lt "${low:-$m}" ] && echo "$m" > /tmp/lbvm-low
+  done ) &
 lbrun() {
   label=$1 dir=$2
   shift 2
   start=$(date +%s)
+  lbmem > /tmp/lbvm-low
   (cd "$dir" && exec "$@")
   echo "LBVM result $label $? $(($(date +%s) - start))"
-  # How close the guest came to running out: read it beside a failure.
-  echo "LBVM memory $(awk '/MemAvailable/ {print $2}' /proc/meminfo) kB available"
+  echo "LBVM memory $label: at least $(cat /tmp/lbvm-low) kB available"
 }
 "#;
 
@@ -136,12 +144,12 @@ pub fn boot(
     limit: Duration,
 ) -> Result<Console> {
     // TCG unless asked: KVM guests hang on some hosts (nested virtualisation) and TCG works
-    // everywhere. 8G: of 4G the guest had 2.1G available after boot, and two cluster labs side
-    // by side run four agents (~230 MiB of preallocated maps each at the default capacities)
-    // and some 40 processes; at 4G, right after lab_mtu, a freshly started lb-echo died of
-    // SIGSEGV in one run and both CPUs hung in a soft lockup in another. With 2G the guest
-    // killed a reconcile test outright. TCG takes the guest's memory from the host as it is
-    // touched.
+    // everywhere. 8G: two cluster labs side by side run four agents (~230 MiB of preallocated
+    // maps each at the default capacities) and some 40 processes, and at 4G, right after
+    // lab_mtu, a freshly started lb-echo died of SIGSEGV in one run and both CPUs hung in a
+    // soft lockup in another (memory pressure is a suspect, not a proven cause: the script
+    // prints the least memory each executable left). With 2G the guest killed a reconcile
+    // test outright. TCG takes the guest's memory from the host as it is touched.
     if !kvm {
         vng.arg("--disable-kvm");
     }
