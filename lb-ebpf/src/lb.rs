@@ -4,7 +4,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated as gen};
 pub use lb_common::action::{action_for, reply_action, Action, Verdict};
 use lb_common::{
     flow_state::{after_client, after_reply, reopens},
-    stat, timeout, Affinity, Affinity6, AffinityKey4, AffinityKey6, Backend4, Backend6, Ct4,
+    stat, timeout, Addr6, Affinity, Affinity6, AffinityKey4, AffinityKey6, Backend4, Backend6, Ct4,
     Frontend4, Frontend4Key, RevNat4, Service, SlotKey, Tuple4, BE_F_LOCAL, BE_F_TERMINATING,
     CT_F_EXTERNAL, CT_F_HAIRPIN, CT_F_SNAT, FE_F_SOURCE_RANGES, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
     SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_EXT_LOCAL, VERDICT_DROP,
@@ -193,11 +193,7 @@ fn new_flow<P: Packet>(
     }
     // SAFETY: helper without arguments.
     let pick = unsafe { gen::bpf_get_prandom_u32() };
-    let client = AffinityKey4 {
-        service_id: fe.service_id,
-        client: f.saddr,
-    };
-    let Some((backend_id, be)) = select::<V4>(&client, svc, now, pick) else {
+    let Some((backend_id, be)) = select::<V4>(fe.service_id, f.saddr, svc, now, pick) else {
         count(stat::DROP_MAP_FULL);
         return Action::DROP;
     };
@@ -299,30 +295,26 @@ fn no_backend<P: Packet>(p: &mut P, f: &Flow, verdict: u8) -> Action {
 /// both choose alike and share affinity. `client` names the service and the client.
 #[inline(always)]
 pub fn select<F: Family>(
-    client: &F::AffinityKey,
+    service_id: u32,
+    client: F::Client,
     svc: &Service,
     now: u64,
     pick: u32,
 ) -> Option<(u32, F::Backend)> {
+    let key = F::affinity_key(service_id, client);
     let affinity = svc.flags & SVC_F_AFFINITY != 0;
     if affinity {
-        let timeout = u64::from(svc.affinity_timeout) * NS;
-        if let Some(found) = F::sticky(client, timeout, now) {
+        if let Some(found) = F::sticky(&key, svc, now) {
             return Some(found);
         }
     }
     let slot = pick.checked_rem(svc.backend_count)?;
     // SAFETY: read-only use of map values within this run.
-    let id = *unsafe {
-        LB_SLOTS.get(SlotKey {
-            service_id: F::service_id(client),
-            slot,
-        })
-    }?;
+    let id = *unsafe { LB_SLOTS.get(SlotKey { service_id, slot }) }?;
     let be = F::backend(id)?;
     if affinity {
         // Failing to record affinity only loses stickiness, never the flow.
-        F::remember(client, id, &be, now);
+        F::remember(&key, id, &be, now);
     }
     Some((id, be))
 }
@@ -330,12 +322,16 @@ pub fn select<F: Family>(
 /// An address family's backends and session affinity, as [`select`] uses them.
 pub trait Family {
     type Backend: Copy;
+    /// Who session affinity sees connecting: an address (IPv4); an address or a network
+    /// namespace (IPv6, see `lb_common::AFFINITY_BY_NETNS`).
+    type Client: Copy;
     type AffinityKey;
-    fn service_id(key: &Self::AffinityKey) -> u32;
+    fn affinity_key(service_id: u32, client: Self::Client) -> Self::AffinityKey;
     fn backend(id: u32) -> Option<Self::Backend>;
-    /// The backend of the client's affinity entry, if used within `timeout_ns` and still the
-    /// endpoint it was chosen as (an id reused for another is not followed), not terminating.
-    fn sticky(key: &Self::AffinityKey, timeout_ns: u64, now: u64) -> Option<(u32, Self::Backend)>;
+    /// The backend of the client's affinity entry, if used within the service's timeout and
+    /// still the endpoint it was chosen as (an id reused for another is not followed), not
+    /// terminating.
+    fn sticky(key: &Self::AffinityKey, svc: &Service, now: u64) -> Option<(u32, Self::Backend)>;
     fn remember(key: &Self::AffinityKey, id: u32, be: &Self::Backend, now: u64);
 }
 
@@ -347,25 +343,26 @@ macro_rules! family {
     ($fam:ident, $backend:ident, $key:ident, $affinity:ident, $backends:ident, $affinities:ident) => {
         impl Family for $fam {
             type Backend = $backend;
+            type Client = <$key as Client>::Of;
             type AffinityKey = $key;
 
             #[inline(always)]
-            fn service_id(key: &$key) -> u32 {
-                key.service_id
+            fn affinity_key(service_id: u32, client: Self::Client) -> $key {
+                <$key as Client>::key(service_id, client)
             }
 
             #[inline(always)]
             fn backend(id: u32) -> Option<$backend> {
                 // SAFETY: read-only copy of a map value.
-                unsafe { $backends.get(id) }.copied()
+                Some(*unsafe { $backends.get(id) }?)
             }
 
             #[inline(always)]
-            fn sticky(key: &$key, timeout_ns: u64, now: u64) -> Option<(u32, $backend)> {
+            fn sticky(key: &$key, svc: &Service, now: u64) -> Option<(u32, $backend)> {
                 let entry = $affinities.get_ptr_mut(key)?;
                 // SAFETY: map value valid for this run; racing writers only move last_used_ns.
                 let entry = unsafe { &mut *entry };
-                if now.saturating_sub(entry.last_used_ns) >= timeout_ns {
+                if now.saturating_sub(entry.last_used_ns) >= u64::from(svc.affinity_timeout) * NS {
                     return None;
                 }
                 let be = Self::backend(entry.backend_id)?;
@@ -379,17 +376,46 @@ macro_rules! family {
 
             #[inline(always)]
             fn remember(key: &$key, id: u32, be: &$backend, now: u64) {
+                // Field by field: `..Default::default()` would build a whole second value on
+                // the stack of the packet path (the 6.1 limit counts every byte).
                 let entry = $affinity {
                     backend_id: id,
                     backend_addr: be.addr,
                     backend_port: be.port,
                     last_used_ns: now,
-                    ..Default::default()
+                    _pad: Default::default(),
                 };
                 let _ = $affinities.insert(key, &entry, 0);
             }
         }
     };
+}
+
+/// How each family's affinity key is made from the service and the client.
+pub trait Client {
+    type Of: Copy;
+    fn key(service_id: u32, client: Self::Of) -> Self;
+}
+
+impl Client for AffinityKey4 {
+    type Of = u32;
+    #[inline(always)]
+    fn key(service_id: u32, client: u32) -> Self {
+        AffinityKey4 { service_id, client }
+    }
+}
+
+impl Client for AffinityKey6 {
+    /// The address or namespace, and `AFFINITY_BY_*`.
+    type Of = (Addr6, u32);
+    #[inline(always)]
+    fn key(service_id: u32, (client, by): (Addr6, u32)) -> Self {
+        AffinityKey6 {
+            service_id,
+            client,
+            by,
+        }
+    }
 }
 
 family!(

@@ -25,10 +25,10 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    Addr6, AffinityKey4, AffinityKey6, Frontend4, Frontend4Key, Frontend6Key, Service, SockConfig,
-    SockConfig6, SockRev4, SockRev6, SockRevNat4, SockRevNat6, AFFINITY_BY_ADDR, AFFINITY_BY_NETNS,
-    FE_F_SOURCE_RANGES, KIND_EXTERNAL_IP, KIND_LOAD_BALANCER, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP,
-    SCOPE_INTERNAL, SOCK_LB_ALL, SOCK_LB_HOST, SOCK_REV_SLOTS, SVC_F_AFFINITY, VERDICT_DROP,
+    Addr6, Frontend4, Frontend4Key, Frontend6Key, Service, SockConfig, SockConfig6, SockRev4,
+    SockRev6, SockRevNat4, SockRevNat6, AFFINITY_BY_ADDR, AFFINITY_BY_NETNS, FE_F_SOURCE_RANGES,
+    KIND_EXTERNAL_IP, KIND_LOAD_BALANCER, KIND_NODE_PORT, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL,
+    SOCK_LB_ALL, SOCK_LB_HOST, SOCK_REV_SLOTS, SVC_F_AFFINITY, VERDICT_DROP,
 };
 
 use crate::{
@@ -184,11 +184,7 @@ fn forward(
     // SAFETY: coarse clock read, no arguments.
     let now = unsafe { gen::bpf_ktime_get_coarse_ns() };
     let pick = pick(ctx, proto);
-    let client = AffinityKey4 {
-        service_id: fe.service_id,
-        client: cfg.node_addr,
-    };
-    let Some((_, be)) = lb::select::<V4>(&client, svc, now, pick) else {
+    let Some((_, be)) = lb::select::<V4>(fe.service_id, cfg.node_addr, svc, now, pick) else {
         return Ok(None);
     };
     let entry = SockRev4 {
@@ -246,10 +242,10 @@ fn forward_native6(
     let Some(svc) = service(fe)? else {
         return Ok(None);
     };
-    let client = client6(ctx, fe.service_id, host, cfg6);
+    let client = client6(ctx, host, cfg6);
     // SAFETY: coarse clock read, no arguments.
     let now = unsafe { gen::bpf_ktime_get_coarse_ns() };
-    let Some((_, be)) = lb::select::<V6>(&client, svc, now, pick(ctx, proto)) else {
+    let Some((_, be)) = lb::select::<V6>(fe.service_id, client, svc, now, pick(ctx, proto)) else {
         return Ok(None);
     };
     let entry = SockRev6 {
@@ -264,23 +260,16 @@ fn forward_native6(
 }
 
 /// Who session affinity sees connecting over IPv6: the node's address for its own sockets (what
-/// the packet path will see of them), a pod's network namespace for a pod's.
+/// the packet path will see of them), else the socket's network namespace (a pod's).
 #[inline(always)]
-fn client6(ctx: &SockAddrContext, service_id: u32, host: bool, cfg6: &SockConfig6) -> AffinityKey6 {
+fn client6(ctx: &SockAddrContext, host: bool, cfg6: &SockConfig6) -> (Addr6, u32) {
     if host && cfg6.node_addr != [0; 4] {
-        return AffinityKey6 {
-            service_id,
-            client: cfg6.node_addr,
-            by: AFFINITY_BY_ADDR,
-        };
+        return (cfg6.node_addr, AFFINITY_BY_ADDR);
     }
     // SAFETY: plain helper call on the program's context.
     let cookie = unsafe { gen::bpf_get_netns_cookie(ctx.as_ptr()) };
-    AffinityKey6 {
-        service_id,
-        client: [cookie as u32, (cookie >> 32) as u32, 0, 0],
-        by: AFFINITY_BY_NETNS,
-    }
+    let words = [cookie as u32, (cookie >> 32) as u32, 0, 0];
+    (words, AFFINITY_BY_NETNS)
 }
 
 /// The backend set a frontend leads to; `Err` (the errno set) when it is empty: refused, or

@@ -246,7 +246,10 @@ pub fn body(check: &HealthCheck, proxy_healthy: bool) -> String {
 fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)) {
-        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) && addr.ip().is_unspecified() => {
+        Err(e)
+            if e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+                && addr.ip() == Ipv6Addr::UNSPECIFIED =>
+        {
             return listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port())));
         }
         socket => socket?,

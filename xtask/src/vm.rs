@@ -301,17 +301,17 @@ fn print_kernel_report(log: &Path, n: usize) {
     }
 }
 
-/// The kernel's last report of a bug (`watchdog: BUG: soft lockup`, an oops; else the panic)
+/// The kernel's last report of a bug (`watchdog: BUG: soft lockup`, `BUG: kernel NULL pointer
+/// dereference`; else an oops; else the panic)
 /// with its backtraces, at most `n` lines: the last, since the first is printed live on the
 /// quiet console without them, and replayed whole by the panic that follows.
 fn kernel_report(text: &str, n: usize) -> Vec<&str> {
     let lines: Vec<&str> = text.lines().collect();
-    let last = |pattern: &[&str]| {
-        lines
-            .iter()
-            .rposition(|l| pattern.iter().any(|p| l.contains(p)))
-    };
-    match last(&[" BUG: ", " Oops: "]).or_else(|| last(&["Kernel panic - "])) {
+    let last = |pattern: &str| lines.iter().rposition(|l| l.contains(pattern));
+    let start = last(" BUG: ")
+        .or_else(|| last(" Oops: "))
+        .or_else(|| last("Kernel panic - "));
+    match start {
         Some(start) => lines[start..].iter().take(n).copied().collect(),
         None => Vec::new(),
     }

@@ -1,5 +1,5 @@
-//! The node's links, IPv4 addresses and default route, from rtnetlink, and notifications when
-//! they change.
+//! The node's links, their IPv4 and IPv6 addresses and the default routes, from rtnetlink, and
+//! notifications when they change.
 //!
 //! Level-triggered: any link or address notification just says "look again", and the agent
 //! rescans the whole (small) table. A missed or coalesced notification can't leave it wrong.
@@ -11,9 +11,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
-    constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_LINK},
+    constants::{
+        RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK,
+    },
     packet_route::{
-        address::{AddressAttribute, AddressScope},
+        address::{AddressAttribute, AddressHeader, AddressHeaderFlags, AddressScope},
         link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
         route::{RouteAttribute, RouteHeader, RouteMessage},
     },
@@ -82,9 +84,13 @@ pub fn watch() -> Result<(Handle, mpsc::Receiver<()>)> {
         .socket_mut()
         .bind(&SocketAddr::new(
             0,
-            // IPv6 addresses too: SLAAC or DHCPv6 may give a node its IPv6 address (a NodePort
-            // address) after the agent started.
-            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE,
+            // IPv6 too: SLAAC or DHCPv6 may give a node its IPv6 address (a NodePort address)
+            // and default route after the agent started.
+            RTMGRP_LINK
+                | RTMGRP_IPV4_IFADDR
+                | RTMGRP_IPV6_IFADDR
+                | RTMGRP_IPV4_ROUTE
+                | RTMGRP_IPV6_ROUTE,
         ))
         .context("subscribing to link, address and route notifications")?;
     tokio::spawn(conn);
@@ -98,7 +104,7 @@ pub fn watch() -> Result<(Handle, mpsc::Receiver<()>)> {
     Ok((handle, rx))
 }
 
-/// Every link with its IPv4 addresses, by ifindex, and the default route.
+/// Every link with its addresses, by ifindex, and the default routes.
 pub async fn scan(handle: &Handle) -> Result<Host> {
     let mut links = BTreeMap::new();
     let mut dump = handle.link().get().execute();
@@ -132,7 +138,7 @@ pub async fn scan(handle: &Handle) -> Result<Host> {
             AddressAttribute::Address(IpAddr::V6(v6)) => Some(*v6),
             _ => None,
         });
-        if let Some(v6) = v6.filter(|_| msg.header.scope == AddressScope::Universe) {
+        if let Some(v6) = v6.filter(|_| usable6(&msg.header)) {
             if !link.addrs6.contains(&v6) {
                 link.addrs6.push(v6);
             }
@@ -146,6 +152,17 @@ pub async fn scan(handle: &Handle) -> Result<Host> {
         links,
         default_routes,
     })
+}
+
+/// Whether an IPv6 address is one the node serves on: global scope, past duplicate address
+/// detection, and not a privacy (temporary) address, which rotates (the node's affinity and
+/// source-range address must not).
+fn usable6(header: &AddressHeader) -> bool {
+    // For IPv6, IFA_F_SECONDARY is IFA_F_TEMPORARY.
+    let unusable = AddressHeaderFlags::Secondary
+        | AddressHeaderFlags::Tentative
+        | AddressHeaderFlags::Dadfailed;
+    header.scope == AddressScope::Universe && !header.flags.intersects(unusable)
 }
 
 fn link(msg: &LinkMessage) -> Option<Link> {

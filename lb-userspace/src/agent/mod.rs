@@ -92,7 +92,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "manifests")]
     pub kubeconfig: Option<PathBuf>,
     /// Interface where north-south traffic arrives (repeatable). Default: the one holding the
-    /// Node's InternalIP (else ExternalIP), else the one with the IPv4 default route.
+    /// Node's InternalIP (else ExternalIP), else the one with the IPv4 default route, else the one
+    /// with the IPv6 default route.
     #[arg(long = "ext-iface", value_name = "IFACE")]
     pub ext_ifaces: Vec<String>,
     /// Host-side pod interfaces, as glob patterns (repeatable); later links are attached too.
@@ -423,17 +424,17 @@ fn sync_host_addrs(
 ) {
     let held: BTreeSet<Ipv4Addr> = host.links.values().flat_map(|l| l.addrs.clone()).collect();
     let held6: BTreeSet<Ipv6Addr> = host.links.values().flat_map(|l| l.addrs6.clone()).collect();
-    let result = dp.maps.set_host_addrs(&held);
-    if let Err(e) = result.and_then(|()| dp.maps.set_host_addrs6(&held6)) {
+    // Each write on its own: one family's failure must not keep the other's stale.
+    let results = [
+        dp.maps.set_host_addrs(&held),
+        dp.maps.set_host_addrs6(&held6),
+        nodeport_addrs
+            .first()
+            .map_or(Ok(()), |addr| dp.set_socket_node_addr(*addr)),
+        dp.set_socket_node_addr6(nodeport_addrs6.first().copied()),
+    ];
+    for e in results.into_iter().filter_map(Result::err) {
         tracing::warn!("recording the node's addresses for the socket hooks: {e:#}");
-    }
-    let result = match nodeport_addrs.first() {
-        Some(addr) => dp.set_socket_node_addr(*addr),
-        None => Ok(()),
-    };
-    let result = result.and_then(|()| dp.set_socket_node_addr6(nodeport_addrs6.first().copied()));
-    if let Err(e) = result {
-        tracing::warn!("setting the socket hooks' affinity address: {e:#}");
     }
 }
 

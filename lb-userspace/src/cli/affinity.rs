@@ -49,17 +49,14 @@ pub fn rows(maps: &Maps, now_ns: u64) -> Result<Vec<AffinityRow>> {
     if let Some(v6) = &maps.v6 {
         rows.extend(family_rows(maps, v6, &names, now_ns)?);
     }
-    rows.sort_by(|a, b| {
-        let key = |r: &AffinityRow| {
-            (
-                r.service.clone(),
-                r.port_name.clone(),
-                r.service_id,
-                r.client,
-                r.client_netns,
-            )
-        };
-        key(a).cmp(&key(b))
+    rows.sort_by_cached_key(|r| {
+        (
+            r.service.clone(),
+            r.port_name.clone(),
+            r.service_id,
+            r.client,
+            r.client_netns,
+        )
     });
     Ok(rows)
 }

@@ -144,12 +144,10 @@ pub fn boot(
     limit: Duration,
 ) -> Result<Console> {
     // TCG unless asked: KVM guests hang on some hosts (nested virtualisation) and TCG works
-    // everywhere. 8G: two cluster labs side by side run four agents (~230 MiB of preallocated
-    // maps each at the default capacities) and some 40 processes, and at 4G, right after
-    // lab_mtu, a freshly started lb-echo died of SIGSEGV in one run and both CPUs hung in a
-    // soft lockup in another (memory pressure is a suspect, not a proven cause: the script
-    // prints the least memory each executable left). With 2G the guest killed a reconcile
-    // test outright. TCG takes the guest's memory from the host as it is touched.
+    // everywhere. 8G: room to spare (lab_mtu, two cluster labs side by side, leaves the least:
+    // 6.6 of 7.9G available, measured by the script's sampling); with 2G the guest killed a
+    // reconcile test that opens two dataplanes at the default capacities. TCG takes the
+    // guest's memory from the host as it is touched.
     if !kvm {
         vng.arg("--disable-kvm");
     }
