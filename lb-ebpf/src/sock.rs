@@ -166,11 +166,18 @@ fn forward(
         return Ok(None);
     }
     // loadBalancerSourceRanges: the node's own connections are allowed when a range holds the
-    // node's address, as kube-proxy allows them (dropped otherwise: the call times out).
-    if fe.flags & FE_F_SOURCE_RANGES != 0 && !source_allowed(fe.stats_id, cfg.node_addr) {
-        // SAFETY: plain helper call.
-        unsafe { gen::bpf_set_retval(-ETIMEDOUT) };
-        return Err(());
+    // node's address, as kube-proxy allows them (dropped otherwise: the call times out). A
+    // pod's are left to the packet path, which filters them by the pod's own address (as
+    // kube-proxy does since 1.25); the hook cannot know it before the route is chosen.
+    if fe.flags & FE_F_SOURCE_RANGES != 0 {
+        if !host {
+            return Ok(None);
+        }
+        if !source_allowed(fe.stats_id, cfg.node_addr) {
+            // SAFETY: plain helper call.
+            unsafe { gen::bpf_set_retval(-ETIMEDOUT) };
+            return Err(());
+        }
     }
     let Some(svc) = service(fe)? else {
         return Ok(None);

@@ -409,6 +409,14 @@ fn socket_lb_all_serves_pods_without_per_packet_nat() {
     // time): still one backend.
     let sticky = ask(inside, &["--addr", "10.96.0.11:80", "--count", "20"]);
     assert_eq!(pods(&sticky, "10.96.0.11:80").len(), 1, "{sticky:?}");
+    // loadBalancerSourceRanges filter a pod by its own address (kube-proxy >= 1.25), not the
+    // node's: the hook leaves such a connection to the packet path, which sees the pod's. The
+    // open LoadBalancer's range holds node-a's address, not the pod's.
+    let open = ask(
+        inside,
+        &["--addr", &format!("{LB_OPEN_IP}:80"), "--timeout-ms", "300"],
+    );
+    assert_eq!(open, [Answer::Error("timeout".into())], "{open:?}");
     let stats = c.node(A).lbctl_json(&["stats"]).expect("lbctl stats");
     assert_eq!(stats["socket_lb"]["mode"], "all", "{stats}");
 }
