@@ -218,7 +218,7 @@ fn forward_native6(
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(None);
     }
-    let (Some(cfg), Some(cfg6)) = (LB_SOCK_CONFIG.get(0), LB6_SOCK_CONFIG.get(0)) else {
+    let Some(cfg) = LB_SOCK_CONFIG.get(0) else {
         return Ok(None);
     };
     let host = is_host(ctx, cfg);
@@ -241,6 +241,10 @@ fn forward_native6(
     if external && unsafe { LB6_HOST_ADDRS.get(&addr) }.is_none() {
         return Ok(None);
     }
+    // Read only for Services: every IPv6 connect() in the cgroup runs this hook.
+    let Some(cfg6) = LB6_SOCK_CONFIG.get(0) else {
+        return Ok(None);
+    };
     if fe.flags & FE_F_SOURCE_RANGES != 0 && !source_allowed6(fe.stats_id, cfg6.node_addr) {
         // SAFETY: plain helper call.
         unsafe { gen::bpf_set_retval(-ETIMEDOUT) };

@@ -63,6 +63,11 @@ fn ask(ns: &Netns, args: &[&str]) -> Vec<Answer> {
     parse(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// One request to `addr` that gives up after 300 ms: for addresses that must not answer.
+fn ask_briefly(ns: &Netns, addr: &str) -> Vec<Answer> {
+    ask(ns, &["--addr", addr, "--timeout-ms", "300"])
+}
+
 fn parse(stdout: &str) -> Vec<Answer> {
     stdout
         .lines()
@@ -258,10 +263,7 @@ fn the_node_reaches_services_at_connect_time() {
     // (CVE-2020-8554): not translated, so it goes where the network sends it (nowhere here).
     let held = format!("{HELD_IP}:80");
     until_pods(node, &["--addr", &held], &held, &["b1"]);
-    let foreign = ask(
-        node,
-        &["--addr", &format!("{FOREIGN_IP}:80"), "--timeout-ms", "300"],
-    );
+    let foreign = ask_briefly(node, &format!("{FOREIGN_IP}:80"));
     assert!(matches!(foreign[..], [Answer::Error(_)]), "{foreign:?}");
     assert_eq!(
         counters(&c, A, FOREIGN_IP, 80, "TCP").0,
@@ -412,10 +414,7 @@ fn socket_lb_all_serves_pods_without_per_packet_nat() {
     // loadBalancerSourceRanges filter a pod by its own address (kube-proxy >= 1.25), not the
     // node's: the hook leaves such a connection to the packet path, which sees the pod's. The
     // open LoadBalancer's range holds node-a's address, not the pod's.
-    let open = ask(
-        inside,
-        &["--addr", &format!("{LB_OPEN_IP}:80"), "--timeout-ms", "300"],
-    );
+    let open = ask_briefly(inside, &format!("{LB_OPEN_IP}:80"));
     assert_eq!(open, [Answer::Error("timeout".into())], "{open:?}");
     let stats = c.node(A).lbctl_json(&["stats"]).expect("lbctl stats");
     assert_eq!(stats["socket_lb"]["mode"], "all", "{stats}");
@@ -601,15 +600,7 @@ fn ipv6_services_are_served_at_connect_time() {
         &held,
         &["a1", "b1"],
     );
-    let foreign = ask(
-        node,
-        &[
-            "--addr",
-            &format!("[{FOREIGN_IP6}]:80"),
-            "--timeout-ms",
-            "300",
-        ],
-    );
+    let foreign = ask_briefly(node, &format!("[{FOREIGN_IP6}]:80"));
     assert!(matches!(foreign[..], [Answer::Error(_)]), "{foreign:?}");
     let open = format!("[{LB_OPEN_IP6}]:80");
     until_pods(
@@ -618,14 +609,6 @@ fn ipv6_services_are_served_at_connect_time() {
         &open,
         &["a1", "b1"],
     );
-    let closed = ask(
-        node,
-        &[
-            "--addr",
-            &format!("[{LB_CLOSED_IP6}]:80"),
-            "--timeout-ms",
-            "300",
-        ],
-    );
+    let closed = ask_briefly(node, &format!("[{LB_CLOSED_IP6}]:80"));
     assert_eq!(closed, [Answer::Error("timeout".into())], "{closed:?}");
 }

@@ -422,8 +422,12 @@ fn sync_host_addrs(
     nodeport_addrs: &[Ipv4Addr],
     nodeport_addrs6: &[Ipv6Addr],
 ) {
-    let held: BTreeSet<Ipv4Addr> = host.links.values().flat_map(|l| l.addrs.clone()).collect();
-    let held6: BTreeSet<Ipv6Addr> = host.links.values().flat_map(|l| l.addrs6.clone()).collect();
+    let links = host.links.values();
+    let held: BTreeSet<Ipv4Addr> = links
+        .clone()
+        .flat_map(|l| l.addrs.iter().copied())
+        .collect();
+    let held6: BTreeSet<Ipv6Addr> = links.flat_map(|l| l.addrs6.iter().copied()).collect();
     // Each write on its own: one family's failure must not keep the other's stale.
     let results = [
         dp.maps.set_host_addrs(&held),
